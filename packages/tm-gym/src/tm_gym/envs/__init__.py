@@ -1,0 +1,1 @@
+"""Gymnasium environments: the single-car env and the native vector env."""

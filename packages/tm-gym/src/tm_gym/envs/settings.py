@@ -1,0 +1,87 @@
+"""Settings shared by every backend, and the observation/action spaces they imply."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from gymnasium import spaces
+
+from tm_gym.sim.lidar import LIDAR_BEAMS, LIDAR_RANGE
+
+__all__ = ["OBS_TYPES", "EnvSettings", "ObsType", "action_space", "observation_space"]
+
+ObsType = Literal["images", "lidar", "lidar_progress"]
+OBS_TYPES: tuple[str, ...] = ("images", "lidar", "lidar_progress")
+MAX_SPEED_KMH = 1000.0
+MAX_RPM = 12000.0
+MAX_GEAR = 5.0
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Observation and timing settings; validated on construction."""
+
+    obs_type: str = "images"
+    img_size: int = 64
+    img_hist_len: int = 4
+    grayscale: bool = True
+    act_buf_len: int = 2
+    time_step_duration: float = 0.05
+    start_obs_capture: float = 0.04
+    ep_max_length: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type={self.obs_type!r}: expected one of {list(OBS_TYPES)}")
+        for name, lo, hi in (("img_size", 8, 512), ("img_hist_len", 1, 64),
+                             ("act_buf_len", 1, 64), ("ep_max_length", 1, 10**9)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name}={v!r}: expected an integer in [{lo}, {hi}]")
+        if not isinstance(self.grayscale, bool):
+            raise ValueError(f"grayscale={self.grayscale!r}: expected True or False")
+        d, c = self.time_step_duration, self.start_obs_capture
+        if not (isinstance(d, (int, float)) and math.isfinite(d) and 0 < d <= 1.0):
+            raise ValueError(f"time_step_duration={d!r}: expected seconds in (0, 1]")
+        if not (isinstance(c, (int, float)) and math.isfinite(c) and 0 < c <= d):
+            raise ValueError(f"start_obs_capture={c!r}: expected seconds in (0, "
+                             f"time_step_duration={d}]")
+
+    @property
+    def image_channels(self) -> int:
+        return self.img_hist_len * (1 if self.grayscale else 3)
+
+
+def action_space() -> spaces.Box:
+    """[gas, brake, steer] in [-1, 1]; gas and brake act above 0, steer +1 is full right."""
+    return spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+
+
+def _scalar(lo: float, hi: float) -> spaces.Box:
+    return spaces.Box(lo, hi, shape=(1,), dtype=np.float32)
+
+
+def observation_space(s: EnvSettings) -> spaces.Dict:
+    """The Dict observation space of ``s`` (channel-first uint8 frames)."""
+    acts = spaces.Box(-1.0, 1.0, shape=(s.act_buf_len, 3), dtype=np.float32)
+    if s.obs_type == "images":
+        return spaces.Dict({
+            "speed": _scalar(-MAX_SPEED_KMH, MAX_SPEED_KMH),
+            "gear": _scalar(0.0, MAX_GEAR),
+            "rpm": _scalar(0.0, MAX_RPM),
+            "images": spaces.Box(0, 255, shape=(s.image_channels, s.img_size, s.img_size),
+                                 dtype=np.uint8),
+            "actions": acts,
+        })
+    d = {
+        "speed": _scalar(-MAX_SPEED_KMH, MAX_SPEED_KMH),
+        "lidar": spaces.Box(0.0, LIDAR_RANGE, shape=(s.img_hist_len, LIDAR_BEAMS),
+                            dtype=np.float32),
+        "actions": acts,
+    }
+    if s.obs_type == "lidar_progress":
+        d["progress"] = _scalar(0.0, 1.0)
+    return spaces.Dict(d)

@@ -1,0 +1,214 @@
+"""rtgym's real-time semantics, run synchronously on N simulated cars at once.
+
+How rtgym times a step (and therefore what the game does), for step duration ``d`` and capture
+delay ``c``:
+
+* ``reset()`` respawns, returns the first observation, then starts a time step that applies the
+  default action; the observation of that time step is captured ``c`` after it starts.
+* ``step(a)`` waits for the running time step to end, appends ``a`` to the action buffer, returns
+  the observation captured during the time step that just ended (with the buffer), and — unless
+  the episode is over — starts a new time step that applies ``a`` from its first instant.
+  So the very last action of an episode is never applied.
+
+The simulator reproduces that order exactly, only without waiting: each ``step`` runs the
+``d − c`` tail of the previous time step under the previous action, then ``c`` of the new time
+step under ``a``, and captures the next observation. Everything is batched over cars so the
+single environment and the vector environment share this code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tm_gym.envs.settings import EnvSettings
+from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
+from tm_gym.sim.expert import ExpertDriver
+from tm_gym.sim.camera import render_gray, render_rgb
+from tm_gym.sim.lidar import LIDAR_BEAMS, lidar
+from tm_gym.sim.physics import CarParams
+from tm_gym.sim.simulator import PHYSICS_DT, Simulator
+from tm_gym.sim.track import Track, load_track
+
+__all__ = ["SimCore", "default_reference"]
+
+Obs = dict[str, NDArray[Any]]
+
+
+def default_reference(track: Track) -> ReferenceTrajectory:
+    """The track's centre line from the start to 5 m past the finish, every 0.1 m."""
+    s = np.arange(track.start_s, min(track.finish_s + 5.0, track.total_length), 0.1)
+    return ReferenceTrajectory.from_polyline(track.point_at(s))
+
+
+class SimCore:
+    """N simulated cars behind rtgym's timing, producing batched observations."""
+
+    def __init__(self, num_envs: int, settings: EnvSettings, track: str | Track,
+                 reward_trajectory: str | None = None, reward_config: RewardConfig | None = None,
+                 car_params: CarParams | None = None, physics_dt: float = PHYSICS_DT) -> None:
+        self.n = num_envs
+        self.settings = s = settings
+        self.track = load_track(track)
+        self.sim = Simulator(self.track, num_envs, params=car_params, physics_dt=physics_dt)
+        self.n_obs = self.sim.substeps(s.start_obs_capture)
+        self.n_tail = self.sim.substeps(s.time_step_duration) - self.n_obs
+        ref = (ReferenceTrajectory.load(reward_trajectory) if reward_trajectory
+               else default_reference(self.track))
+        if ref.points.shape[1] == 3:  # game convention (x, y up, z) -> ground plane (x, z)
+            ref = ReferenceTrajectory(np.ascontiguousarray(ref.points[:, [0, 2]]))
+        self.reward = ProgressReward(ref, num_envs, reward_config)
+        self._expert: ExpertDriver | None = None
+        n = num_envs
+        self.applied = np.zeros((n, 3))
+        self.act_buf = np.zeros((n, s.act_buf_len, 3), dtype=np.float32)
+        self.steps = np.zeros(n, dtype=np.int64)
+        if s.obs_type == "images":
+            self.frames = np.zeros((n, s.image_channels, s.img_size, s.img_size), np.uint8)
+        else:
+            self.scans = np.zeros((n, s.img_hist_len, LIDAR_BEAMS), np.float32)
+        self.pend_reward = np.zeros(n)
+        self.pend_term = np.zeros(n, dtype=bool)
+        self.pend_failed = np.zeros(n, dtype=bool)
+
+    # -- capture -------------------------------------------------------------------------
+    def _render(self, sel: NDArray[np.intp] | None) -> NDArray[np.uint8]:
+        """Frames (n, channels, H, W) of all cars or of those in ``sel``."""
+        s, sim = self.settings, self.sim
+        x, y, psi = ((sim.x, sim.y, sim.psi) if sel is None
+                     else (sim.x[sel], sim.y[sel], sim.psi[sel]))
+        if s.grayscale:
+            return render_gray(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)[:, None]
+        rgb = render_rgb(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)
+        return rgb.transpose(0, 3, 1, 2)
+
+    def _capture_all(self) -> None:
+        """Push a new capture into every car's history."""
+        if self.settings.obs_type == "images":
+            new = self._render(None)
+            k = new.shape[1]
+            self.frames[:, :-k] = self.frames[:, k:]
+            self.frames[:, -k:] = new
+        else:
+            self.scans[:, :-1] = self.scans[:, 1:]
+            self.scans[:, -1] = self.sim.lidar()
+
+    def _capture_fresh(self, fresh: NDArray[np.intp]) -> None:
+        """Fill the history of just-reset cars with copies of their first capture."""
+        s = self.settings
+        if s.obs_type == "images":
+            self.frames[fresh] = np.tile(self._render(fresh), (1, s.img_hist_len, 1, 1))
+        else:
+            sim = self.sim
+            scan = lidar(sim.raster, sim.x[fresh], sim.y[fresh], sim.psi[fresh])
+            self.scans[fresh] = scan[:, None, :]
+
+    # -- observation assembly ----------------------------------------------------------------
+    def observe(self, idx: NDArray[np.intp] | None = None) -> Obs:
+        """Copies of the current observations (all cars, or those in ``idx``)."""
+        sim, s = self.sim, self.settings
+        sel: Any = slice(None) if idx is None else idx
+        obs: Obs = {"speed": sim.speed_kmh[sel].astype(np.float32)[:, None]}
+        if s.obs_type == "images":
+            obs["gear"] = sim.gear[sel].astype(np.float32)[:, None]
+            obs["rpm"] = sim.rpm[sel].astype(np.float32)[:, None]
+            obs["images"] = self.frames[sel].copy()
+        else:
+            obs["lidar"] = self.scans[sel].copy()
+            if s.obs_type == "lidar_progress":
+                obs["progress"] = self.reward.progress[sel].astype(np.float32)[:, None]
+        obs["actions"] = self.act_buf[sel].copy()
+        return obs
+
+    def infos(self, idx: NDArray[np.intp] | None = None) -> dict[str, NDArray[Any]]:
+        """Per-car info arrays describing the last capture (all cars or those in ``idx``)."""
+        sim = self.sim
+        sel: Any = slice(None) if idx is None else idx
+        fin = sim.finished[sel]
+        n = len(fin)
+        return {
+            "race_time": np.round(sim.race_time[sel], 3),
+            "progress": self.reward.progress[sel],
+            "checkpoint": sim.checkpoint[sel],
+            "checkpoints_total": np.full(n, len(self.track.checkpoints_s)),
+            "finished": fin,
+            "lap_time": np.where(fin, np.round(sim.finish_time[sel], 3), np.nan),
+            "position": np.stack([sim.x[sel], np.zeros(n), sim.y[sel]], axis=1),
+            "speed_kmh": sim.speed_kmh[sel],
+            "gear": sim.gear[sel],
+            "rpm": sim.rpm[sel],
+            "wall_contacts": sim.contacts[sel],
+            "failed": self.pend_failed[sel],
+        }
+
+    # -- transitions -----------------------------------------------------------------------
+    def reset(self, mask: NDArray[np.bool_]) -> tuple[Obs, dict[str, NDArray[Any]]]:
+        """Respawn the cars in ``mask``; returns their first observations and infos."""
+        return self._begin(None, np.zeros(self.n, dtype=bool), mask)
+
+    def step(self, actions: NDArray[np.float32], reset: NDArray[np.bool_]
+             ) -> tuple[Obs, NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_],
+                        dict[str, NDArray[Any]]]:
+        """One step for every car; cars in ``reset`` are respawned instead (their action is
+        ignored, their entries are reset observations with zero reward, not done)."""
+        run = ~reset
+        ab = self.act_buf
+        ab[run, :-1] = ab[run, 1:]
+        ab[run, -1] = actions[run]
+        self.steps[run] += 1
+        obs = self.observe()
+        info = self.infos()
+        rew = np.where(run, self.pend_reward, 0.0)
+        term = run & self.pend_term
+        trunc = run & ~term & (self.steps >= self.settings.ep_max_length)
+        done = term | trunc
+        if reset.any():
+            r_obs, r_info = self._begin(actions, run & ~done, reset)
+            fresh = np.flatnonzero(reset)
+            for k, v in r_obs.items():
+                obs[k][fresh] = v
+            for k, v in r_info.items():
+                info[k][fresh] = v
+        elif not done.all():
+            self._begin(actions, ~done, reset)
+        return obs, rew, term, trunc, info
+
+    def _begin(self, actions: NDArray[np.float32] | None, advance: NDArray[np.bool_],
+               reset: NDArray[np.bool_]) -> tuple[Obs, dict[str, NDArray[Any]]]:
+        """Finish the running time step, respawn ``reset`` cars, start the next time step.
+
+        Cars in ``advance`` apply their row of ``actions``, reset cars the default action; the
+        others are finished episodes waiting for a reset, and what they do is discarded.
+        """
+        sim = self.sim
+        if not reset.all():
+            sim.step(self.applied, self.n_tail)
+        fresh = np.flatnonzero(reset)
+        r_obs: Obs = {}
+        r_info: dict[str, NDArray[Any]] = {}
+        if len(fresh):
+            sim.reset(reset)
+            self.act_buf[fresh] = 0.0
+            self.steps[fresh] = 0
+            self.pend_failed[fresh] = False
+            self.reward.reset(sim.positions, reset)
+            self._capture_fresh(fresh)
+            r_obs, r_info = self.observe(fresh), self.infos(fresh)
+        if actions is not None:
+            self.applied[advance] = actions[advance]
+        self.applied[reset] = 0.0
+        sim.step(self.applied, self.n_obs)
+        self._capture_all()
+        r, term = self.reward.update(sim.positions, sim.finished)
+        self.pend_reward[:] = r
+        self.pend_failed[:] = term & ~sim.finished
+        self.pend_term[:] = term
+        return r_obs, r_info
+
+    def expert_actions(self) -> NDArray[np.float32]:
+        """The scripted expert's actions (N, 3) for the current state of every car."""
+        if self._expert is None:
+            self._expert = ExpertDriver(self.track, self.sim.params)
+        return self._expert.act(self.sim).astype(np.float32)

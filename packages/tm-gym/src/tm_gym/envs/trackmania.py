@@ -1,0 +1,184 @@
+"""The ``TrackMania-v0`` / ``TrackMania-Sim-v0`` Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from numpy.typing import NDArray
+
+from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.envs.sim_core import SimCore
+from tm_gym.error import BackendUnavailableError, EnvStateError, InvalidActionError
+from tm_gym.reward import RewardConfig
+from tm_gym.sim.physics import CarParams
+from tm_gym.sim.track import Track
+
+__all__ = ["BACKENDS", "TrackManiaEnv", "check_actions"]
+
+BACKENDS = ("game", "sim")
+
+
+def check_actions(action: Any, n: int) -> NDArray[np.float32]:
+    """Validate actions: shape (3,) for one car or (n, 3); finite; clipped to [-1, 1]."""
+    a = np.asarray(action, dtype=np.float32)
+    if a.shape not in ((3,), (n, 3)) or (a.shape == (3,) and n != 1):
+        raise InvalidActionError(f"action has shape {a.shape}; expected "
+                                 f"{'(3,)' if n == 1 else f'({n}, 3)'} = [gas, brake, steer]")
+    a = a.reshape(n, 3)
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise InvalidActionError(
+            f"action contains a non-finite value {a[tuple(bad)]!r} at index {tuple(bad)}; "
+            "check the policy's outputs (a NaN usually means training diverged)")
+    return np.clip(a, -1.0, 1.0)
+
+
+class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
+    """TrackMania 2020 as a Gymnasium environment (built-in simulator or the live game).
+
+    A car races from the start line to the finish of a track. Observations, actions, timing and
+    reward are those of TMRL's TrackMania environments, with Dict observations that
+    Stable-Baselines3 accepts.
+
+    ## Action Space
+    ``Box(-1, 1, (3,), float32)`` = ``[gas, brake, steer]``. Gas and brake act above 0 (analog,
+    0…1); steer is −1 full left … +1 full right. Values outside [-1, 1] are clipped; NaN or inf
+    raises :class:`~tm_gym.error.InvalidActionError`. The default action (applied at reset) is
+    zeros.
+
+    ## Observation Space
+    A ``Dict``; ``H`` = ``img_hist_len``, ``S`` = ``img_size``, ``A`` = ``act_buf_len``:
+
+    ================  ===================  ===========================================  =======
+    key               shape / dtype         meaning                                      obs_type
+    ================  ===================  ===========================================  =======
+    ``speed``         (1,) float32          forward speed, km/h (negative in reverse)   all
+    ``gear``          (1,) float32          gear, 0 = neutral, 1–5                       images
+    ``rpm``           (1,) float32          engine rpm (1,000–11,000)                    images
+    ``images``        (H, S, S) uint8       last H grayscale frames, oldest first;       images
+                                            (3H, S, S) RGB if ``grayscale=False``
+    ``lidar``         (H, 19) float32       last H LIDAR scans, metres to the borders,   lidar*
+                                            beams from 90° left to 90° right
+    ``progress``      (1,) float32          fraction of the reference covered            lidar_progress
+    ``actions``       (A, 3) float32        last A actions sent, oldest first            all
+    ================  ===================  ===========================================  =======
+
+    ## Rewards
+    Progress along a reference trajectory (the track's centre line unless
+    ``reward_trajectory`` is given): 1.0 per 10 m of *new* ground (driving back and forth earns
+    nothing), plus ``finish_bonus`` (100) when crossing the finish line.
+
+    ## Episode End
+    Terminated at the finish, or when the car makes no new progress for more than 10 steps in a
+    row after the first 70 (``info["failed"]``). Truncated after ``ep_max_length`` steps.
+
+    ## Timing
+    rtgym's real-time semantics: the action of step t is applied from the start of step t, the
+    observation is captured ``start_obs_capture`` s into the step, a step lasts
+    ``time_step_duration`` s, the observation returned by ``step`` is the one captured during
+    the step that just ended, the very last action of an episode is never applied, and reset
+    applies the default action. The simulator runs this synchronously, as fast as it can.
+
+    ## Info
+    ``race_time`` (s), ``progress`` (0…1), ``checkpoint`` (checkpoints crossed) and
+    ``checkpoints_total``, ``finished``, ``lap_time`` (s, None until finished), ``position``
+    (x, y, z in metres, y up as in the game), ``speed_kmh``, ``gear``, ``rpm``,
+    ``wall_contacts`` (substeps spent touching a wall), ``failed``.
+
+    ## Arguments
+    * ``backend``: ``"sim"`` (built-in simulator) or ``"game"`` (live TrackMania 2020).
+    * ``obs_type``: ``"images"``, ``"lidar"`` or ``"lidar_progress"``.
+    * ``track``: built-in track name, ``"gen:SEED"`` (procedural) or path to a track JSON
+      file (simulator).
+    * ``img_size`` (64), ``img_hist_len`` (4), ``grayscale`` (True), ``act_buf_len`` (2),
+      ``time_step_duration`` (0.05), ``start_obs_capture`` (0.04), ``ep_max_length`` (1000).
+    * ``reward_trajectory``: path to a ``.npz``/``.json`` reference (see :mod:`tm_gym.reward`).
+    * ``reward_config``: :class:`~tm_gym.reward.RewardConfig`; ``car_params``:
+      :class:`~tm_gym.sim.physics.CarParams` (simulator only).
+    * ``render_mode``: ``"rgb_array"`` returns the 256×128 driver's view.
+
+    ## Example
+    >>> import gymnasium as gym, tm_gym
+    >>> env = gym.make("TrackMania-Sim-v0", obs_type="lidar")
+    >>> obs, info = env.reset(seed=0)
+    >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, backend: str = "sim", *, obs_type: str = "images",
+                 track: str | Track = "default", img_size: int = 64, img_hist_len: int = 4,
+                 grayscale: bool = True, act_buf_len: int = 2, time_step_duration: float = 0.05,
+                 start_obs_capture: float = 0.04, ep_max_length: int = 1000,
+                 reward_trajectory: str | None = None, reward_config: RewardConfig | None = None,
+                 car_params: CarParams | None = None, render_mode: str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+        if backend == "game":
+            raise BackendUnavailableError(
+                "the live-game backend is not available in this version of tm-gym; use the "
+                "built-in simulator: gymnasium.make('TrackMania-Sim-v0') or "
+                "gymnasium.make('TrackMania-v0', backend='sim')")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
+        self.settings = EnvSettings(obs_type=obs_type, img_size=img_size,
+                                    img_hist_len=img_hist_len, grayscale=grayscale,
+                                    act_buf_len=act_buf_len,
+                                    time_step_duration=time_step_duration,
+                                    start_obs_capture=start_obs_capture,
+                                    ep_max_length=ep_max_length)
+        self.backend = backend
+        self.render_mode = render_mode
+        self.observation_space = observation_space(self.settings)
+        self.action_space = action_space()
+        self.core = SimCore(1, self.settings, track, reward_trajectory, reward_config, car_params)
+        self.track = self.core.track
+        self._running = False
+        self._all = np.ones(1, dtype=bool)
+        self._none = np.zeros(1, dtype=bool)
+
+    @staticmethod
+    def _first(batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        return {k: v[0] for k, v in batch.items()}
+
+    @staticmethod
+    def _info(batch: dict[str, NDArray[Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in batch.items():
+            x = v[0]
+            out[k] = x.item() if np.ndim(x) == 0 else x
+        if not out["finished"]:
+            out["lap_time"] = None
+        return out
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        super().reset(seed=seed)
+        obs, info = self.core.reset(self._all)
+        self._running = True
+        return self._first(obs), self._info(info)
+
+    def step(self, action: NDArray[np.float32]) -> tuple[
+            dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
+        if not self._running:
+            raise EnvStateError("step() called before reset() or after the episode ended; "
+                                "call reset() first")
+        a = check_actions(action, 1)
+        obs, rew, term, trunc, info = self.core.step(a, self._none)
+        if term[0] or trunc[0]:
+            self._running = False
+        return self._first(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), self._info(info)
+
+    def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
+        if self.render_mode is None:
+            return None
+        return self.core.sim.render_rgb()[0]
+
+    def expert_action(self) -> NDArray[np.float32]:
+        """The scripted expert's action for the current state (for demonstrations)."""
+        return self.core.expert_actions()[0]

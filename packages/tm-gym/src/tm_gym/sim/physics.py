@@ -1,0 +1,250 @@
+"""Car physics: a Stadium-like car on a flat track with walls, N cars per call.
+
+The model (all quantities per unit mass, SI units, fixed substep ``dt``, default 10 ms):
+
+* **Engine and brakes.** Drive acceleration ``gas · min(accel_max, power / v)`` (a power-limited
+  engine), minus aerodynamic drag ``drag · v|v|`` and rolling resistance. Braking decelerates by
+  ``brake · brake_decel`` and, held at a standstill, drives backwards (up to ``reverse_max``).
+  With the defaults: 0→200 km/h in about 4.5 s, about 330 km/h after 1 km from a standstill,
+  top speed about 420 km/h.
+* **Gearbox.** Automatic, five gears with hysteresis (shift speeds in ``CarParams``); gear 0 is
+  neutral at a standstill. rpm follows speed within the current gear's range (1,000–11,000).
+  Gears are reported (like the game's telemetry); the power curve does not depend on them.
+* **Steering and grip.** Steering sets a target yaw rate from a bicycle model whose steering lock
+  shrinks with speed; the yaw rate follows it with a short lag and is capped at ``oversteer``
+  times what the tyres can hold. Tyres pull the velocity towards the heading with at most
+  ``grip`` m/s² (the friction circle shares it with braking and throttle). When they cannot, the
+  car slides: grip drops to ``slide_grip`` of its value and the slide costs speed. A turn of
+  radius R can be taken at up to √(grip·R): tight turns need braking.
+* **Walls.** Along both track borders and at both ends of the road. The car (a disc of radius
+  ``half_width``) cannot pass them: on contact it is pushed back, its velocity into the wall is
+  reversed with ``wall_restitution``, and it loses speed along the wall in proportion to the
+  impact (``wall_friction``) plus a scraping drag while touching.
+* **Race.** Race time advances with every substep from the reset; checkpoints must be crossed in
+  order; crossing the finish line (after all checkpoints) records a lap time interpolated within
+  the substep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple, dataclass, fields
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+__all__ = ["CarParams", "advance"]
+
+
+@dataclass(frozen=True)
+class CarParams:
+    """Physical constants of the car (SI units, per unit mass). See the module docstring."""
+
+    accel_max: float = 13.0
+    power: float = 700.0
+    drag: float = 0.00043
+    rolling: float = 0.25
+    brake_decel: float = 22.0
+    reverse_accel: float = 6.0
+    reverse_max: float = 12.0
+    grip: float = 25.0
+    slide_grip: float = 0.8
+    slide_drag: float = 0.6
+    oversteer: float = 1.35
+    wheelbase: float = 2.8
+    steer_lock_deg: float = 28.0
+    steer_speed_ref: float = 30.0
+    yaw_lag: float = 0.08
+    half_width: float = 1.0
+    wall_restitution: float = 0.15
+    wall_friction: float = 0.5
+    wall_scrape: float = 2.0
+    upshift_kmh: tuple[float, float, float, float] = (60.0, 110.0, 170.0, 240.0)
+    downshift_kmh: tuple[float, float, float, float] = (45.0, 95.0, 150.0, 220.0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in vals):
+                raise ValueError(f"CarParams.{f.name}={v!r}: expected finite non-negative values")
+        if list(self.upshift_kmh) != sorted(self.upshift_kmh):
+            raise ValueError(f"CarParams.upshift_kmh={self.upshift_kmh}: must increase")
+        if any(d >= u for d, u in zip(self.downshift_kmh, self.upshift_kmh, strict=True)):
+            raise ValueError("CarParams.downshift_kmh must be below upshift_kmh gear by gear")
+
+    def as_array(self) -> NDArray[np.float64]:
+        """Flat float64 array in the order the kernels expect."""
+        flat: list[float] = []
+        for v in astuple(self):
+            flat.extend(v if isinstance(v, tuple) else (v,))
+        return np.asarray(flat, dtype=np.float64)
+
+
+# indices into CarParams.as_array()
+(_ACC, _POW, _DRAG, _ROLL, _BRK, _REVA, _REVM, _GRIP, _SGRIP, _SDRAG, _OVER, _WB, _LOCK, _SREF,
+ _YLAG, _HW, _REST, _WFRIC, _SCRAPE, _UP0, _UP1, _UP2, _UP3, _DN0, _DN1, _DN2, _DN3) = range(27)
+
+IDLE_RPM = 1000.0
+MAX_RPM = 11000.0
+
+
+@njit(cache=True, inline="always")
+def _clip(v: float, lo: float, hi: float) -> float:
+    return lo if v < lo else (hi if v > hi else v)
+
+
+@njit(cache=True)
+def _gear_rpm(v_kmh: float, gear: int, gas: float, p: NDArray[np.float64]) -> tuple[int, float]:
+    av = abs(v_kmh)
+    if av < 1.0 and gas <= 0.0:
+        return 0, IDLE_RPM + 2000.0 * max(gas, 0.0)
+    if gear == 0:
+        gear = 1
+    while gear < 5 and av > p[_UP0 + gear - 1]:
+        gear += 1
+    while gear > 1 and av < p[_DN0 + gear - 2]:
+        gear -= 1
+    lo = 0.0 if gear == 1 else p[_DN0 + gear - 2]
+    hi = 450.0 if gear == 5 else p[_UP0 + gear - 1]
+    frac = _clip((av - lo) / (hi - lo), 0.0, 1.0)
+    return gear, 2500.0 + (MAX_RPM - 2500.0) * frac
+
+
+@njit(cache=True)
+def advance(n_sub: int, dt: float, controls: NDArray[np.float64], p: NDArray[np.float64],
+            x: NDArray[np.float64], y: NDArray[np.float64], psi: NDArray[np.float64],
+            vx: NDArray[np.float64], vy: NDArray[np.float64], yaw: NDArray[np.float64],
+            gear: NDArray[np.int64], rpm: NDArray[np.float64], idx: NDArray[np.int64],
+            s: NDArray[np.float64], lat: NDArray[np.float64], race_time: NDArray[np.float64],
+            finished: NDArray[np.bool_], finish_time: NDArray[np.float64],
+            cp: NDArray[np.int64], driven: NDArray[np.float64], contacts: NDArray[np.int64],
+            cl: NDArray[np.float64], tan: NDArray[np.float64], nrm: NDArray[np.float64],
+            s_arr: NDArray[np.float64], widths: NDArray[np.float64], finish_s: float,
+            cps: NDArray[np.float64]) -> None:
+    """Advance every car by ``n_sub`` substeps of ``dt`` seconds under ``controls`` (N, 3)."""
+    n = x.shape[0]
+    m = cl.shape[0]
+    total = s_arr[m - 1]
+    lock0 = math.radians(p[_LOCK])
+    for i in range(n):
+        gas = _clip(controls[i, 0], 0.0, 1.0)
+        brk = _clip(controls[i, 1], 0.0, 1.0)
+        steer = _clip(controls[i, 2], -1.0, 1.0)
+        for _ in range(n_sub):
+            c, sn = math.cos(psi[i]), math.sin(psi[i])
+            v_long = vx[i] * c + vy[i] * sn
+            speed = math.hypot(vx[i], vy[i])
+            # -- longitudinal ------------------------------------------------------------
+            if brk > 0.0 and gas <= 0.0 and v_long < 0.5:
+                a_long = -brk * p[_REVA] if v_long > -p[_REVM] else 0.0
+                a_long += p[_ROLL] if v_long < 0.0 else 0.0
+            else:
+                a_long = 0.0
+                if v_long > -0.5:
+                    a_long += gas * min(p[_ACC], p[_POW] / max(v_long, 0.1))
+                if v_long > 0.0:
+                    a_long -= brk * p[_BRK] + p[_ROLL]
+                elif v_long < 0.0:
+                    a_long += brk * p[_BRK] + p[_ROLL]
+            a_long -= p[_DRAG] * v_long * abs(v_long)
+            # do not let braking or rolling resistance reverse the direction of travel
+            if v_long > 0.0 and v_long + a_long * dt < 0.0 and gas <= 0.0:
+                a_long = -v_long / dt
+            elif v_long < 0.0 and v_long + a_long * dt > 0.0 and brk <= 0.0 and gas <= 0.0:
+                a_long = -v_long / dt
+            # -- steering: target yaw rate, capped by what the tyres can hold ---------------
+            lock = lock0 / (1.0 + abs(v_long) / p[_SREF])
+            r_target = -v_long * math.tan(steer * lock) / p[_WB]
+            r_cap = min(p[_OVER] * p[_GRIP] / max(speed, 1.0), 3.0)
+            r_target = _clip(r_target, -r_cap, r_cap)
+            yaw[i] += (r_target - yaw[i]) * min(1.0, dt / p[_YLAG])
+            psi[i] += yaw[i] * dt
+            if psi[i] > math.pi:
+                psi[i] -= 2.0 * math.pi
+            elif psi[i] < -math.pi:
+                psi[i] += 2.0 * math.pi
+            # -- tyres: pull the velocity towards the new heading ---------------------------
+            c, sn = math.cos(psi[i]), math.sin(psi[i])
+            v_long = vx[i] * c + vy[i] * sn
+            v_lat = -vx[i] * sn + vy[i] * c
+            lat_avail = math.sqrt(max(p[_GRIP] ** 2 - (0.6 * a_long) ** 2, (0.4 * p[_GRIP]) ** 2))
+            need = abs(v_lat)
+            if need > lat_avail * dt:
+                lat_avail *= p[_SGRIP]
+                corr = lat_avail * dt
+                v_lat -= corr if v_lat > 0.0 else -corr
+                slide = abs(v_lat)
+                a_long -= p[_SDRAG] * slide * (1.0 if v_long > 0.0 else -1.0)
+            else:
+                v_lat = 0.0
+            v_long += a_long * dt
+            vx[i] = v_long * c - v_lat * sn
+            vy[i] = v_long * sn + v_lat * c
+            x0, y0 = x[i], y[i]
+            x[i] += vx[i] * dt
+            y[i] += vy[i] * dt
+            # -- localise on the centre line -------------------------------------------------
+            j0 = max(idx[i] - 6, 0)
+            j1 = min(idx[i] + 10, m - 1)
+            best = 1e300
+            bj = idx[i]
+            for j in range(j0, j1 + 1):
+                dx = x[i] - cl[j, 0]
+                dy = y[i] - cl[j, 1]
+                d2 = dx * dx + dy * dy
+                if d2 < best:
+                    best = d2
+                    bj = j
+            idx[i] = bj
+            dx = x[i] - cl[bj, 0]
+            dy = y[i] - cl[bj, 1]
+            s_new = s_arr[bj] + dx * tan[bj, 0] + dy * tan[bj, 1]
+            lat_new = dx * nrm[bj, 0] + dy * nrm[bj, 1]
+            # -- walls -------------------------------------------------------------------
+            lim = widths[bj] / 2.0 - p[_HW]
+            hit = False
+            wnx, wny, pen = 0.0, 0.0, 0.0
+            if lat_new > lim:
+                hit, wnx, wny, pen = True, nrm[bj, 0], nrm[bj, 1], lat_new - lim
+                lat_new = lim
+            elif lat_new < -lim:
+                hit, wnx, wny, pen = True, -nrm[bj, 0], -nrm[bj, 1], -lim - lat_new
+                lat_new = -lim
+            if s_new < p[_HW]:
+                hit, wnx, wny, pen = True, -tan[bj, 0], -tan[bj, 1], p[_HW] - s_new
+                s_new = p[_HW]
+            elif s_new > total - p[_HW]:
+                hit, wnx, wny, pen = True, tan[bj, 0], tan[bj, 1], s_new - (total - p[_HW])
+                s_new = total - p[_HW]
+            if hit:
+                contacts[i] += 1
+                x[i] -= wnx * pen
+                y[i] -= wny * pen
+                vn = vx[i] * wnx + vy[i] * wny  # > 0: moving into the wall
+                if vn > 0.0:
+                    vx[i] -= (1.0 + p[_REST]) * vn * wnx
+                    vy[i] -= (1.0 + p[_REST]) * vn * wny
+                tx, ty = -wny, wnx
+                vt = vx[i] * tx + vy[i] * ty
+                loss = p[_WFRIC] * max(vn, 0.0) + p[_SCRAPE] * dt
+                vt_new = max(abs(vt) - loss, 0.0) * (1.0 if vt >= 0.0 else -1.0)
+                vx[i] += (vt_new - vt) * tx
+                vy[i] += (vt_new - vt) * ty
+                yaw[i] *= 0.5
+            # -- race --------------------------------------------------------------------
+            s_old = s[i]
+            s[i] = s_new
+            lat[i] = lat_new
+            driven[i] += math.hypot(x[i] - x0, y[i] - y0)
+            if cp[i] < cps.shape[0] and s_new >= cps[cp[i]] and s_old < cps[cp[i]]:
+                cp[i] += 1
+            if (not finished[i]) and cp[i] == cps.shape[0] and s_new >= finish_s > s_old:
+                frac = (finish_s - s_old) / (s_new - s_old)
+                finish_time[i] = race_time[i] + frac * dt
+                finished[i] = True
+            race_time[i] += dt
+            g, r = _gear_rpm(v_long * 3.6, int(gear[i]), gas, p)
+            gear[i] = g
+            rpm[i] = r

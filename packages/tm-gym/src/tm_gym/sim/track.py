@@ -1,0 +1,430 @@
+"""Tracks: the JSON file format, validation and the geometry the simulator needs.
+
+Track file format (``tm-gym-track/1``), a JSON object with these keys:
+
+=================  ========================================================================
+key                meaning
+=================  ========================================================================
+``format``         the string ``"tm-gym-track/1"`` (required)
+``name``           short identifier, letters/digits/``-_`` (required)
+``description``    free text (optional)
+``width``          road width from wall to wall in metres, 8…80 (default 20)
+``centerline``     list of ``[x, y]`` points in metres (x east, y north), at least 2; the
+                   road follows the polyline through them. Optional ``widths``: one width per
+                   point, interpolated in between.
+``segments``       alternative to ``centerline``: a list of pieces laid end to end from
+                   ``origin`` (``[x, y]``, default ``[0, 0]``) and ``heading`` (degrees,
+                   counter-clockwise from east, default 0): ``{"straight": length_m}`` or
+                   ``{"turn": angle_deg, "radius": r_m}`` (angle > 0 turns left, < 0 right).
+                   Any piece may carry ``"width"``; widths are interpolated between pieces.
+``start``          distance along the centre line where the car starts, metres (default 10)
+``checkpoints``    increasing distances along the centre line, between start and finish
+``finish``         distance of the finish line along the centre line (default: length − 30)
+=================  ========================================================================
+
+The road continues past the finish line to the end of the centre line (a run-off), and walls
+close both ends. Unknown keys are rejected so typos do not pass silently.
+
+Geometry is resampled every :data:`SAMPLE_SPACING` metres; distances "along the centre line" are
+arc lengths of that resampled line, starting at 0 at its first point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tm_gym.error import TrackFormatError
+
+__all__ = [
+    "BORDER_WIDTH",
+    "FORMAT",
+    "SAMPLE_SPACING",
+    "Track",
+    "builtin_track_names",
+    "load_track",
+    "track_from_dict",
+]
+
+FORMAT = "tm-gym-track/1"
+SAMPLE_SPACING = 0.5
+"""Distance between two resampled centre-line points, metres."""
+BORDER_WIDTH = 0.8
+"""Width of the black border band painted inside each wall, metres."""
+MIN_WIDTH, MAX_WIDTH = 8.0, 80.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_TOP_KEYS = {
+    "format", "name", "description", "width", "widths", "centerline", "segments", "origin",
+    "heading", "start", "checkpoints", "finish",
+}
+_GEN_PREFIX = "gen:"
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """A validated track with resampled geometry.
+
+    Attributes:
+        name: identifier of the track.
+        description: free text.
+        centerline: (M, 2) centre-line points every :data:`SAMPLE_SPACING` metres.
+        widths: (M,) road width (wall to wall) at each point, metres.
+        start_s: arc length of the start position.
+        finish_s: arc length of the finish line.
+        checkpoints_s: (K,) arc lengths of the checkpoints, increasing.
+        source: the JSON-compatible description it was built from (for saving).
+    """
+
+    name: str
+    description: str
+    centerline: FloatArray
+    widths: FloatArray
+    start_s: float
+    finish_s: float
+    checkpoints_s: FloatArray
+    source: dict[str, Any] = field(repr=False)
+
+    # -- derived geometry -------------------------------------------------------------------
+    @cached_property
+    def s(self) -> FloatArray:
+        """(M,) arc length at each centre-line point."""
+        seg = np.linalg.norm(np.diff(self.centerline, axis=0), axis=1)
+        return np.concatenate([[0.0], np.cumsum(seg)])
+
+    @cached_property
+    def tangents(self) -> FloatArray:
+        """(M, 2) unit tangents (direction of travel)."""
+        g = np.gradient(self.centerline, axis=0)
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    @cached_property
+    def normals(self) -> FloatArray:
+        """(M, 2) unit normals pointing to the left of the direction of travel."""
+        t = self.tangents
+        return np.stack([-t[:, 1], t[:, 0]], axis=1)
+
+    @property
+    def left_border(self) -> FloatArray:
+        """(M, 2) left wall line."""
+        return self.centerline + self.normals * (self.widths[:, None] / 2)
+
+    @property
+    def right_border(self) -> FloatArray:
+        """(M, 2) right wall line."""
+        return self.centerline - self.normals * (self.widths[:, None] / 2)
+
+    @property
+    def length(self) -> float:
+        """Racing distance from the start to the finish line, metres."""
+        return float(self.finish_s - self.start_s)
+
+    @property
+    def total_length(self) -> float:
+        """Length of the whole centre line including run-in and run-off, metres."""
+        return float(self.s[-1])
+
+    def point_at(self, s: float | FloatArray) -> FloatArray:
+        """Centre-line position at arc length(s) ``s`` (linear interpolation)."""
+        s_arr = np.asarray(s, dtype=np.float64)
+        x = np.interp(s_arr, self.s, self.centerline[:, 0])
+        y = np.interp(s_arr, self.s, self.centerline[:, 1])
+        return np.stack([x, y], axis=-1)
+
+    def heading_at(self, s: float) -> float:
+        """Direction of travel at arc length ``s``, radians counter-clockwise from east."""
+        i = int(np.clip(np.searchsorted(self.s, s), 0, len(self.s) - 1))
+        t = self.tangents[i]
+        return float(math.atan2(t[1], t[0]))
+
+    @property
+    def start_xy(self) -> FloatArray:
+        return self.point_at(self.start_s)
+
+    @property
+    def finish_xy(self) -> FloatArray:
+        return self.point_at(self.finish_s)
+
+    @property
+    def checkpoints_xy(self) -> FloatArray:
+        return self.point_at(self.checkpoints_s).reshape(-1, 2)
+
+    @cached_property
+    def curvature(self) -> FloatArray:
+        """(M,) signed curvature (1/m, > 0 turning left), smoothed over about 4 m."""
+        t = self.tangents
+        ang = np.unwrap(np.arctan2(t[:, 1], t[:, 0]))
+        k = np.gradient(ang, self.s)
+        win = max(1, int(round(4.0 / SAMPLE_SPACING)))
+        kernel = np.ones(win) / win
+        return np.convolve(k, kernel, mode="same")
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-compatible description (the same one it was loaded from)."""
+        return json.loads(json.dumps(self.source))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the track as a JSON file readable by :func:`load_track`."""
+        p = Path(path)
+        p.write_text(json.dumps(self.source, indent=1) + "\n", encoding="utf-8")
+        return p
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and validation
+# --------------------------------------------------------------------------------------------
+def _err(where: str, msg: str) -> TrackFormatError:
+    return TrackFormatError(f"{where}: {msg}")
+
+
+def _number(where: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(where, f"expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise _err(where, f"expected a finite number, got {value!r}")
+    if lo is not None and v < lo:
+        raise _err(where, f"{v:g} is below the minimum {lo:g}")
+    if hi is not None and v > hi:
+        raise _err(where, f"{v:g} is above the maximum {hi:g}")
+    return v
+
+
+def _segments_to_polyline(
+    origin: str, segs: Any, x0: float, y0: float, heading_deg: float, default_width: float
+) -> tuple[FloatArray, FloatArray]:
+    if not isinstance(segs, list) or not segs:
+        raise _err(f"{origin}: segments", "expected a non-empty list of pieces")
+    pts: list[tuple[float, float]] = [(x0, y0)]
+    widths: list[float] = []
+    h = math.radians(heading_deg)
+    x, y = x0, y0
+    w_prev = default_width
+    for i, seg in enumerate(segs):
+        where = f"{origin}: segments[{i}]"
+        if not isinstance(seg, dict):
+            raise _err(where, f"expected an object like {{'straight': 100}}, got {seg!r}")
+        unknown = set(seg) - {"straight", "turn", "radius", "width"}
+        if unknown:
+            raise _err(where, f"unknown key(s) {sorted(unknown)}; allowed: straight, turn, radius, "
+                              "width")
+        w = _number(f"{where}.width", seg.get("width", w_prev), MIN_WIDTH, MAX_WIDTH)
+        if "straight" in seg:
+            if "turn" in seg or "radius" in seg:
+                raise _err(where, "a piece is either {'straight': L} or {'turn': A, 'radius': R}")
+            length = _number(f"{where}.straight", seg["straight"], 1.0, 10_000.0)
+            n = max(1, int(math.ceil(length / 2.0)))
+            for k in range(1, n + 1):
+                d = length * k / n
+                pts.append((x + d * math.cos(h), y + d * math.sin(h)))
+            x, y = pts[-1]
+        elif "turn" in seg:
+            if "radius" not in seg:
+                raise _err(where, "a turn needs a 'radius' in metres")
+            ang = _number(f"{where}.turn", seg["turn"], -360.0, 360.0)
+            if ang == 0:
+                raise _err(where, "turn angle 0: use a straight instead")
+            r = _number(f"{where}.radius", seg["radius"], 1.0, 100_000.0)
+            if r < w / 2 + 2.0:
+                raise _err(f"{where}.radius",
+                           f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
+                           f"least {w / 2 + 2:g} m")
+            sign = 1.0 if ang > 0 else -1.0
+            cx = x - sign * r * math.sin(h)
+            cy = y + sign * r * math.cos(h)
+            a_total = math.radians(abs(ang))
+            n = max(2, int(math.ceil(a_total * r / 2.0)))
+            for k in range(1, n + 1):
+                hk = h + sign * a_total * k / n
+                pts.append((cx + sign * r * math.sin(hk), cy - sign * r * math.cos(hk)))
+            h += sign * a_total
+            x, y = pts[-1]
+        else:
+            raise _err(where, "expected 'straight' or 'turn'")
+        # one width per point added by this piece, ramping from the previous width
+        n_new = len(pts) - 1 - len(widths)
+        widths.extend(np.linspace(w_prev, w, n_new + 1)[1:].tolist())
+        w_prev = w
+    widths.insert(0, widths[0] if widths else default_width)
+    return np.asarray(pts, dtype=np.float64), np.asarray(widths, dtype=np.float64)
+
+
+def _resample(points: FloatArray, widths: FloatArray, spacing: float) -> tuple[FloatArray, ...]:
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    keep = np.concatenate([[True], seg > 1e-9])
+    points, widths = points[keep], widths[keep]
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    n = int(math.floor(s[-1] / spacing)) + 1
+    s_new = np.arange(n) * spacing
+    out = np.stack([np.interp(s_new, s, points[:, 0]), np.interp(s_new, s, points[:, 1])], 1)
+    return out, np.interp(s_new, s, widths)
+
+
+def _check_overlap(origin: str, pts: FloatArray, widths: FloatArray) -> None:
+    """Reject tracks whose road comes back over itself (walls would cross)."""
+    step = 4  # check every 2 m
+    p = pts[::step]
+    w = widths[::step]
+    s = np.arange(len(p)) * step * SAMPLE_SPACING
+    for i in range(len(p)):
+        d = np.hypot(p[:, 0] - p[i, 0], p[:, 1] - p[i, 1])
+        far_along = np.abs(s - s[i]) > (w[i] + w) * 1.6 + 10.0
+        clash = far_along & (d < (w[i] + w) / 2 + 4.0)
+        if np.any(clash):
+            j = int(np.argmax(clash))
+            raise _err(origin, f"the road overlaps itself: near {s[i]:.0f} m and {s[j]:.0f} m "
+                               f"along the centre line (points {p[i].round(1).tolist()} and "
+                               f"{p[j].round(1).tolist()} are {d[j]:.1f} m apart); move the "
+                               "pieces apart or narrow the road")
+
+
+def track_from_dict(data: Any, origin: str = "<track>") -> Track:
+    """Validate a track description (as loaded from JSON) and build the :class:`Track`.
+
+    Raises:
+        TrackFormatError: naming ``origin`` and the offending key when anything is wrong.
+    """
+    if not isinstance(data, dict):
+        raise _err(origin, f"expected a JSON object at the top level, got {type(data).__name__}")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise _err(origin, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    if data.get("format") != FORMAT:
+        raise _err(f"{origin}: format", f"expected {FORMAT!r}, got {data.get('format')!r}")
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _err(f"{origin}: name", f"expected 1-64 letters, digits or -_.: , got {name!r}")
+    desc = data.get("description", "")
+    if not isinstance(desc, str):
+        raise _err(f"{origin}: description", f"expected a string, got {desc!r}")
+    width = _number(f"{origin}: width", data.get("width", 20.0), MIN_WIDTH, MAX_WIDTH)
+
+    has_c, has_s = "centerline" in data, "segments" in data
+    if has_c == has_s:
+        raise _err(origin, "give exactly one of 'centerline' (list of [x, y]) or 'segments'")
+    if has_c:
+        for k in ("origin", "heading"):
+            if k in data:
+                raise _err(f"{origin}: {k}", "only meaningful with 'segments'")
+        raw = data["centerline"]
+        if not isinstance(raw, list) or len(raw) < 2:
+            raise _err(f"{origin}: centerline", "expected a list of at least 2 [x, y] points")
+        pts_l = []
+        for i, p in enumerate(raw):
+            if not isinstance(p, list) or len(p) != 2:
+                raise _err(f"{origin}: centerline[{i}]", f"expected [x, y], got {p!r}")
+            pts_l.append((_number(f"{origin}: centerline[{i}][0]", p[0]),
+                          _number(f"{origin}: centerline[{i}][1]", p[1])))
+        pts = np.asarray(pts_l, dtype=np.float64)
+        if "widths" in data:
+            ws = data["widths"]
+            if not isinstance(ws, list) or len(ws) != len(raw):
+                raise _err(f"{origin}: widths", f"expected {len(raw)} numbers (one per "
+                                                f"centerline point), got {ws!r:.80}")
+            wid = np.array([_number(f"{origin}: widths[{i}]", w, MIN_WIDTH, MAX_WIDTH)
+                            for i, w in enumerate(ws)])
+        else:
+            wid = np.full(len(pts), width)
+    else:
+        if "widths" in data:
+            raise _err(f"{origin}: widths", "use a 'width' per piece with 'segments'")
+        o = data.get("origin", [0.0, 0.0])
+        if not isinstance(o, list) or len(o) != 2:
+            raise _err(f"{origin}: origin", f"expected [x, y], got {o!r}")
+        x0 = _number(f"{origin}: origin[0]", o[0])
+        y0 = _number(f"{origin}: origin[1]", o[1])
+        h0 = _number(f"{origin}: heading", data.get("heading", 0.0))
+        pts, wid = _segments_to_polyline(origin, data["segments"], x0, y0, h0, width)
+
+    centre, widths = _resample(pts, wid, SAMPLE_SPACING)
+    total = (len(centre) - 1) * SAMPLE_SPACING
+    if total < 100.0:
+        raise _err(f"{origin}: centerline", f"the track is {total:.1f} m long; it must be at "
+                                            "least 100 m")
+    start = _number(f"{origin}: start", data.get("start", 10.0), 5.0, total - 50.0)
+    finish = _number(f"{origin}: finish", data.get("finish", total - 30.0), start + 20.0,
+                     total - 10.0)
+    cps_raw = data.get("checkpoints", [])
+    if not isinstance(cps_raw, list):
+        raise _err(f"{origin}: checkpoints", f"expected a list of distances, got {cps_raw!r}")
+    cps = np.array([_number(f"{origin}: checkpoints[{i}]", c, start + 1.0, finish - 1.0)
+                    for i, c in enumerate(cps_raw)], dtype=np.float64)
+    if len(cps) > 1 and np.any(np.diff(cps) <= 0):
+        raise _err(f"{origin}: checkpoints", f"distances must increase, got {cps_raw}")
+    _check_overlap(origin, centre, widths)
+    return Track(name=name, description=desc, centerline=centre, widths=widths,
+                 start_s=start, finish_s=finish, checkpoints_s=cps, source=dict(data))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def builtin_track_names() -> list[str]:
+    """Names of the tracks shipped with tm-gym (``default`` first)."""
+    names = sorted(p.name[:-5] for p in resources.files("tm_gym.sim.tracks").iterdir()
+                   if p.name.endswith(".json"))
+    if "default" in names:
+        names.remove("default")
+        names.insert(0, "default")
+    return names
+
+
+_CACHE: dict[str, Track] = {}
+
+
+def load_track(track: str | Path | Track) -> Track:
+    """Load a track by built-in name, ``gen:SEED`` (procedural), or path to a JSON file.
+
+    Built-in and generated tracks are cached, so repeated loads are cheap.
+
+    Raises:
+        TrackFormatError: the file is not a valid track (the message says what and where).
+        FileNotFoundError: the name is neither a built-in track nor an existing file.
+    """
+    if isinstance(track, Track):
+        return track
+    key = str(track)
+    if key in _CACHE:
+        return _CACHE[key]
+    if key.startswith(_GEN_PREFIX):
+        from tm_gym.sim.generator import generate_track
+
+        try:
+            seed = int(key[len(_GEN_PREFIX):])
+        except ValueError:
+            raise TrackFormatError(f"track {key!r}: expected gen:SEED with an integer seed, "
+                                   "for example gen:42") from None
+        result = generate_track(seed)
+    elif isinstance(track, str) and track in builtin_track_names():
+        text = resources.files("tm_gym.sim.tracks").joinpath(f"{track}.json").read_text("utf-8")
+        result = _parse_text(text, f"built-in track {track!r}")
+    else:
+        path = Path(track)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"track {key!r} is neither a built-in track ({', '.join(builtin_track_names())}),"
+                " gen:SEED, nor an existing .json file")
+        result = _parse_text(path.read_text(encoding="utf-8"), str(path))
+        return result  # files may change on disk: do not cache
+    _CACHE[key] = result
+    return result
+
+
+def _parse_text(text: str, origin: str) -> Track:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TrackFormatError(f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                               f"{e.msg})") from None
+    return track_from_dict(data, origin)

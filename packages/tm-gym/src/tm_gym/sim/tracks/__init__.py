@@ -1,0 +1,1 @@
+"""Built-in track files (JSON, format tm-gym-track/1)."""
