@@ -21,15 +21,14 @@ __version__ = "0.1.0"
 
 
 def _register() -> None:
-    common = {"max_episode_steps": None, "disable_env_checker": False}
     if "TrackMania-v0" not in registry:
         register(id="TrackMania-v0", entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
                  vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
-                 kwargs={"backend": "game"}, **common)
+                 kwargs={"backend": "game"})
     if "TrackMania-Sim-v0" not in registry:
         register(id="TrackMania-Sim-v0", entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
                  vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
-                 kwargs={"backend": "sim"}, **common)
+                 kwargs={"backend": "sim"})
 
 
 _register()

@@ -212,6 +212,29 @@ def _localise(pos: NDArray[np.float64], ref: NDArray[np.float64], cur: NDArray[n
             cur[i] = bj
 
 
+@njit(cache=True)
+def _update(pos: NDArray[np.float64], finished: NDArray[np.bool_], ref: NDArray[np.float64],
+            cur: NDArray[np.int64], best: NDArray[np.int64], steps: NDArray[np.int64],
+            no_progress: NDArray[np.int64], lookahead: int, lookback: int, max_stray: float,
+            scale: float, bonus: float, min_steps: int, max_no_progress: int,
+            reward: NDArray[np.float64], term: NDArray[np.bool_]) -> None:
+    _localise(pos, ref, cur, lookahead, lookback, max_stray)
+    for i in range(pos.shape[0]):
+        gained = cur[i] - best[i]
+        steps[i] += 1
+        if gained > 0:
+            best[i] = cur[i]
+            no_progress[i] = 0
+            reward[i] = gained * scale
+        else:
+            no_progress[i] += 1
+            reward[i] = 0.0
+        failed = steps[i] >= min_steps and no_progress[i] > max_no_progress
+        if finished[i]:
+            reward[i] += bonus
+        term[i] = finished[i] or failed
+
+
 class ProgressReward:
     """Batched progress reward for N cars (see the module docstring)."""
 
@@ -239,20 +262,21 @@ class ProgressReward:
 
     def update(self, positions: NDArray[np.float64], finished: NDArray[np.bool_]
                ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        """Advance every car; returns (rewards, terminated) of shape (N,)."""
-        cfg = self.config
+        """Advance every car; returns (rewards, terminated) of shape (N,).
+
+        ``positions`` is (N, D) with D the reference's dimension (extra columns are ignored).
+        """
         ref = self.reference.points
-        pos = np.ascontiguousarray(positions[:, : ref.shape[1]], dtype=np.float64)
-        _localise(pos, ref, self.current, cfg.lookahead, cfg.lookback, cfg.max_stray)
-        gained = np.maximum(self.current - self.best, 0)
-        self.best += gained
-        reward = gained * cfg.progress_scale
-        self.steps += 1
-        self.no_progress = np.where(gained > 0, 0, self.no_progress + 1)
-        failed = (self.steps >= cfg.min_steps) & (self.no_progress > cfg.max_no_progress)
-        fin = np.asarray(finished, dtype=bool)
-        reward = reward + np.where(fin, cfg.finish_bonus, 0.0)
-        return reward, fin | failed
+        pos = positions if positions.shape[1] == ref.shape[1] else positions[:, : ref.shape[1]]
+        pos = np.ascontiguousarray(pos, dtype=np.float64)
+        reward = np.empty(self.num_cars)
+        term = np.empty(self.num_cars, dtype=np.bool_)
+        cfg = self.config
+        _update(pos, np.asarray(finished, dtype=np.bool_), ref, self.current, self.best,
+                self.steps, self.no_progress, cfg.lookahead, cfg.lookback, cfg.max_stray,
+                cfg.progress_scale, cfg.finish_bonus, cfg.min_steps, cfg.max_no_progress,
+                reward, term)
+        return reward, term
 
     @property
     def progress(self) -> NDArray[np.float64]:

@@ -153,11 +153,11 @@ class PlaySession:
         from tm_gym.viz import format_race_time
 
         info = self.info
-        total = info.get("checkpoints_total", self.checkpoints_total)
-        total = "?" if total is None else int(total)
+        total_raw = info.get("checkpoints_total", self.checkpoints_total)
+        total = "?" if total_raw is None else str(int(total_raw))
         race_time = float(info.get("race_time", 0.0))
         return [
-            f"{float(info.get('speed_kmh', 0.0)):4.0f} km/h   gear {info.get('gear', '-')}",
+            f"{abs(float(info.get('speed_kmh', 0.0))):4.0f} km/h   gear {info.get('gear', '-')}",
             f"time {format_race_time(max(race_time, 0.0))}",
             f"checkpoint {info.get('checkpoint', 0)}/{total}",
             f"progress {100.0 * float(info.get('progress', 0.0)):5.1f} %",

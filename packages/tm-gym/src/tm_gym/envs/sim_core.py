@@ -72,6 +72,9 @@ class SimCore:
         self.pend_reward = np.zeros(n)
         self.pend_term = np.zeros(n, dtype=bool)
         self.pend_failed = np.zeros(n, dtype=bool)
+        self._next = np.zeros((n, 3))
+        self._pos = np.zeros((n, 2))
+        self.with_infos = True
 
     # -- capture -------------------------------------------------------------------------
     def _render(self, sel: NDArray[np.intp] | None) -> NDArray[np.uint8]:
@@ -148,31 +151,57 @@ class SimCore:
         """Respawn the cars in ``mask``; returns their first observations and infos."""
         return self._begin(None, np.zeros(self.n, dtype=bool), mask)
 
-    def step(self, actions: NDArray[np.float32], reset: NDArray[np.bool_]
+    def step(self, actions: NDArray[np.float32], reset: NDArray[np.bool_] | None = None
              ) -> tuple[Obs, NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_],
-                        dict[str, NDArray[Any]]]:
+                        dict[str, NDArray[Any]] | None]:
         """One step for every car; cars in ``reset`` are respawned instead (their action is
-        ignored, their entries are reset observations with zero reward, not done)."""
-        run = ~reset
+        ignored, their entries are reset observations with zero reward, not done).
+
+        Returns (obs, reward, terminated, truncated, infos); infos is None when
+        ``with_infos`` is False on the core (the single env builds its own).
+        """
+        any_reset = reset is not None and bool(reset.any())
         ab = self.act_buf
-        ab[run, :-1] = ab[run, 1:]
-        ab[run, -1] = actions[run]
-        self.steps[run] += 1
+        if any_reset:
+            assert reset is not None
+            run = ~reset
+            ab[run, :-1] = ab[run, 1:]
+            ab[run, -1] = actions[run]
+            self.steps[run] += 1
+        else:
+            run = None
+            ab[:, :-1] = ab[:, 1:]
+            ab[:, -1] = actions
+            self.steps += 1
         obs = self.observe()
-        info = self.infos()
-        rew = np.where(run, self.pend_reward, 0.0)
-        term = run & self.pend_term
-        trunc = run & ~term & (self.steps >= self.settings.ep_max_length)
+        info = self.infos() if self.with_infos else None
+        if any_reset:
+            rew = np.where(run, self.pend_reward, 0.0)
+            term = run & self.pend_term
+        else:
+            rew = self.pend_reward.copy()
+            term = self.pend_term.copy()
+        trunc = ~term & (self.steps >= self.settings.ep_max_length)
+        if run is not None:
+            trunc &= run
         done = term | trunc
-        if reset.any():
+        if any_reset:
+            assert reset is not None and run is not None
             r_obs, r_info = self._begin(actions, run & ~done, reset)
             fresh = np.flatnonzero(reset)
             for k, v in r_obs.items():
                 obs[k][fresh] = v
-            for k, v in r_info.items():
-                info[k][fresh] = v
+            if info is not None:
+                for k, v in r_info.items():
+                    info[k][fresh] = v
+        elif not done.any():
+            # hot path: the tail of the running step, then the new step, in one kernel call
+            np.copyto(self._next, actions)
+            self.sim.step_split(self.applied, self.n_tail, self._next, self.n_obs)
+            self.applied, self._next = self._next, self.applied
+            self._finish_capture()
         elif not done.all():
-            self._begin(actions, ~done, reset)
+            self._begin(actions, ~done, np.zeros(self.n, dtype=bool))
         return obs, rew, term, trunc, info
 
     def _begin(self, actions: NDArray[np.float32] | None, advance: NDArray[np.bool_],
@@ -193,19 +222,30 @@ class SimCore:
             self.act_buf[fresh] = 0.0
             self.steps[fresh] = 0
             self.pend_failed[fresh] = False
-            self.reward.reset(sim.positions, reset)
+            self._update_pos()
+            self.reward.reset(self._pos, reset)
             self._capture_fresh(fresh)
-            r_obs, r_info = self.observe(fresh), self.infos(fresh)
+            r_obs = self.observe(fresh)
+            r_info = self.infos(fresh) if self.with_infos else {}
         if actions is not None:
             self.applied[advance] = actions[advance]
         self.applied[reset] = 0.0
         sim.step(self.applied, self.n_obs)
-        self._capture_all()
-        r, term = self.reward.update(sim.positions, sim.finished)
-        self.pend_reward[:] = r
-        self.pend_failed[:] = term & ~sim.finished
-        self.pend_term[:] = term
+        self._finish_capture()
         return r_obs, r_info
+
+    def _update_pos(self) -> None:
+        self._pos[:, 0] = self.sim.x
+        self._pos[:, 1] = self.sim.y
+
+    def _finish_capture(self) -> None:
+        """Capture the new observation and score it."""
+        self._capture_all()
+        self._update_pos()
+        r, term = self.reward.update(self._pos, self.sim.finished)
+        self.pend_reward = r
+        self.pend_failed = term & ~self.sim.finished
+        self.pend_term = term
 
     def expert_actions(self) -> NDArray[np.float32]:
         """The scripted expert's actions (N, 3) for the current state of every car."""

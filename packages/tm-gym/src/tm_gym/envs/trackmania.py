@@ -137,7 +137,9 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.observation_space = observation_space(self.settings)
         self.action_space = action_space()
         self.core = SimCore(1, self.settings, track, reward_trajectory, reward_config, car_params)
+        self.core.with_infos = False
         self.track = self.core.track
+        self._n_cps = len(self.track.checkpoints_s)
         self._running = False
         self._all = np.ones(1, dtype=bool)
         self._none = np.zeros(1, dtype=bool)
@@ -146,22 +148,32 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     def _first(batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         return {k: v[0] for k, v in batch.items()}
 
-    @staticmethod
-    def _info(batch: dict[str, NDArray[Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in batch.items():
-            x = v[0]
-            out[k] = x.item() if np.ndim(x) == 0 else x
-        if not out["finished"]:
-            out["lap_time"] = None
-        return out
+    def _info(self) -> dict[str, Any]:
+        sim = self.core.sim
+        fin = bool(sim.finished[0])
+        return {
+            "race_time": round(float(sim.race_time[0]), 3),
+            "progress": float(self.core.reward.progress[0]),
+            "checkpoint": int(sim.checkpoint[0]),
+            "checkpoints_total": self._n_cps,
+            "finished": fin,
+            "lap_time": round(float(sim.finish_time[0]), 3) if fin else None,
+            "position": np.array([sim.x[0], 0.0, sim.y[0]]),
+            "speed_kmh": float(sim.speed_kmh[0]),
+            "gear": int(sim.gear[0]),
+            "rpm": float(sim.rpm[0]),
+            "wall_contacts": int(sim.contacts[0]),
+            "failed": bool(self.core.pend_failed[0]),
+        }
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
-        obs, info = self.core.reset(self._all)
+        obs, _ = self.core.reset(self._all)
         self._running = True
-        return self._first(obs), self._info(info)
+        info = self._info()
+        info["failed"] = False
+        return self._first(obs), info
 
     def step(self, action: NDArray[np.float32]) -> tuple[
             dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
@@ -169,10 +181,13 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             raise EnvStateError("step() called before reset() or after the episode ended; "
                                 "call reset() first")
         a = check_actions(action, 1)
-        obs, rew, term, trunc, info = self.core.step(a, self._none)
+        failed = bool(self.core.pend_failed[0])
+        info = self._info()  # describes the capture being returned (taken before advancing)
+        info["failed"] = failed
+        obs, rew, term, trunc, _ = self.core.step(a)
         if term[0] or trunc[0]:
             self._running = False
-        return self._first(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), self._info(info)
+        return self._first(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), info
 
     def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
         if self.render_mode is None:

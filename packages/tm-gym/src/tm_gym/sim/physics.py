@@ -248,3 +248,25 @@ def advance(n_sub: int, dt: float, controls: NDArray[np.float64], p: NDArray[np.
             g, r = _gear_rpm(v_long * 3.6, int(gear[i]), gas, p)
             gear[i] = g
             rpm[i] = r
+
+
+@njit(cache=True)
+def advance_split(n_first: int, first: NDArray[np.float64], n_second: int,
+                  second: NDArray[np.float64], dt: float, p: NDArray[np.float64],
+                  x: NDArray[np.float64], y: NDArray[np.float64], psi: NDArray[np.float64],
+                  vx: NDArray[np.float64], vy: NDArray[np.float64], yaw: NDArray[np.float64],
+                  gear: NDArray[np.int64], rpm: NDArray[np.float64], idx: NDArray[np.int64],
+                  s: NDArray[np.float64], lat: NDArray[np.float64],
+                  race_time: NDArray[np.float64], finished: NDArray[np.bool_],
+                  finish_time: NDArray[np.float64], cp: NDArray[np.int64],
+                  driven: NDArray[np.float64], contacts: NDArray[np.int64],
+                  cl: NDArray[np.float64], tan: NDArray[np.float64], nrm: NDArray[np.float64],
+                  s_arr: NDArray[np.float64], widths: NDArray[np.float64], finish_s: float,
+                  cps: NDArray[np.float64]) -> None:
+    """``n_first`` substeps under ``first``, then ``n_second`` under ``second`` (one call)."""
+    advance(n_first, dt, first, p, x, y, psi, vx, vy, yaw, gear, rpm, idx, s, lat, race_time,
+            finished, finish_time, cp, driven, contacts, cl, tan, nrm, s_arr, widths, finish_s,
+            cps)
+    advance(n_second, dt, second, p, x, y, psi, vx, vy, yaw, gear, rpm, idx, s, lat,
+            race_time, finished, finish_time, cp, driven, contacts, cl, tan, nrm, s_arr, widths,
+            finish_s, cps)

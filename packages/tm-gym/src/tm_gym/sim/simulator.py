@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec, render_gray, render_rgb
 from tm_gym.sim.lidar import LIDAR_RANGE, lidar
-from tm_gym.sim.physics import IDLE_RPM, CarParams, advance
+from tm_gym.sim.physics import IDLE_RPM, CarParams, advance, advance_split
 from tm_gym.sim.raster import TrackRaster, build_raster
 from tm_gym.sim.track import Track, load_track
 
@@ -151,6 +151,23 @@ class Simulator:
                 self.lat, self.race_time, self.finished, self.finish_time, self.checkpoint,
                 self.driven, self.contacts, t.centerline, t.tangents, t.normals, t.s,
                 t.widths, float(t.finish_s), t.checkpoints_s)
+
+    def step_split(self, first: NDArray[np.float64], n_first: int,
+                   second: NDArray[np.float64], n_second: int) -> None:
+        """``n_first`` substeps under ``first`` then ``n_second`` under ``second``, in one call.
+
+        Both control arrays must be float64 (N, 3) and C-contiguous; ``controls`` ends as
+        ``second``. This is the environment's hot path (the end of one time step and the start
+        of the next).
+        """
+        t = self.track
+        advance_split(int(n_first), first, int(n_second), second, self.physics_dt, self._p,
+                      self.x, self.y, self.psi, self.vx, self.vy, self.yaw, self.gear, self.rpm,
+                      self.idx, self.s, self.lat, self.race_time, self.finished,
+                      self.finish_time, self.checkpoint, self.driven, self.contacts,
+                      t.centerline, t.tangents, t.normals, t.s, t.widths, float(t.finish_s),
+                      t.checkpoints_s)
+        self.controls[:] = second
 
     # -- readings ------------------------------------------------------------------------
     @property
