@@ -22,13 +22,19 @@ __version__ = "0.1.0"
 
 def _register() -> None:
     if "TrackMania-v0" not in registry:
-        register(id="TrackMania-v0", entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
-                 vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
-                 kwargs={"backend": "game"})
+        register(
+            id="TrackMania-v0",
+            entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
+            vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
+            kwargs={"backend": "game"},
+        )
     if "TrackMania-Sim-v0" not in registry:
-        register(id="TrackMania-Sim-v0", entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
-                 vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
-                 kwargs={"backend": "sim"})
+        register(
+            id="TrackMania-Sim-v0",
+            entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
+            vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
+            kwargs={"backend": "sim"},
+        )
 
 
 _register()

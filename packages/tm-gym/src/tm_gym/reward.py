@@ -71,13 +71,15 @@ class RewardConfig:
                 raise ValueError(f"RewardConfig.{name}={v!r}: expected a finite number >= 0")
 
 
-def resample_polyline(points: NDArray[np.floating[Any]],
-                      spacing: float = REFERENCE_SPACING) -> NDArray[np.float64]:
+def resample_polyline(
+    points: NDArray[np.floating[Any]], spacing: float = REFERENCE_SPACING
+) -> NDArray[np.float64]:
     """Points every ``spacing`` metres along the polyline through ``points`` (K, D)."""
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] < 2 or p.shape[1] not in (2, 3):
-        raise TrajectoryFormatError(f"expected (K, 2) or (K, 3) points with K >= 2, got shape "
-                                    f"{p.shape}")
+        raise TrajectoryFormatError(
+            f"expected (K, 2) or (K, 3) points with K >= 2, got shape {p.shape}"
+        )
     if not np.all(np.isfinite(p)):
         raise TrajectoryFormatError("trajectory points contain NaN or infinite values")
     seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
@@ -85,9 +87,10 @@ def resample_polyline(points: NDArray[np.floating[Any]],
     p = p[keep]
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
     if s[-1] < spacing:
-        raise TrajectoryFormatError(f"trajectory is {s[-1]:.3f} m long; it must be longer than "
-                                    f"the spacing {spacing} m")
-    s_new = np.arange(int(math.floor(s[-1] / spacing)) + 1) * spacing
+        raise TrajectoryFormatError(
+            f"trajectory is {s[-1]:.3f} m long; it must be longer than the spacing {spacing} m"
+        )
+    s_new = np.arange(math.floor(s[-1] / spacing) + 1) * spacing
     return np.stack([np.interp(s_new, s, p[:, d]) for d in range(p.shape[1])], axis=1)
 
 
@@ -103,8 +106,9 @@ class ReferenceTrajectory:
     def __post_init__(self) -> None:
         p = self.points
         if p.ndim != 2 or p.shape[0] < 2 or p.shape[1] not in (2, 3):
-            raise TrajectoryFormatError(f"reference points must be (K, 2) or (K, 3) with K >= 2, "
-                                        f"got shape {p.shape}")
+            raise TrajectoryFormatError(
+                f"reference points must be (K, 2) or (K, 3) with K >= 2, got shape {p.shape}"
+            )
         if not np.all(np.isfinite(p)):
             raise TrajectoryFormatError("reference points contain NaN or infinite values")
 
@@ -120,13 +124,24 @@ class ReferenceTrajectory:
         """Write ``.npz`` (default) or ``.json`` depending on the suffix."""
         p = Path(path)
         if p.suffix == ".json":
-            p.write_text(json.dumps({"format": REFERENCE_FORMAT, "spacing": REFERENCE_SPACING,
-                                     "points": self.points.round(4).tolist()}), "utf-8")
+            p.write_text(
+                json.dumps(
+                    {
+                        "format": REFERENCE_FORMAT,
+                        "spacing": REFERENCE_SPACING,
+                        "points": self.points.round(4).tolist(),
+                    }
+                ),
+                "utf-8",
+            )
         else:
             with p.open("wb") as f:
-                np.savez_compressed(f, points=self.points,
-                                    format=np.array(REFERENCE_FORMAT),
-                                    spacing=np.array(REFERENCE_SPACING))
+                np.savez_compressed(
+                    f,
+                    points=self.points,
+                    format=np.array(REFERENCE_FORMAT),
+                    spacing=np.array(REFERENCE_SPACING),
+                )
         return p
 
     @classmethod
@@ -134,22 +149,26 @@ class ReferenceTrajectory:
         """Load a ``.npz`` or ``.json`` reference (never pickle)."""
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"reference trajectory {str(p)!r} does not exist; record one "
-                                    "or pass reward_trajectory=None")
+            raise FileNotFoundError(
+                f"reference trajectory {str(p)!r} does not exist; record one "
+                "or pass reward_trajectory=None"
+            )
         if p.suffix == ".json":
             try:
                 data = json.loads(p.read_text("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise TrajectoryFormatError(f"{p}: not valid JSON ({e})") from None
             if not isinstance(data, dict) or data.get("format") != REFERENCE_FORMAT:
-                raise TrajectoryFormatError(f"{p}: expected an object with format "
-                                            f"{REFERENCE_FORMAT!r}")
+                raise TrajectoryFormatError(
+                    f"{p}: expected an object with format {REFERENCE_FORMAT!r}"
+                )
             spacing = data.get("spacing")
             try:
                 pts = np.asarray(data.get("points"), dtype=np.float64)
             except (TypeError, ValueError):
-                raise TrajectoryFormatError(f"{p}: 'points' must be a list of [x, y(, z)] "
-                                            "numbers") from None
+                raise TrajectoryFormatError(
+                    f"{p}: 'points' must be a list of [x, y(, z)] numbers"
+                ) from None
         else:
             try:
                 with np.load(p, allow_pickle=False) as z:
@@ -160,8 +179,9 @@ class ReferenceTrajectory:
             except TrajectoryFormatError:
                 raise
             except (ValueError, OSError, EOFError) as e:
-                raise TrajectoryFormatError(f"{p}: not a readable .npz reference ({e}); "
-                                            "re-record it") from None
+                raise TrajectoryFormatError(
+                    f"{p}: not a readable .npz reference ({e}); re-record it"
+                ) from None
         if spacing is not None and not math.isclose(float(spacing), REFERENCE_SPACING):
             pts = resample_polyline(pts)
         try:
@@ -171,8 +191,14 @@ class ReferenceTrajectory:
 
 
 @njit(cache=True)
-def _localise(pos: NDArray[np.float64], ref: NDArray[np.float64], cur: NDArray[np.int64],
-              lookahead: int, lookback: int, max_stray: float) -> None:
+def _localise(
+    pos: NDArray[np.float64],
+    ref: NDArray[np.float64],
+    cur: NDArray[np.int64],
+    lookahead: int,
+    lookback: int,
+    max_stray: float,
+) -> None:
     n, d = pos.shape
     k = ref.shape[0]
     for i in range(n):
@@ -213,11 +239,24 @@ def _localise(pos: NDArray[np.float64], ref: NDArray[np.float64], cur: NDArray[n
 
 
 @njit(cache=True)
-def _update(pos: NDArray[np.float64], finished: NDArray[np.bool_], ref: NDArray[np.float64],
-            cur: NDArray[np.int64], best: NDArray[np.int64], steps: NDArray[np.int64],
-            no_progress: NDArray[np.int64], lookahead: int, lookback: int, max_stray: float,
-            scale: float, bonus: float, min_steps: int, max_no_progress: int,
-            reward: NDArray[np.float64], term: NDArray[np.bool_]) -> None:
+def _update(
+    pos: NDArray[np.float64],
+    finished: NDArray[np.bool_],
+    ref: NDArray[np.float64],
+    cur: NDArray[np.int64],
+    best: NDArray[np.int64],
+    steps: NDArray[np.int64],
+    no_progress: NDArray[np.int64],
+    lookahead: int,
+    lookback: int,
+    max_stray: float,
+    scale: float,
+    bonus: float,
+    min_steps: int,
+    max_no_progress: int,
+    reward: NDArray[np.float64],
+    term: NDArray[np.bool_],
+) -> None:
     _localise(pos, ref, cur, lookahead, lookback, max_stray)
     for i in range(pos.shape[0]):
         gained = cur[i] - best[i]
@@ -238,8 +277,9 @@ def _update(pos: NDArray[np.float64], finished: NDArray[np.bool_], ref: NDArray[
 class ProgressReward:
     """Batched progress reward for N cars (see the module docstring)."""
 
-    def __init__(self, reference: ReferenceTrajectory, num_cars: int,
-                 config: RewardConfig | None = None) -> None:
+    def __init__(
+        self, reference: ReferenceTrajectory, num_cars: int, config: RewardConfig | None = None
+    ) -> None:
         self.reference = reference
         self.config = config or RewardConfig()
         self.num_cars = num_cars
@@ -248,8 +288,7 @@ class ProgressReward:
         self.steps = np.zeros(num_cars, dtype=np.int64)
         self.no_progress = np.zeros(num_cars, dtype=np.int64)
 
-    def reset(self, positions: NDArray[np.float64], mask: NDArray[np.bool_] | None = None
-              ) -> None:
+    def reset(self, positions: NDArray[np.float64], mask: NDArray[np.bool_] | None = None) -> None:
         """Localise the selected cars globally (nearest reference point) and zero counters."""
         sel = np.arange(self.num_cars) if mask is None else np.flatnonzero(mask)
         ref = self.reference.points
@@ -260,8 +299,9 @@ class ProgressReward:
         self.steps[sel] = 0
         self.no_progress[sel] = 0
 
-    def update(self, positions: NDArray[np.float64], finished: NDArray[np.bool_]
-               ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    def update(
+        self, positions: NDArray[np.float64], finished: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         """Advance every car; returns (rewards, terminated) of shape (N,).
 
         ``positions`` is (N, D) with D the reference's dimension (extra columns are ignored).
@@ -272,10 +312,24 @@ class ProgressReward:
         reward = np.empty(self.num_cars)
         term = np.empty(self.num_cars, dtype=np.bool_)
         cfg = self.config
-        _update(pos, np.asarray(finished, dtype=np.bool_), ref, self.current, self.best,
-                self.steps, self.no_progress, cfg.lookahead, cfg.lookback, cfg.max_stray,
-                cfg.progress_scale, cfg.finish_bonus, cfg.min_steps, cfg.max_no_progress,
-                reward, term)
+        _update(
+            pos,
+            np.asarray(finished, dtype=np.bool_),
+            ref,
+            self.current,
+            self.best,
+            self.steps,
+            self.no_progress,
+            cfg.lookahead,
+            cfg.lookback,
+            cfg.max_stray,
+            cfg.progress_scale,
+            cfg.finish_bonus,
+            cfg.min_steps,
+            cfg.max_no_progress,
+            reward,
+            term,
+        )
         return reward, term
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
@@ -36,19 +36,27 @@ class EnvSettings:
     def __post_init__(self) -> None:
         if self.obs_type not in OBS_TYPES:
             raise ValueError(f"obs_type={self.obs_type!r}: expected one of {list(OBS_TYPES)}")
-        for name, lo, hi in (("img_size", 8, 512), ("img_hist_len", 1, 64),
-                             ("act_buf_len", 1, 64), ("ep_max_length", 1, 10**9)):
+        for name, lo, hi in (
+            ("img_size", 8, 512),
+            ("img_hist_len", 1, 64),
+            ("act_buf_len", 1, 64),
+            ("ep_max_length", 1, 10**9),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"{name}={v!r}: expected an integer in [{lo}, {hi}]")
         if not isinstance(self.grayscale, bool):
             raise ValueError(f"grayscale={self.grayscale!r}: expected True or False")
-        d, c = self.time_step_duration, self.start_obs_capture
+        d: object = self.time_step_duration
+        c: object = self.start_obs_capture
         if not (isinstance(d, (int, float)) and math.isfinite(d) and 0 < d <= 1.0):
             raise ValueError(f"time_step_duration={d!r}: expected seconds in (0, 1]")
-        if not (isinstance(c, (int, float)) and math.isfinite(c) and 0 < c <= d):
-            raise ValueError(f"start_obs_capture={c!r}: expected seconds in (0, "
-                             f"time_step_duration={d}]")
+        if not (
+            isinstance(c, (int, float)) and math.isfinite(c) and 0 < c <= self.time_step_duration
+        ):
+            raise ValueError(
+                f"start_obs_capture={c!r}: expected seconds in (0, time_step_duration={d}]"
+            )
 
     @property
     def image_channels(self) -> int:
@@ -68,18 +76,22 @@ def observation_space(s: EnvSettings) -> spaces.Dict:
     """The Dict observation space of ``s`` (channel-first uint8 frames)."""
     acts = spaces.Box(-1.0, 1.0, shape=(s.act_buf_len, 3), dtype=np.float32)
     if s.obs_type == "images":
-        return spaces.Dict({
-            "speed": _scalar(-MAX_SPEED_KMH, MAX_SPEED_KMH),
-            "gear": _scalar(0.0, MAX_GEAR),
-            "rpm": _scalar(0.0, MAX_RPM),
-            "images": spaces.Box(0, 255, shape=(s.image_channels, s.img_size, s.img_size),
-                                 dtype=np.uint8),
-            "actions": acts,
-        })
-    d = {
+        return spaces.Dict(
+            {
+                "speed": _scalar(-MAX_SPEED_KMH, MAX_SPEED_KMH),
+                "gear": _scalar(0.0, MAX_GEAR),
+                "rpm": _scalar(0.0, MAX_RPM),
+                "images": spaces.Box(
+                    0, 255, shape=(s.image_channels, s.img_size, s.img_size), dtype=np.uint8
+                ),
+                "actions": acts,
+            }
+        )
+    d: dict[str, spaces.Space[Any]] = {
         "speed": _scalar(-MAX_SPEED_KMH, MAX_SPEED_KMH),
-        "lidar": spaces.Box(0.0, LIDAR_RANGE, shape=(s.img_hist_len, LIDAR_BEAMS),
-                            dtype=np.float32),
+        "lidar": spaces.Box(
+            0.0, LIDAR_RANGE, shape=(s.img_hist_len, LIDAR_BEAMS), dtype=np.float32
+        ),
         "actions": acts,
     }
     if s.obs_type == "lidar_progress":

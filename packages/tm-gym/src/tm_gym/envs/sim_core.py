@@ -25,8 +25,8 @@ from numpy.typing import NDArray
 
 from tm_gym.envs.settings import EnvSettings
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
-from tm_gym.sim.expert import ExpertDriver
 from tm_gym.sim.camera import render_gray, render_rgb
+from tm_gym.sim.expert import ExpertDriver
 from tm_gym.sim.lidar import LIDAR_BEAMS, lidar
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import PHYSICS_DT, Simulator
@@ -46,17 +46,27 @@ def default_reference(track: Track) -> ReferenceTrajectory:
 class SimCore:
     """N simulated cars behind rtgym's timing, producing batched observations."""
 
-    def __init__(self, num_envs: int, settings: EnvSettings, track: str | Track,
-                 reward_trajectory: str | None = None, reward_config: RewardConfig | None = None,
-                 car_params: CarParams | None = None, physics_dt: float = PHYSICS_DT) -> None:
+    def __init__(
+        self,
+        num_envs: int,
+        settings: EnvSettings,
+        track: str | Track,
+        reward_trajectory: str | None = None,
+        reward_config: RewardConfig | None = None,
+        car_params: CarParams | None = None,
+        physics_dt: float = PHYSICS_DT,
+    ) -> None:
         self.n = num_envs
         self.settings = s = settings
         self.track = load_track(track)
         self.sim = Simulator(self.track, num_envs, params=car_params, physics_dt=physics_dt)
         self.n_obs = self.sim.substeps(s.start_obs_capture)
         self.n_tail = self.sim.substeps(s.time_step_duration) - self.n_obs
-        ref = (ReferenceTrajectory.load(reward_trajectory) if reward_trajectory
-               else default_reference(self.track))
+        ref = (
+            ReferenceTrajectory.load(reward_trajectory)
+            if reward_trajectory
+            else default_reference(self.track)
+        )
         if ref.points.shape[1] == 3:  # game convention (x, y up, z) -> ground plane (x, z)
             ref = ReferenceTrajectory(np.ascontiguousarray(ref.points[:, [0, 2]]))
         self.reward = ProgressReward(ref, num_envs, reward_config)
@@ -80,8 +90,9 @@ class SimCore:
     def _render(self, sel: NDArray[np.intp] | None) -> NDArray[np.uint8]:
         """Frames (n, channels, H, W) of all cars or of those in ``sel``."""
         s, sim = self.settings, self.sim
-        x, y, psi = ((sim.x, sim.y, sim.psi) if sel is None
-                     else (sim.x[sel], sim.y[sel], sim.psi[sel]))
+        x, y, psi = (
+            (sim.x, sim.y, sim.psi) if sel is None else (sim.x[sel], sim.y[sel], sim.psi[sel])
+        )
         if s.grayscale:
             return render_gray(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)[:, None]
         rgb = render_rgb(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)
@@ -151,9 +162,15 @@ class SimCore:
         """Respawn the cars in ``mask``; returns their first observations and infos."""
         return self._begin(None, np.zeros(self.n, dtype=bool), mask)
 
-    def step(self, actions: NDArray[np.float32], reset: NDArray[np.bool_] | None = None
-             ) -> tuple[Obs, NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_],
-                        dict[str, NDArray[Any]] | None]:
+    def step(
+        self, actions: NDArray[np.float32], reset: NDArray[np.bool_] | None = None
+    ) -> tuple[
+        Obs,
+        NDArray[np.float64],
+        NDArray[np.bool_],
+        NDArray[np.bool_],
+        dict[str, NDArray[Any]] | None,
+    ]:
         """One step for every car; cars in ``reset`` are respawned instead (their action is
         ignored, their entries are reset observations with zero reward, not done).
 
@@ -175,7 +192,7 @@ class SimCore:
             self.steps += 1
         obs = self.observe()
         info = self.infos() if self.with_infos else None
-        if any_reset:
+        if run is not None:
             rew = np.where(run, self.pend_reward, 0.0)
             term = run & self.pend_term
         else:
@@ -204,8 +221,12 @@ class SimCore:
             self._begin(actions, ~done, np.zeros(self.n, dtype=bool))
         return obs, rew, term, trunc, info
 
-    def _begin(self, actions: NDArray[np.float32] | None, advance: NDArray[np.bool_],
-               reset: NDArray[np.bool_]) -> tuple[Obs, dict[str, NDArray[Any]]]:
+    def _begin(
+        self,
+        actions: NDArray[np.float32] | None,
+        advance: NDArray[np.bool_],
+        reset: NDArray[np.bool_],
+    ) -> tuple[Obs, dict[str, NDArray[Any]]]:
         """Finish the running time step, respawn ``reset`` cars, start the next time step.
 
         Cars in ``advance`` apply their row of ``actions``, reset cars the default action; the

@@ -24,14 +24,17 @@ def check_actions(action: Any, n: int) -> NDArray[np.float32]:
     """Validate actions: shape (3,) for one car or (n, 3); finite; clipped to [-1, 1]."""
     a = np.asarray(action, dtype=np.float32)
     if a.shape not in ((3,), (n, 3)) or (a.shape == (3,) and n != 1):
-        raise InvalidActionError(f"action has shape {a.shape}; expected "
-                                 f"{'(3,)' if n == 1 else f'({n}, 3)'} = [gas, brake, steer]")
+        raise InvalidActionError(
+            f"action has shape {a.shape}; expected "
+            f"{'(3,)' if n == 1 else f'({n}, 3)'} = [gas, brake, steer]"
+        )
     a = a.reshape(n, 3)
     if not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise InvalidActionError(
             f"action contains a non-finite value {a[tuple(bad)]!r} at index {tuple(bad)}; "
-            "check the policy's outputs (a NaN usually means training diverged)")
+            "check the policy's outputs (a NaN usually means training diverged)"
+        )
     return np.clip(a, -1.0, 1.0)
 
 
@@ -111,31 +114,48 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, backend: str = "sim", *, obs_type: str = "images",
-                 track: str | Track = "default", img_size: int = 64, img_hist_len: int = 4,
-                 grayscale: bool = True, act_buf_len: int = 2, time_step_duration: float = 0.05,
-                 start_obs_capture: float = 0.04, ep_max_length: int = 1000,
-                 reward_trajectory: str | None = None, reward_config: RewardConfig | None = None,
-                 car_params: CarParams | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: str = "sim",
+        *,
+        obs_type: str = "images",
+        track: str | Track = "default",
+        img_size: int = 64,
+        img_hist_len: int = 4,
+        grayscale: bool = True,
+        act_buf_len: int = 2,
+        time_step_duration: float = 0.05,
+        start_obs_capture: float = 0.04,
+        ep_max_length: int = 1000,
+        reward_trajectory: str | None = None,
+        reward_config: RewardConfig | None = None,
+        car_params: CarParams | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
         if backend == "game":
             raise BackendUnavailableError(
                 "the live-game backend is not available in this version of tm-gym; use the "
                 "built-in simulator: gymnasium.make('TrackMania-Sim-v0') or "
-                "gymnasium.make('TrackMania-v0', backend='sim')")
+                "gymnasium.make('TrackMania-v0', backend='sim')"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
-        self.settings = EnvSettings(obs_type=obs_type, img_size=img_size,
-                                    img_hist_len=img_hist_len, grayscale=grayscale,
-                                    act_buf_len=act_buf_len,
-                                    time_step_duration=time_step_duration,
-                                    start_obs_capture=start_obs_capture,
-                                    ep_max_length=ep_max_length)
+        self.settings = EnvSettings(
+            obs_type=obs_type,
+            img_size=img_size,
+            img_hist_len=img_hist_len,
+            grayscale=grayscale,
+            act_buf_len=act_buf_len,
+            time_step_duration=time_step_duration,
+            start_obs_capture=start_obs_capture,
+            ep_max_length=ep_max_length,
+        )
         self.backend = backend
         self.render_mode = render_mode
-        self.observation_space = observation_space(self.settings)
-        self.action_space = action_space()
+        self.observation_space = observation_space(self.settings)  # type: ignore[assignment]
+        self.action_space = action_space()  # type: ignore[assignment]
         self.core = SimCore(1, self.settings, track, reward_trajectory, reward_config, car_params)
         self.core.with_infos = False
         self.track = self.core.track
@@ -166,8 +186,9 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             "failed": bool(self.core.pend_failed[0]),
         }
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
         obs, _ = self.core.reset(self._all)
         self._running = True
@@ -175,11 +196,13 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         info["failed"] = False
         return self._first(obs), info
 
-    def step(self, action: NDArray[np.float32]) -> tuple[
-            dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
         if not self._running:
-            raise EnvStateError("step() called before reset() or after the episode ended; "
-                                "call reset() first")
+            raise EnvStateError(
+                "step() called before reset() or after the episode ended; call reset() first"
+            )
         a = check_actions(action, 1)
         failed = bool(self.core.pend_failed[0])
         info = self._info()  # describes the capture being returned (taken before advancing)
@@ -189,7 +212,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             self._running = False
         return self._first(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), info
 
-    def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
+    def render(self) -> NDArray[np.uint8] | None:
         if self.render_mode is None:
             return None
         return self.core.sim.render_rgb()[0]

@@ -20,8 +20,9 @@ from tm_gym.sim.track import Track
 __all__ = ["TrackManiaVectorEnv"]
 
 
-class TrackManiaVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.float32],
-                                    NDArray[np.float32]]):
+class TrackManiaVectorEnv(
+    VectorEnv[dict[str, NDArray[Any]], NDArray[np.float32], NDArray[np.float32]]
+):
     """``num_envs`` simulated cars with exactly the semantics of as many ``TrackManiaEnv``.
 
     Created by ``gymnasium.make_vec("TrackMania-Sim-v0", num_envs=N,
@@ -32,37 +33,60 @@ class TrackManiaVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.float32]
     ``_key`` mask for each key.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20,
-                "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {
+        "render_modes": ["rgb_array"],
+        "render_fps": 20,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
 
-    def __init__(self, num_envs: int = 1, backend: str = "sim", *, obs_type: str = "images",
-                 track: str | Track = "default", img_size: int = 64, img_hist_len: int = 4,
-                 grayscale: bool = True, act_buf_len: int = 2, time_step_duration: float = 0.05,
-                 start_obs_capture: float = 0.04, ep_max_length: int = 1000,
-                 reward_trajectory: str | None = None, reward_config: RewardConfig | None = None,
-                 car_params: CarParams | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        num_envs: int = 1,
+        backend: str = "sim",
+        *,
+        obs_type: str = "images",
+        track: str | Track = "default",
+        img_size: int = 64,
+        img_hist_len: int = 4,
+        grayscale: bool = True,
+        act_buf_len: int = 2,
+        time_step_duration: float = 0.05,
+        start_obs_capture: float = 0.04,
+        ep_max_length: int = 1000,
+        reward_trajectory: str | None = None,
+        reward_config: RewardConfig | None = None,
+        car_params: CarParams | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         if backend != "sim":
             raise BackendUnavailableError(
                 f"backend={backend!r}: the native vector environment runs the simulator only; "
-                "for several game instances use one TrackMania-v0 per instance")
-        if not isinstance(num_envs, int) or num_envs < 1:
+                "for several game instances use one TrackMania-v0 per instance"
+            )
+        n_obj: object = num_envs
+        if not isinstance(n_obj, int) or n_obj < 1:
             raise ValueError(f"num_envs={num_envs!r}: expected a positive integer")
         if render_mode is not None and render_mode != "rgb_array":
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
-        self.settings = EnvSettings(obs_type=obs_type, img_size=img_size,
-                                    img_hist_len=img_hist_len, grayscale=grayscale,
-                                    act_buf_len=act_buf_len,
-                                    time_step_duration=time_step_duration,
-                                    start_obs_capture=start_obs_capture,
-                                    ep_max_length=ep_max_length)
+        self.settings = EnvSettings(
+            obs_type=obs_type,
+            img_size=img_size,
+            img_hist_len=img_hist_len,
+            grayscale=grayscale,
+            act_buf_len=act_buf_len,
+            time_step_duration=time_step_duration,
+            start_obs_capture=start_obs_capture,
+            ep_max_length=ep_max_length,
+        )
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.single_observation_space = observation_space(self.settings)
         self.single_action_space = action_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.core = SimCore(num_envs, self.settings, track, reward_trajectory, reward_config,
-                            car_params)
+        self.core = SimCore(
+            num_envs, self.settings, track, reward_trajectory, reward_config, car_params
+        )
         self.track = self.core.track
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._started = False
@@ -77,16 +101,17 @@ class TrackManiaVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.float32]
             out["_lap_time"] = info["finished"].copy()
         return out
 
-    def reset(self, *, seed: int | list[int] | None = None,
-              options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
         mask = np.ones(self.num_envs, dtype=bool)
         if options is not None and "reset_mask" in options:
             mask = np.asarray(options["reset_mask"], dtype=bool)
             if mask.shape != (self.num_envs,):
-                raise ValueError(f"options['reset_mask'] has shape {mask.shape}; expected "
-                                 f"({self.num_envs},)")
+                raise ValueError(
+                    f"options['reset_mask'] has shape {mask.shape}; expected ({self.num_envs},)"
+                )
             if not self._started and not mask.all():
                 raise EnvStateError("the first reset() must reset every environment")
         obs, info = self.core.reset(mask)
@@ -102,13 +127,20 @@ class TrackManiaVectorEnv(VectorEnv[dict[str, NDArray[Any]], NDArray[np.float32]
         self._started = True
         return obs, self._vector_info(info)
 
-    def step(self, actions: NDArray[np.float32]) -> tuple[
-            dict[str, NDArray[Any]], NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_],
-            dict[str, Any]]:
+    def step(
+        self, actions: NDArray[np.float32]
+    ) -> tuple[  # type: ignore[override]
+        dict[str, NDArray[Any]],
+        NDArray[np.float64],
+        NDArray[np.bool_],
+        NDArray[np.bool_],
+        dict[str, Any],
+    ]:
         if not self._started:
             raise EnvStateError("step() called before reset(); call reset() first")
         a = check_actions(actions, self.num_envs)
         obs, rew, term, trunc, info = self.core.step(a, self._autoreset.copy())
+        assert info is not None  # the vector env keeps the core's batched infos on
         self._autoreset = term | trunc
         return obs, rew, term, trunc, self._vector_info(info)
 

@@ -79,8 +79,8 @@ def ray_table(spec: CameraSpec, width: int, height: int) -> RayTable:
     """Ray table for a ``width`` × ``height`` frame of ``spec``."""
     tan_h = math.tan(math.radians(spec.hfov_deg) / 2)
     tan_v = tan_h / spec.window_aspect
-    u = (2 * (np.arange(width) + 0.5) / width - 1) * tan_h      # right
-    v = (1 - 2 * (np.arange(height) + 0.5) / height) * tan_v    # up
+    u = (2 * (np.arange(width) + 0.5) / width - 1) * tan_h  # right
+    v = (1 - 2 * (np.arange(height) + 0.5) / height) * tan_v  # up
     uu, vv = np.meshgrid(u, v)
     p = math.radians(spec.pitch_deg)
     d_ahead = math.cos(p) + vv * math.sin(p)
@@ -101,10 +101,15 @@ def ray_table(spec: CameraSpec, width: int, height: int) -> RayTable:
     # sky: light blue at the horizon to deeper blue at the top
     frac = (np.arange(height) + 0.5) / height
     top, bottom = np.array([70, 130, 210.0]), np.array([185, 215, 240.0])
-    sky = (top[None, :] + (bottom - top)[None, :] * np.clip(frac * 3.0, 0, 1)[:, None])
+    sky = top[None, :] + (bottom - top)[None, :] * np.clip(frac * 3.0, 0, 1)[:, None]
     sky_rgb = np.rint(sky).astype(np.uint8)
-    return RayTable(ahead=np.ascontiguousarray(ahead), left=np.ascontiguousarray(left),
-                    kind=kind, sky=sky_rgb, sky_gray=_gray_sky(sky_rgb))
+    return RayTable(
+        ahead=np.ascontiguousarray(ahead),
+        left=np.ascontiguousarray(left),
+        kind=kind,
+        sky=sky_rgb,
+        sky_gray=_gray_sky(sky_rgb),
+    )
 
 
 def _draw_car(kind: NDArray[np.int16], width: int, height: int) -> None:
@@ -123,21 +128,31 @@ def _draw_car(kind: NDArray[np.int16], width: int, height: int) -> None:
 
 
 @njit(cache=True, inline="always")
-def _ground_material(raster_mat: NDArray[np.uint8], x0: float, y0: float, wx: float,
-                     wy: float) -> int:
-    ix = int(math.floor((wx - x0) / MATERIAL_CELL))
-    iy = int(math.floor((wy - y0) / MATERIAL_CELL))
+def _ground_material(
+    raster_mat: NDArray[np.uint8], x0: float, y0: float, wx: float, wy: float
+) -> int:
+    ix = math.floor((wx - x0) / MATERIAL_CELL)
+    iy = math.floor((wy - y0) / MATERIAL_CELL)
     if ix < 0 or iy < 0 or iy >= raster_mat.shape[0] or ix >= raster_mat.shape[1]:
         return M_FAR
     return raster_mat[iy, ix]
 
 
 @njit(cache=True)
-def _render_gray(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[np.float64],
-                 ahead: NDArray[np.float64], left: NDArray[np.float64],
-                 kind: NDArray[np.int16], sky_gray: NDArray[np.uint8],
-                 mat: NDArray[np.uint8], x0: float, y0: float, pal: NDArray[np.uint8],
-                 out: NDArray[np.uint8]) -> None:
+def _render_gray(
+    px: NDArray[np.float64],
+    py: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    ahead: NDArray[np.float64],
+    left: NDArray[np.float64],
+    kind: NDArray[np.int16],
+    sky_gray: NDArray[np.uint8],
+    mat: NDArray[np.uint8],
+    x0: float,
+    y0: float,
+    pal: NDArray[np.uint8],
+    out: NDArray[np.uint8],
+) -> None:
     n = px.shape[0]
     h, w = kind.shape
     for i in range(n):
@@ -159,11 +174,20 @@ def _render_gray(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[
 
 
 @njit(cache=True)
-def _render_rgb(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[np.float64],
-                ahead: NDArray[np.float64], left: NDArray[np.float64],
-                kind: NDArray[np.int16], sky: NDArray[np.uint8],
-                mat: NDArray[np.uint8], x0: float, y0: float, pal: NDArray[np.uint8],
-                out: NDArray[np.uint8]) -> None:
+def _render_rgb(
+    px: NDArray[np.float64],
+    py: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    ahead: NDArray[np.float64],
+    left: NDArray[np.float64],
+    kind: NDArray[np.int16],
+    sky: NDArray[np.uint8],
+    mat: NDArray[np.uint8],
+    x0: float,
+    y0: float,
+    pal: NDArray[np.uint8],
+    out: NDArray[np.uint8],
+) -> None:
     n = px.shape[0]
     h, w = kind.shape
     for i in range(n):
@@ -191,31 +215,67 @@ def _render_rgb(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[n
 def _gray_sky(sky: NDArray[np.uint8]) -> NDArray[np.uint8]:
     f = sky.astype(np.float64)
     return np.clip(np.rint(0.299 * f[:, 0] + 0.587 * f[:, 1] + 0.114 * f[:, 2]), 0, 255).astype(
-        np.uint8)
+        np.uint8
+    )
 
 
-def render_gray(raster: TrackRaster, x: NDArray[np.float64], y: NDArray[np.float64],
-                psi: NDArray[np.float64], width: int, height: int,
-                spec: CameraSpec = CameraSpec(), out: NDArray[np.uint8] | None = None
-                ) -> NDArray[np.uint8]:
+def render_gray(
+    raster: TrackRaster,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    width: int,
+    height: int,
+    spec: CameraSpec = CameraSpec(),
+    out: NDArray[np.uint8] | None = None,
+) -> NDArray[np.uint8]:
     """Grayscale frames (N, height, width) uint8 of N cars at poses (x, y, psi)."""
     table = ray_table(spec, width, height)
     if out is None:
         out = np.empty((len(x), height, width), dtype=np.uint8)
-    _render_gray(x, y, psi, table.ahead, table.left, table.kind, table.sky_gray,
-                 raster.material, raster.x0, raster.y0, GRAY_PALETTE, out)
+    _render_gray(
+        x,
+        y,
+        psi,
+        table.ahead,
+        table.left,
+        table.kind,
+        table.sky_gray,
+        raster.material,
+        raster.x0,
+        raster.y0,
+        GRAY_PALETTE,
+        out,
+    )
     return out
 
 
-def render_rgb(raster: TrackRaster, x: NDArray[np.float64], y: NDArray[np.float64],
-               psi: NDArray[np.float64], width: int = WINDOW_WIDTH, height: int = WINDOW_HEIGHT,
-               spec: CameraSpec = CameraSpec(), out: NDArray[np.uint8] | None = None
-               ) -> NDArray[np.uint8]:
+def render_rgb(
+    raster: TrackRaster,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    width: int = WINDOW_WIDTH,
+    height: int = WINDOW_HEIGHT,
+    spec: CameraSpec = CameraSpec(),
+    out: NDArray[np.uint8] | None = None,
+) -> NDArray[np.uint8]:
     """Colour frames (N, height, width, 3) uint8 of N cars at poses (x, y, psi)."""
     table = ray_table(spec, width, height)
     if out is None:
         out = np.empty((len(x), height, width, 3), dtype=np.uint8)
-    _render_rgb(x, y, psi, table.ahead, table.left, table.kind, table.sky, raster.material,
-                raster.x0, raster.y0, PALETTE, out)
+    _render_rgb(
+        x,
+        y,
+        psi,
+        table.ahead,
+        table.left,
+        table.kind,
+        table.sky,
+        raster.material,
+        raster.x0,
+        raster.y0,
+        PALETTE,
+        out,
+    )
     return out
-

@@ -24,8 +24,9 @@ from tm_gym.sim.track import SAMPLE_SPACING, Track, load_track
 __all__ = ["ExpertDriver", "ExpertLap", "run_expert"]
 
 
-def speed_plan(track: Track, params: CarParams, lateral_margin: float = 0.82,
-               brake_margin: float = 0.7) -> NDArray[np.float64]:
+def speed_plan(
+    track: Track, params: CarParams, lateral_margin: float = 0.82, brake_margin: float = 0.7
+) -> NDArray[np.float64]:
     """Target speed (m/s) at every centre-line sample."""
     k = np.abs(track.curvature)
     # look at the sharpest curvature within ±6 m so the plan covers the whole turn
@@ -42,11 +43,20 @@ def speed_plan(track: Track, params: CarParams, lateral_margin: float = 0.82,
 
 
 @njit(cache=True)
-def _expert_controls(x: NDArray[np.float64], y: NDArray[np.float64],
-                     psi: NDArray[np.float64], speed: NDArray[np.float64],
-                     idx: NDArray[np.int64], cl: NDArray[np.float64],
-                     plan: NDArray[np.float64], wheelbase: float, lock_deg: float,
-                     speed_ref: float, spacing: float, out: NDArray[np.float64]) -> None:
+def _expert_controls(
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    speed: NDArray[np.float64],
+    idx: NDArray[np.int64],
+    cl: NDArray[np.float64],
+    plan: NDArray[np.float64],
+    wheelbase: float,
+    lock_deg: float,
+    speed_ref: float,
+    spacing: float,
+    out: NDArray[np.float64],
+) -> None:
     m = cl.shape[0]
     for i in range(x.shape[0]):
         v = speed[i]
@@ -92,9 +102,20 @@ class ExpertDriver:
         """Controls (N, 3) = [gas, brake, steer] for the current state of ``sim``."""
         out = np.zeros((sim.num_cars, 3))
         p = self.params
-        _expert_controls(sim.x, sim.y, sim.psi, sim.speed, sim.idx, self.track.centerline,
-                         self.plan, p.wheelbase, p.steer_lock_deg, p.steer_speed_ref,
-                         SAMPLE_SPACING, out)
+        _expert_controls(
+            sim.x,
+            sim.y,
+            sim.psi,
+            sim.speed,
+            sim.idx,
+            self.track.centerline,
+            self.plan,
+            p.wheelbase,
+            p.steer_lock_deg,
+            p.steer_speed_ref,
+            SAMPLE_SPACING,
+            out,
+        )
         return out
 
 
@@ -113,8 +134,13 @@ class ExpertLap:
     frames: NDArray[np.uint8] | None
 
 
-def run_expert(track: Track | str, *, record_frames: bool = True, max_time: float = 300.0,
-               time_step: float = 0.05) -> ExpertLap:
+def run_expert(
+    track: Track | str,
+    *,
+    record_frames: bool = True,
+    max_time: float = 300.0,
+    time_step: float = 0.05,
+) -> ExpertLap:
     """Drive one lap with the expert; decisions every ``time_step`` seconds (20 Hz).
 
     The lap time is the simulator's race time at the finish line (interpolated within the
@@ -140,7 +166,13 @@ def run_expert(track: Track | str, *, record_frames: bool = True, max_time: floa
     finished = bool(sim.finished[0])
     lap = round(float(sim.finish_time[0]), 3) if finished else None
     return ExpertLap(
-        track_name=trk.name, finished=finished, lap_time=lap, times=np.asarray(times),
-        positions=np.asarray(pos), speeds_kmh=np.asarray(spd),
-        actions=np.asarray(acts).reshape(-1, 3), wall_contacts=int(sim.contacts[0]),
-        frames=np.asarray(frames, dtype=np.uint8) if record_frames else None)
+        track_name=trk.name,
+        finished=finished,
+        lap_time=lap,
+        times=np.asarray(times),
+        positions=np.asarray(pos),
+        speeds_kmh=np.asarray(spd),
+        actions=np.asarray(acts).reshape(-1, 3),
+        wall_contacts=int(sim.contacts[0]),
+        frames=np.asarray(frames, dtype=np.uint8) if record_frames else None,
+    )

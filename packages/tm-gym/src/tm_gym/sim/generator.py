@@ -20,12 +20,15 @@ __all__ = ["generate_track", "generate_track_dict"]
 _MAX_ATTEMPTS = 200
 
 
-def generate_track_dict(seed: int, *, min_length: float = 900.0,
-                        max_length: float = 1900.0) -> dict[str, Any]:
+def generate_track_dict(
+    seed: int, *, min_length: float = 900.0, max_length: float = 1900.0
+) -> dict[str, Any]:
     """The JSON description of procedural track ``seed`` (validated by :func:`generate_track`)."""
     if not 200.0 <= min_length < max_length:
-        raise ValueError(f"min_length={min_length}, max_length={max_length}: expected "
-                         "200 <= min_length < max_length")
+        raise ValueError(
+            f"min_length={min_length}, max_length={max_length}: expected "
+            "200 <= min_length < max_length"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A7]))
     width = float(rng.uniform(14.0, 24.0))
     target = float(rng.uniform(min_length, max_length))
@@ -68,5 +71,7 @@ def generate_track(seed: int) -> Track:
             return track_from_dict(data, f"generated track gen:{seed}")
         except TrackFormatError as e:  # overlapping layout: try the next candidate
             last_error = e
-    raise TrackFormatError(f"could not generate a non-overlapping track for seed {seed} in "
-                           f"{_MAX_ATTEMPTS} attempts: {last_error}")
+    raise TrackFormatError(
+        f"could not generate a non-overlapping track for seed {seed} in "
+        f"{_MAX_ATTEMPTS} attempts: {last_error}"
+    )

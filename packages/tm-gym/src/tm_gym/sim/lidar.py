@@ -34,8 +34,8 @@ def _clear(grid: NDArray[np.float32], x0: float, y0: float, wx: float, wy: float
     """Bilinear interpolation of the clearance grid (-1 outside it)."""
     fx = (wx - x0) / CLEARANCE_CELL - 0.5
     fy = (wy - y0) / CLEARANCE_CELL - 0.5
-    ix = int(math.floor(fx))
-    iy = int(math.floor(fy))
+    ix = math.floor(fx)
+    iy = math.floor(fy)
     if ix < 0 or iy < 0 or iy + 1 >= grid.shape[0] or ix + 1 >= grid.shape[1]:
         return -1.0
     ax = fx - ix
@@ -46,9 +46,17 @@ def _clear(grid: NDArray[np.float32], x0: float, y0: float, wx: float, wy: float
 
 
 @njit(cache=True)
-def _lidar(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[np.float64],
-           angles: NDArray[np.float64], grid: NDArray[np.float32], x0: float, y0: float,
-           max_range: float, out: NDArray[np.float32]) -> None:
+def _lidar(
+    px: NDArray[np.float64],
+    py: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    angles: NDArray[np.float64],
+    grid: NDArray[np.float32],
+    x0: float,
+    y0: float,
+    max_range: float,
+    out: NDArray[np.float32],
+) -> None:
     n = px.shape[0]
     nb = angles.shape[0]
     for i in range(n):
@@ -77,9 +85,14 @@ def _lidar(px: NDArray[np.float64], py: NDArray[np.float64], psi: NDArray[np.flo
             out[i, k] = min(t, max_range)
 
 
-def lidar(raster: TrackRaster, x: NDArray[np.float64], y: NDArray[np.float64],
-          psi: NDArray[np.float64], out: NDArray[np.float32] | None = None,
-          max_range: float = LIDAR_RANGE) -> NDArray[np.float32]:
+def lidar(
+    raster: TrackRaster,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    out: NDArray[np.float32] | None = None,
+    max_range: float = LIDAR_RANGE,
+) -> NDArray[np.float32]:
     """LIDAR scans (N, 19) float32 in metres for N cars at poses (x, y, psi)."""
     if out is None:
         out = np.empty((len(x), LIDAR_BEAMS), dtype=np.float32)

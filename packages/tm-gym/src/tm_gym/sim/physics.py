@@ -83,8 +83,35 @@ class CarParams:
 
 
 # indices into CarParams.as_array()
-(_ACC, _POW, _DRAG, _ROLL, _BRK, _REVA, _REVM, _GRIP, _SGRIP, _SDRAG, _OVER, _WB, _LOCK, _SREF,
- _YLAG, _HW, _REST, _WFRIC, _SCRAPE, _UP0, _UP1, _UP2, _UP3, _DN0, _DN1, _DN2, _DN3) = range(27)
+(
+    _ACC,
+    _POW,
+    _DRAG,
+    _ROLL,
+    _BRK,
+    _REVA,
+    _REVM,
+    _GRIP,
+    _SGRIP,
+    _SDRAG,
+    _OVER,
+    _WB,
+    _LOCK,
+    _SREF,
+    _YLAG,
+    _HW,
+    _REST,
+    _WFRIC,
+    _SCRAPE,
+    _UP0,
+    _UP1,
+    _UP2,
+    _UP3,
+    _DN0,
+    _DN1,
+    _DN2,
+    _DN3,
+) = range(27)
 
 IDLE_RPM = 1000.0
 MAX_RPM = 11000.0
@@ -113,16 +140,36 @@ def _gear_rpm(v_kmh: float, gear: int, gas: float, p: NDArray[np.float64]) -> tu
 
 
 @njit(cache=True)
-def advance(n_sub: int, dt: float, controls: NDArray[np.float64], p: NDArray[np.float64],
-            x: NDArray[np.float64], y: NDArray[np.float64], psi: NDArray[np.float64],
-            vx: NDArray[np.float64], vy: NDArray[np.float64], yaw: NDArray[np.float64],
-            gear: NDArray[np.int64], rpm: NDArray[np.float64], idx: NDArray[np.int64],
-            s: NDArray[np.float64], lat: NDArray[np.float64], race_time: NDArray[np.float64],
-            finished: NDArray[np.bool_], finish_time: NDArray[np.float64],
-            cp: NDArray[np.int64], driven: NDArray[np.float64], contacts: NDArray[np.int64],
-            cl: NDArray[np.float64], tan: NDArray[np.float64], nrm: NDArray[np.float64],
-            s_arr: NDArray[np.float64], widths: NDArray[np.float64], finish_s: float,
-            cps: NDArray[np.float64]) -> None:
+def advance(
+    n_sub: int,
+    dt: float,
+    controls: NDArray[np.float64],
+    p: NDArray[np.float64],
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    vx: NDArray[np.float64],
+    vy: NDArray[np.float64],
+    yaw: NDArray[np.float64],
+    gear: NDArray[np.int64],
+    rpm: NDArray[np.float64],
+    idx: NDArray[np.int64],
+    s: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    race_time: NDArray[np.float64],
+    finished: NDArray[np.bool_],
+    finish_time: NDArray[np.float64],
+    cp: NDArray[np.int64],
+    driven: NDArray[np.float64],
+    contacts: NDArray[np.int64],
+    cl: NDArray[np.float64],
+    tan: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    s_arr: NDArray[np.float64],
+    widths: NDArray[np.float64],
+    finish_s: float,
+    cps: NDArray[np.float64],
+) -> None:
     """Advance every car by ``n_sub`` substeps of ``dt`` seconds under ``controls`` (N, 3)."""
     n = x.shape[0]
     m = cl.shape[0]
@@ -150,9 +197,9 @@ def advance(n_sub: int, dt: float, controls: NDArray[np.float64], p: NDArray[np.
                     a_long += brk * p[_BRK] + p[_ROLL]
             a_long -= p[_DRAG] * v_long * abs(v_long)
             # do not let braking or rolling resistance reverse the direction of travel
-            if v_long > 0.0 and v_long + a_long * dt < 0.0 and gas <= 0.0:
-                a_long = -v_long / dt
-            elif v_long < 0.0 and v_long + a_long * dt > 0.0 and brk <= 0.0 and gas <= 0.0:
+            if (v_long > 0.0 and v_long + a_long * dt < 0.0 and gas <= 0.0) or (
+                v_long < 0.0 and v_long + a_long * dt > 0.0 and brk <= 0.0 and gas <= 0.0
+            ):
                 a_long = -v_long / dt
             # -- steering: target yaw rate, capped by what the tyres can hold ---------------
             lock = lock0 / (1.0 + abs(v_long) / p[_SREF])
@@ -251,22 +298,96 @@ def advance(n_sub: int, dt: float, controls: NDArray[np.float64], p: NDArray[np.
 
 
 @njit(cache=True)
-def advance_split(n_first: int, first: NDArray[np.float64], n_second: int,
-                  second: NDArray[np.float64], dt: float, p: NDArray[np.float64],
-                  x: NDArray[np.float64], y: NDArray[np.float64], psi: NDArray[np.float64],
-                  vx: NDArray[np.float64], vy: NDArray[np.float64], yaw: NDArray[np.float64],
-                  gear: NDArray[np.int64], rpm: NDArray[np.float64], idx: NDArray[np.int64],
-                  s: NDArray[np.float64], lat: NDArray[np.float64],
-                  race_time: NDArray[np.float64], finished: NDArray[np.bool_],
-                  finish_time: NDArray[np.float64], cp: NDArray[np.int64],
-                  driven: NDArray[np.float64], contacts: NDArray[np.int64],
-                  cl: NDArray[np.float64], tan: NDArray[np.float64], nrm: NDArray[np.float64],
-                  s_arr: NDArray[np.float64], widths: NDArray[np.float64], finish_s: float,
-                  cps: NDArray[np.float64]) -> None:
+def advance_split(
+    n_first: int,
+    first: NDArray[np.float64],
+    n_second: int,
+    second: NDArray[np.float64],
+    dt: float,
+    p: NDArray[np.float64],
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    psi: NDArray[np.float64],
+    vx: NDArray[np.float64],
+    vy: NDArray[np.float64],
+    yaw: NDArray[np.float64],
+    gear: NDArray[np.int64],
+    rpm: NDArray[np.float64],
+    idx: NDArray[np.int64],
+    s: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    race_time: NDArray[np.float64],
+    finished: NDArray[np.bool_],
+    finish_time: NDArray[np.float64],
+    cp: NDArray[np.int64],
+    driven: NDArray[np.float64],
+    contacts: NDArray[np.int64],
+    cl: NDArray[np.float64],
+    tan: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    s_arr: NDArray[np.float64],
+    widths: NDArray[np.float64],
+    finish_s: float,
+    cps: NDArray[np.float64],
+) -> None:
     """``n_first`` substeps under ``first``, then ``n_second`` under ``second`` (one call)."""
-    advance(n_first, dt, first, p, x, y, psi, vx, vy, yaw, gear, rpm, idx, s, lat, race_time,
-            finished, finish_time, cp, driven, contacts, cl, tan, nrm, s_arr, widths, finish_s,
-            cps)
-    advance(n_second, dt, second, p, x, y, psi, vx, vy, yaw, gear, rpm, idx, s, lat,
-            race_time, finished, finish_time, cp, driven, contacts, cl, tan, nrm, s_arr, widths,
-            finish_s, cps)
+    advance(
+        n_first,
+        dt,
+        first,
+        p,
+        x,
+        y,
+        psi,
+        vx,
+        vy,
+        yaw,
+        gear,
+        rpm,
+        idx,
+        s,
+        lat,
+        race_time,
+        finished,
+        finish_time,
+        cp,
+        driven,
+        contacts,
+        cl,
+        tan,
+        nrm,
+        s_arr,
+        widths,
+        finish_s,
+        cps,
+    )
+    advance(
+        n_second,
+        dt,
+        second,
+        p,
+        x,
+        y,
+        psi,
+        vx,
+        vy,
+        yaw,
+        gear,
+        rpm,
+        idx,
+        s,
+        lat,
+        race_time,
+        finished,
+        finish_time,
+        cp,
+        driven,
+        contacts,
+        cl,
+        tan,
+        nrm,
+        s_arr,
+        widths,
+        finish_s,
+        cps,
+    )

@@ -81,20 +81,20 @@ class Material:
 # for pixels darker than (55, 55, 55)); nothing else in the view is that dark.
 PALETTE: NDArray[np.uint8] = np.array(
     [
-        (78, 148, 62),     # GRASS_A
-        (92, 165, 72),     # GRASS_B
-        (112, 112, 118),   # ROAD_A
-        (124, 124, 130),   # ROAD_B
-        (12, 12, 12),      # BORDER
-        (235, 235, 235),   # STRIPE_WHITE
-        (240, 240, 240),   # LINE_WHITE
-        (20, 20, 20),      # FINISH_A
-        (245, 245, 245),   # FINISH_B
-        (40, 110, 230),    # CHECKPOINT
-        (150, 180, 150),   # FAR (haze over distant ground)
-        (205, 40, 40),     # CAR_BODY
-        (90, 110, 140),    # CAR_GLASS
-        (75, 75, 80),      # CAR_WHEEL
+        (78, 148, 62),  # GRASS_A
+        (92, 165, 72),  # GRASS_B
+        (112, 112, 118),  # ROAD_A
+        (124, 124, 130),  # ROAD_B
+        (12, 12, 12),  # BORDER
+        (235, 235, 235),  # STRIPE_WHITE
+        (240, 240, 240),  # LINE_WHITE
+        (20, 20, 20),  # FINISH_A
+        (245, 245, 245),  # FINISH_B
+        (40, 110, 230),  # CHECKPOINT
+        (150, 180, 150),  # FAR (haze over distant ground)
+        (205, 40, 40),  # CAR_BODY
+        (90, 110, 140),  # CAR_GLASS
+        (75, 75, 80),  # CAR_WHEEL
     ],
     dtype=np.uint8,
 )
@@ -121,8 +121,17 @@ class TrackRaster:
 
 
 @njit(cache=True)
-def _material_at(lon: float, lat: float, half: float, total: float, start_s: float,
-                 finish_s: float, cps: NDArray[np.float64], wx: float, wy: float) -> int:
+def _material_at(
+    lon: float,
+    lat: float,
+    half: float,
+    total: float,
+    start_s: float,
+    finish_s: float,
+    cps: NDArray[np.float64],
+    wx: float,
+    wy: float,
+) -> int:
     a = abs(lat)
     inner = half - BORDER_WIDTH
     if lon < 0.0 or lon > total:
@@ -147,10 +156,20 @@ def _material_at(lon: float, lat: float, half: float, total: float, start_s: flo
 
 
 @njit(cache=True)
-def _stamp(cl: NDArray[np.float64], tan: NDArray[np.float64], nrm: NDArray[np.float64],
-           s_arr: NDArray[np.float64], widths: NDArray[np.float64], start_s: float,
-           finish_s: float, cps: NDArray[np.float64], x0: float, y0: float,
-           mat: NDArray[np.uint8], clear: NDArray[np.float32]) -> None:
+def _stamp(
+    cl: NDArray[np.float64],
+    tan: NDArray[np.float64],
+    nrm: NDArray[np.float64],
+    s_arr: NDArray[np.float64],
+    widths: NDArray[np.float64],
+    start_s: float,
+    finish_s: float,
+    cps: NDArray[np.float64],
+    x0: float,
+    y0: float,
+    mat: NDArray[np.uint8],
+    clear: NDArray[np.float32],
+) -> None:
     m = cl.shape[0]
     total = s_arr[m - 1]
     best_m = np.full(mat.shape, np.inf)
@@ -207,13 +226,25 @@ def build_raster(track: Track) -> TrackRaster:
     cl = track.centerline
     lo = cl.min(axis=0) - _MARGIN
     hi = cl.max(axis=0) + _MARGIN
-    w_m = int(math.ceil((hi[0] - lo[0]) / MATERIAL_CELL))
-    h_m = int(math.ceil((hi[1] - lo[1]) / MATERIAL_CELL))
+    w_m = math.ceil((hi[0] - lo[0]) / MATERIAL_CELL)
+    h_m = math.ceil((hi[1] - lo[1]) / MATERIAL_CELL)
     xs = lo[0] + (np.arange(w_m) + 0.5) * MATERIAL_CELL
     ys = lo[1] + (np.arange(h_m) + 0.5) * MATERIAL_CELL
     checker = (np.floor(ys / 8.0)[:, None] + np.floor(xs / 8.0)[None, :]) % 2
     mat = (M_GRASS_A + checker).astype(np.uint8)
-    clear = np.full((int(math.ceil(h_m / 2)), int(math.ceil(w_m / 2))), -1.0, dtype=np.float32)
-    _stamp(cl, track.tangents, track.normals, track.s, track.widths, float(track.start_s),
-           float(track.finish_s), track.checkpoints_s, float(lo[0]), float(lo[1]), mat, clear)
+    clear = np.full((math.ceil(h_m / 2), math.ceil(w_m / 2)), -1.0, dtype=np.float32)
+    _stamp(
+        cl,
+        track.tangents,
+        track.normals,
+        track.s,
+        track.widths,
+        float(track.start_s),
+        float(track.finish_s),
+        track.checkpoints_s,
+        float(lo[0]),
+        float(lo[1]),
+        mat,
+        clear,
+    )
     return TrackRaster(x0=float(lo[0]), y0=float(lo[1]), material=mat, clearance=clear)

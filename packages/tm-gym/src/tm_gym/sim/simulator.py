@@ -73,9 +73,15 @@ class Simulator:
         camera: chase-camera placement.
     """
 
-    def __init__(self, track: Track | str, num_cars: int = 1, *,
-                 params: CarParams | None = None, physics_dt: float = PHYSICS_DT,
-                 camera: CameraSpec | None = None) -> None:
+    def __init__(
+        self,
+        track: Track | str,
+        num_cars: int = 1,
+        *,
+        params: CarParams | None = None,
+        physics_dt: float = PHYSICS_DT,
+        camera: CameraSpec | None = None,
+    ) -> None:
         if num_cars < 1:
             raise ValueError(f"num_cars={num_cars}: expected at least 1")
         if not (0.0 < physics_dt <= 0.05):
@@ -146,14 +152,40 @@ class Simulator:
         c = np.asarray(controls, dtype=np.float64).reshape(self.num_cars, 3)
         self.controls[:] = c
         t = self.track
-        advance(int(n_substeps), self.physics_dt, self.controls, self._p, self.x, self.y,
-                self.psi, self.vx, self.vy, self.yaw, self.gear, self.rpm, self.idx, self.s,
-                self.lat, self.race_time, self.finished, self.finish_time, self.checkpoint,
-                self.driven, self.contacts, t.centerline, t.tangents, t.normals, t.s,
-                t.widths, float(t.finish_s), t.checkpoints_s)
+        advance(
+            int(n_substeps),
+            self.physics_dt,
+            self.controls,
+            self._p,
+            self.x,
+            self.y,
+            self.psi,
+            self.vx,
+            self.vy,
+            self.yaw,
+            self.gear,
+            self.rpm,
+            self.idx,
+            self.s,
+            self.lat,
+            self.race_time,
+            self.finished,
+            self.finish_time,
+            self.checkpoint,
+            self.driven,
+            self.contacts,
+            t.centerline,
+            t.tangents,
+            t.normals,
+            t.s,
+            t.widths,
+            float(t.finish_s),
+            t.checkpoints_s,
+        )
 
-    def step_split(self, first: NDArray[np.float64], n_first: int,
-                   second: NDArray[np.float64], n_second: int) -> None:
+    def step_split(
+        self, first: NDArray[np.float64], n_first: int, second: NDArray[np.float64], n_second: int
+    ) -> None:
         """``n_first`` substeps under ``first`` then ``n_second`` under ``second``, in one call.
 
         Both control arrays must be float64 (N, 3) and C-contiguous; ``controls`` ends as
@@ -161,12 +193,38 @@ class Simulator:
         of the next).
         """
         t = self.track
-        advance_split(int(n_first), first, int(n_second), second, self.physics_dt, self._p,
-                      self.x, self.y, self.psi, self.vx, self.vy, self.yaw, self.gear, self.rpm,
-                      self.idx, self.s, self.lat, self.race_time, self.finished,
-                      self.finish_time, self.checkpoint, self.driven, self.contacts,
-                      t.centerline, t.tangents, t.normals, t.s, t.widths, float(t.finish_s),
-                      t.checkpoints_s)
+        advance_split(
+            int(n_first),
+            first,
+            int(n_second),
+            second,
+            self.physics_dt,
+            self._p,
+            self.x,
+            self.y,
+            self.psi,
+            self.vx,
+            self.vy,
+            self.yaw,
+            self.gear,
+            self.rpm,
+            self.idx,
+            self.s,
+            self.lat,
+            self.race_time,
+            self.finished,
+            self.finish_time,
+            self.checkpoint,
+            self.driven,
+            self.contacts,
+            t.centerline,
+            t.tangents,
+            t.normals,
+            t.s,
+            t.widths,
+            float(t.finish_s),
+            t.checkpoints_s,
+        )
         self.controls[:] = second
 
     # -- readings ------------------------------------------------------------------------
@@ -194,23 +252,37 @@ class Simulator:
         """The game's telemetry record for every car (copies)."""
         c = self.controls
         return Telemetry(
-            speed_kmh=self.speed_kmh, distance=self.driven.copy(), x=self.x.copy(),
-            y=np.zeros(self.num_cars), z=self.y.copy(), steer=c[:, 2].copy(),
-            gas=np.clip(c[:, 0], 0.0, 1.0), brake=(c[:, 1] > 0).astype(np.float64),
-            finished=self.finished.copy(), gear=self.gear.copy(), rpm=self.rpm.copy())
+            speed_kmh=self.speed_kmh,
+            distance=self.driven.copy(),
+            x=self.x.copy(),
+            y=np.zeros(self.num_cars),
+            z=self.y.copy(),
+            steer=c[:, 2].copy(),
+            gas=np.clip(c[:, 0], 0.0, 1.0),
+            brake=(c[:, 1] > 0).astype(np.float64),
+            finished=self.finished.copy(),
+            gear=self.gear.copy(),
+            rpm=self.rpm.copy(),
+        )
 
-    def render_gray(self, width: int = 64, height: int = 64,
-                    out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+    def render_gray(
+        self, width: int = 64, height: int = 64, out: NDArray[np.uint8] | None = None
+    ) -> NDArray[np.uint8]:
         """Grayscale driver's views (N, height, width) uint8 — the agent's fast path."""
         return render_gray(self.raster, self.x, self.y, self.psi, width, height, self.camera, out)
 
-    def render_rgb(self, width: int = WINDOW_WIDTH, height: int = WINDOW_HEIGHT,
-                   out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+    def render_rgb(
+        self,
+        width: int = WINDOW_WIDTH,
+        height: int = WINDOW_HEIGHT,
+        out: NDArray[np.uint8] | None = None,
+    ) -> NDArray[np.uint8]:
         """Colour driver's views (N, height, width, 3) uint8 — the game window."""
         return render_rgb(self.raster, self.x, self.y, self.psi, width, height, self.camera, out)
 
-    def lidar(self, out: NDArray[np.float32] | None = None,
-              max_range: float = LIDAR_RANGE) -> NDArray[np.float32]:
+    def lidar(
+        self, out: NDArray[np.float32] | None = None, max_range: float = LIDAR_RANGE
+    ) -> NDArray[np.float32]:
         """LIDAR scans (N, 19) in metres, beam 0 left … beam 18 right."""
         return lidar(self.raster, self.x, self.y, self.psi, out, max_range)
 
@@ -219,6 +291,8 @@ class Simulator:
         n = seconds / self.physics_dt
         k = round(n)
         if not math.isclose(n, k, abs_tol=1e-6):
-            raise ValueError(f"{seconds} s is not a whole number of {self.physics_dt} s physics "
-                             "substeps; choose durations that are multiples of physics_dt")
+            raise ValueError(
+                f"{seconds} s is not a whole number of {self.physics_dt} s physics "
+                "substeps; choose durations that are multiples of physics_dt"
+            )
         return int(k)

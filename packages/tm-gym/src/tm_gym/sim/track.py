@@ -63,8 +63,18 @@ BORDER_WIDTH = 0.8
 MIN_WIDTH, MAX_WIDTH = 8.0, 80.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _TOP_KEYS = {
-    "format", "name", "description", "width", "widths", "centerline", "segments", "origin",
-    "heading", "start", "checkpoints", "finish",
+    "format",
+    "name",
+    "description",
+    "width",
+    "widths",
+    "centerline",
+    "segments",
+    "origin",
+    "heading",
+    "start",
+    "checkpoints",
+    "finish",
 }
 _GEN_PREFIX = "gen:"
 
@@ -165,7 +175,7 @@ class Track:
         t = self.tangents
         ang = np.unwrap(np.arctan2(t[:, 1], t[:, 0]))
         k = np.gradient(ang, self.s)
-        win = max(1, int(round(4.0 / SAMPLE_SPACING)))
+        win = max(1, round(4.0 / SAMPLE_SPACING))
         kernel = np.ones(win) / win
         return np.convolve(k, kernel, mode="same")
 
@@ -217,14 +227,15 @@ def _segments_to_polyline(
             raise _err(where, f"expected an object like {{'straight': 100}}, got {seg!r}")
         unknown = set(seg) - {"straight", "turn", "radius", "width"}
         if unknown:
-            raise _err(where, f"unknown key(s) {sorted(unknown)}; allowed: straight, turn, radius, "
-                              "width")
+            raise _err(
+                where, f"unknown key(s) {sorted(unknown)}; allowed: straight, turn, radius, width"
+            )
         w = _number(f"{where}.width", seg.get("width", w_prev), MIN_WIDTH, MAX_WIDTH)
         if "straight" in seg:
             if "turn" in seg or "radius" in seg:
                 raise _err(where, "a piece is either {'straight': L} or {'turn': A, 'radius': R}")
             length = _number(f"{where}.straight", seg["straight"], 1.0, 10_000.0)
-            n = max(1, int(math.ceil(length / 2.0)))
+            n = max(1, math.ceil(length / 2.0))
             for k in range(1, n + 1):
                 d = length * k / n
                 pts.append((x + d * math.cos(h), y + d * math.sin(h)))
@@ -237,14 +248,16 @@ def _segments_to_polyline(
                 raise _err(where, "turn angle 0: use a straight instead")
             r = _number(f"{where}.radius", seg["radius"], 1.0, 100_000.0)
             if r < w / 2 + 2.0:
-                raise _err(f"{where}.radius",
-                           f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
-                           f"least {w / 2 + 2:g} m")
+                raise _err(
+                    f"{where}.radius",
+                    f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
+                    f"least {w / 2 + 2:g} m",
+                )
             sign = 1.0 if ang > 0 else -1.0
             cx = x - sign * r * math.sin(h)
             cy = y + sign * r * math.cos(h)
             a_total = math.radians(abs(ang))
-            n = max(2, int(math.ceil(a_total * r / 2.0)))
+            n = max(2, math.ceil(a_total * r / 2.0))
             for k in range(1, n + 1):
                 hk = h + sign * a_total * k / n
                 pts.append((cx + sign * r * math.sin(hk), cy - sign * r * math.cos(hk)))
@@ -265,7 +278,7 @@ def _resample(points: FloatArray, widths: FloatArray, spacing: float) -> tuple[F
     keep = np.concatenate([[True], seg > 1e-9])
     points, widths = points[keep], widths[keep]
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
-    n = int(math.floor(s[-1] / spacing)) + 1
+    n = math.floor(s[-1] / spacing) + 1
     s_new = np.arange(n) * spacing
     out = np.stack([np.interp(s_new, s, points[:, 0]), np.interp(s_new, s, points[:, 1])], 1)
     return out, np.interp(s_new, s, widths)
@@ -283,10 +296,13 @@ def _check_overlap(origin: str, pts: FloatArray, widths: FloatArray) -> None:
         clash = far_along & (d < (w[i] + w) / 2 + 4.0)
         if np.any(clash):
             j = int(np.argmax(clash))
-            raise _err(origin, f"the road overlaps itself: near {s[i]:.0f} m and {s[j]:.0f} m "
-                               f"along the centre line (points {p[i].round(1).tolist()} and "
-                               f"{p[j].round(1).tolist()} are {d[j]:.1f} m apart); move the "
-                               "pieces apart or narrow the road")
+            raise _err(
+                origin,
+                f"the road overlaps itself: near {s[i]:.0f} m and {s[j]:.0f} m "
+                f"along the centre line (points {p[i].round(1).tolist()} and "
+                f"{p[j].round(1).tolist()} are {d[j]:.1f} m apart); move the "
+                "pieces apart or narrow the road",
+            )
 
 
 def track_from_dict(data: Any, origin: str = "<track>") -> Track:
@@ -324,16 +340,26 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
         for i, p in enumerate(raw):
             if not isinstance(p, list) or len(p) != 2:
                 raise _err(f"{origin}: centerline[{i}]", f"expected [x, y], got {p!r}")
-            pts_l.append((_number(f"{origin}: centerline[{i}][0]", p[0]),
-                          _number(f"{origin}: centerline[{i}][1]", p[1])))
+            pts_l.append(
+                (
+                    _number(f"{origin}: centerline[{i}][0]", p[0]),
+                    _number(f"{origin}: centerline[{i}][1]", p[1]),
+                )
+            )
         pts = np.asarray(pts_l, dtype=np.float64)
         if "widths" in data:
             ws = data["widths"]
             if not isinstance(ws, list) or len(ws) != len(raw):
-                raise _err(f"{origin}: widths", f"expected {len(raw)} numbers (one per "
-                                                f"centerline point), got {ws!r:.80}")
-            wid = np.array([_number(f"{origin}: widths[{i}]", w, MIN_WIDTH, MAX_WIDTH)
-                            for i, w in enumerate(ws)])
+                raise _err(
+                    f"{origin}: widths",
+                    f"expected {len(raw)} numbers (one per centerline point), got {ws!r:.80}",
+                )
+            wid = np.array(
+                [
+                    _number(f"{origin}: widths[{i}]", w, MIN_WIDTH, MAX_WIDTH)
+                    for i, w in enumerate(ws)
+                ]
+            )
         else:
             wid = np.full(len(pts), width)
     else:
@@ -350,21 +376,36 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     centre, widths = _resample(pts, wid, SAMPLE_SPACING)
     total = (len(centre) - 1) * SAMPLE_SPACING
     if total < 100.0:
-        raise _err(f"{origin}: centerline", f"the track is {total:.1f} m long; it must be at "
-                                            "least 100 m")
+        raise _err(
+            f"{origin}: centerline", f"the track is {total:.1f} m long; it must be at least 100 m"
+        )
     start = _number(f"{origin}: start", data.get("start", 10.0), 5.0, total - 50.0)
-    finish = _number(f"{origin}: finish", data.get("finish", total - 30.0), start + 20.0,
-                     total - 10.0)
+    finish = _number(
+        f"{origin}: finish", data.get("finish", total - 30.0), start + 20.0, total - 10.0
+    )
     cps_raw = data.get("checkpoints", [])
     if not isinstance(cps_raw, list):
         raise _err(f"{origin}: checkpoints", f"expected a list of distances, got {cps_raw!r}")
-    cps = np.array([_number(f"{origin}: checkpoints[{i}]", c, start + 1.0, finish - 1.0)
-                    for i, c in enumerate(cps_raw)], dtype=np.float64)
+    cps = np.array(
+        [
+            _number(f"{origin}: checkpoints[{i}]", c, start + 1.0, finish - 1.0)
+            for i, c in enumerate(cps_raw)
+        ],
+        dtype=np.float64,
+    )
     if len(cps) > 1 and np.any(np.diff(cps) <= 0):
         raise _err(f"{origin}: checkpoints", f"distances must increase, got {cps_raw}")
     _check_overlap(origin, centre, widths)
-    return Track(name=name, description=desc, centerline=centre, widths=widths,
-                 start_s=start, finish_s=finish, checkpoints_s=cps, source=dict(data))
+    return Track(
+        name=name,
+        description=desc,
+        centerline=centre,
+        widths=widths,
+        start_s=start,
+        finish_s=finish,
+        checkpoints_s=cps,
+        source=dict(data),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,8 +413,11 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
 # --------------------------------------------------------------------------------------------
 def builtin_track_names() -> list[str]:
     """Names of the tracks shipped with tm-gym (``default`` first)."""
-    names = sorted(p.name[:-5] for p in resources.files("tm_gym.sim.tracks").iterdir()
-                   if p.name.endswith(".json"))
+    names = sorted(
+        p.name[:-5]
+        for p in resources.files("tm_gym.sim.tracks").iterdir()
+        if p.name.endswith(".json")
+    )
     if "default" in names:
         names.remove("default")
         names.insert(0, "default")
@@ -401,10 +445,11 @@ def load_track(track: str | Path | Track) -> Track:
         from tm_gym.sim.generator import generate_track
 
         try:
-            seed = int(key[len(_GEN_PREFIX):])
+            seed = int(key[len(_GEN_PREFIX) :])
         except ValueError:
-            raise TrackFormatError(f"track {key!r}: expected gen:SEED with an integer seed, "
-                                   "for example gen:42") from None
+            raise TrackFormatError(
+                f"track {key!r}: expected gen:SEED with an integer seed, for example gen:42"
+            ) from None
         result = generate_track(seed)
     elif isinstance(track, str) and track in builtin_track_names():
         text = resources.files("tm_gym.sim.tracks").joinpath(f"{track}.json").read_text("utf-8")
@@ -414,7 +459,8 @@ def load_track(track: str | Path | Track) -> Track:
         if not path.is_file():
             raise FileNotFoundError(
                 f"track {key!r} is neither a built-in track ({', '.join(builtin_track_names())}),"
-                " gen:SEED, nor an existing .json file")
+                " gen:SEED, nor an existing .json file"
+            )
         result = _parse_text(path.read_text(encoding="utf-8"), str(path))
         return result  # files may change on disk: do not cache
     _CACHE[key] = result
@@ -425,6 +471,7 @@ def _parse_text(text: str, origin: str) -> Track:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TrackFormatError(f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: "
-                               f"{e.msg})") from None
+        raise TrackFormatError(
+            f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
     return track_from_dict(data, origin)
