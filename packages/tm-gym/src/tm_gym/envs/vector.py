@@ -127,9 +127,9 @@ class TrackManiaVectorEnv(
         self._started = True
         return obs, self._vector_info(info)
 
-    def step(
+    def step(  # type: ignore[override]
         self, actions: NDArray[np.float32]
-    ) -> tuple[  # type: ignore[override]
+    ) -> tuple[
         dict[str, NDArray[Any]],
         NDArray[np.float64],
         NDArray[np.bool_],
