@@ -13,6 +13,9 @@ import nox
 
 nox.needs_version = ">=2024.3.2"
 nox.options.sessions = ["lint", "mypy", "tests"]
+# The standard library's venv with pip, like dev.py: pip reads the machine's pip configuration
+# (where the CPU build of torch may lie) and honours constraints.txt the same way everywhere.
+nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = ("-c", "constraints.txt")
 PACKAGES = (
