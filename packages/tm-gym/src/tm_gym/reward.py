@@ -239,6 +239,20 @@ def _localise(
 
 
 @njit(cache=True)
+def _nearest(p: NDArray[np.float64], ref: NDArray[np.float64]) -> int:
+    best = np.inf
+    bj = 0
+    for j in range(ref.shape[0]):
+        d = 0.0
+        for q in range(ref.shape[1]):
+            d += (p[q] - ref[j, q]) ** 2
+        if d < best:
+            best = d
+            bj = j
+    return bj
+
+
+@njit(cache=True)
 def _update(
     pos: NDArray[np.float64],
     finished: NDArray[np.bool_],
@@ -287,14 +301,21 @@ class ProgressReward:
         self.best = np.zeros(num_cars, dtype=np.int64)
         self.steps = np.zeros(num_cars, dtype=np.int64)
         self.no_progress = np.zeros(num_cars, dtype=np.int64)
+        self._nearest_cache: dict[bytes, int] = {}
 
     def reset(self, positions: NDArray[np.float64], mask: NDArray[np.bool_] | None = None) -> None:
         """Localise the selected cars globally (nearest reference point) and zero counters."""
         sel = np.arange(self.num_cars) if mask is None else np.flatnonzero(mask)
         ref = self.reference.points
         for i in sel:
-            d = np.sum((ref - positions[i, : ref.shape[1]]) ** 2, axis=1)
-            self.current[i] = int(np.argmin(d))
+            p = positions[i, : ref.shape[1]]
+            key = p.tobytes()
+            j = self._nearest_cache.get(key)
+            if j is None:
+                j = _nearest(np.ascontiguousarray(p, dtype=np.float64), ref)
+                if len(self._nearest_cache) < 64:  # respawns happen at a few fixed places
+                    self._nearest_cache[key] = j
+            self.current[i] = j
         self.best[sel] = self.current[sel]
         self.steps[sel] = 0
         self.no_progress[sel] = 0

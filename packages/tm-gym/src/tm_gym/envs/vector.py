@@ -89,14 +89,18 @@ class TrackManiaVectorEnv(
         )
         self.track = self.core.track
         self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._all_mask = np.ones(num_envs, dtype=bool)
+        self._all_mask.flags.writeable = False
         self._started = False
 
-    @staticmethod
-    def _vector_info(info: dict[str, NDArray[Any]]) -> dict[str, Any]:
+    def _vector_info(self, info: dict[str, NDArray[Any]]) -> dict[str, Any]:
+        """Gymnasium's vector info layout: each key with a ``_key`` mask (all set, except
+        ``_lap_time``, which marks the finished cars). The full masks are one shared read-only
+        array."""
         out: dict[str, Any] = {}
         for k, v in info.items():
             out[k] = v
-            out[f"_{k}"] = np.ones(len(v), dtype=bool)
+            out[f"_{k}"] = self._all_mask
         if "lap_time" in info:
             out["_lap_time"] = info["finished"].copy()
         return out
