@@ -10,8 +10,10 @@ every point searched is not localised and earns nothing.
 Reward is paid only for *new* ground: ``(new_best − old_best) · progress_scale`` where
 ``best`` is the furthest index ever reached this episode (default 0.01 per point = 1.0 per
 10 m, as in TMRL). Backing up and driving the same stretch again earns nothing — TMRL pays for
-it again. Crossing the finish pays ``finish_bonus`` and terminates. After ``min_steps`` steps,
-more than ``max_no_progress`` consecutive steps without new ground terminate the episode.
+it again. Crossing the finish pays ``finish_bonus`` (once) and terminates. Once ``min_steps``
+steps have passed, each step without new ground counts towards failure, and more than
+``max_no_progress`` such steps in a row terminate the episode (a car that never moves fails at
+step ``min_steps + max_no_progress + 1``, 81 with the defaults, as in TMRL).
 
 References are stored as ``.npz`` (array ``points``, loaded with ``allow_pickle=False``) or JSON
 (``{"format": "tm-gym-reference/1", "spacing": 0.1, "points": [[x, y(, z)], ...]}``) — never
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,14 +175,14 @@ class ReferenceTrajectory:
                 ) from None
         else:
             try:
-                with np.load(p, allow_pickle=False) as z:
+                with p.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
                     if "points" not in z.files:
                         raise TrajectoryFormatError(f"{p}: no 'points' array (found {z.files})")
                     pts = np.asarray(z["points"], dtype=np.float64)
                     spacing = float(z["spacing"]) if "spacing" in z.files else None
             except TrajectoryFormatError:
                 raise
-            except (ValueError, OSError, EOFError) as e:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise TrajectoryFormatError(
                     f"{p}: not a readable .npz reference ({e}); re-record it"
                 ) from None
@@ -261,6 +265,7 @@ def _update(
     best: NDArray[np.int64],
     steps: NDArray[np.int64],
     no_progress: NDArray[np.int64],
+    paid: NDArray[np.bool_],
     lookahead: int,
     lookback: int,
     max_stray: float,
@@ -280,11 +285,13 @@ def _update(
             no_progress[i] = 0
             reward[i] = gained * scale
         else:
-            no_progress[i] += 1
+            if steps[i] > min_steps:
+                no_progress[i] += 1
             reward[i] = 0.0
-        failed = steps[i] >= min_steps and no_progress[i] > max_no_progress
-        if finished[i]:
+        failed = no_progress[i] > max_no_progress
+        if finished[i] and not paid[i]:
             reward[i] += bonus
+            paid[i] = True
         term[i] = finished[i] or failed
 
 
@@ -301,6 +308,7 @@ class ProgressReward:
         self.best = np.zeros(num_cars, dtype=np.int64)
         self.steps = np.zeros(num_cars, dtype=np.int64)
         self.no_progress = np.zeros(num_cars, dtype=np.int64)
+        self.finish_paid = np.zeros(num_cars, dtype=np.bool_)
         self._nearest_cache: dict[bytes, int] = {}
 
     def reset(self, positions: NDArray[np.float64], mask: NDArray[np.bool_] | None = None) -> None:
@@ -319,6 +327,7 @@ class ProgressReward:
         self.best[sel] = self.current[sel]
         self.steps[sel] = 0
         self.no_progress[sel] = 0
+        self.finish_paid[sel] = False
 
     def update(
         self, positions: NDArray[np.float64], finished: NDArray[np.bool_]
@@ -341,6 +350,7 @@ class ProgressReward:
             self.best,
             self.steps,
             self.no_progress,
+            self.finish_paid,
             cfg.lookahead,
             cfg.lookback,
             cfg.max_stray,

@@ -145,16 +145,16 @@ class SimCore:
         return {
             "race_time": np.round(sim.race_time[sel], 3),
             "progress": self.reward.progress[sel],
-            "checkpoint": sim.checkpoint[sel],
+            "checkpoint": sim.checkpoint[sel].copy(),
             "checkpoints_total": np.full(n, len(self.track.checkpoints_s)),
-            "finished": fin,
+            "finished": fin.copy(),
             "lap_time": np.where(fin, np.round(sim.finish_time[sel], 3), np.nan),
             "position": np.stack([sim.x[sel], np.zeros(n), sim.y[sel]], axis=1),
             "speed_kmh": sim.speed_kmh[sel],
-            "gear": sim.gear[sel],
-            "rpm": sim.rpm[sel],
-            "wall_contacts": sim.contacts[sel],
-            "failed": self.pend_failed[sel],
+            "gear": sim.gear[sel].copy(),
+            "rpm": sim.rpm[sel].copy(),
+            "wall_contacts": sim.contacts[sel].copy(),
+            "failed": self.pend_failed[sel].copy(),
         }
 
     # -- transitions -----------------------------------------------------------------------
@@ -247,7 +247,7 @@ class SimCore:
             self.reward.reset(self._pos, reset)
             self._capture_fresh(fresh)
             r_obs = self.observe(fresh)
-            r_info = self.infos(fresh) if self.with_infos else {}
+            r_info = self.infos(fresh)
         if actions is not None:
             self.applied[advance] = actions[advance]
         self.applied[reset] = 0.0

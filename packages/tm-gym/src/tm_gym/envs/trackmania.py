@@ -30,9 +30,9 @@ def check_actions(action: Any, n: int) -> NDArray[np.float32]:
         )
     a = a.reshape(n, 3)
     if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         raise InvalidActionError(
-            f"action contains a non-finite value {a[tuple(bad)]!r} at index {tuple(bad)}; "
+            f"action contains a non-finite value {float(a[bad])} at index {bad}; "
             "check the policy's outputs (a NaN usually means training diverged)"
         )
     return np.clip(a, -1.0, 1.0)
@@ -190,10 +190,10 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
-        obs, _ = self.core.reset(self._all)
+        obs, binfo = self.core.reset(self._all)  # infos taken at the respawn itself
         self._running = True
-        info = self._info()
-        info["failed"] = False
+        info = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in binfo.items()}
+        info["lap_time"] = None
         return self._first(obs), info
 
     def step(

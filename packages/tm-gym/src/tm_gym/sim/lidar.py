@@ -26,6 +26,7 @@ LIDAR_BEAMS = 19
 LIDAR_RANGE = 150.0
 LIDAR_ANGLES_DEG: NDArray[np.float64] = 90.0 - 10.0 * np.arange(LIDAR_BEAMS, dtype=np.float64)
 _EPS = 0.02
+_MAX_ITER = 2000  # grazing beams advance in 2 cm steps near a border
 _ANGLES = np.radians(LIDAR_ANGLES_DEG)
 
 
@@ -65,7 +66,7 @@ def _lidar(
             dx, dy = math.cos(a), math.sin(a)
             t = 0.0
             prev = 0.0
-            for _ in range(200):
+            for _ in range(_MAX_ITER):
                 c = _clear(grid, x0, y0, px[i] + t * dx, py[i] + t * dy)
                 if c < 0.0:
                     # stepped past the border: bisect between the last safe point and here
@@ -78,7 +79,7 @@ def _lidar(
                             lo = mid
                     t = lo
                     break
-                if c < _EPS or t >= max_range:
+                if t >= max_range:
                     break
                 prev = t
                 t += max(c, _EPS)

@@ -5,7 +5,7 @@ The model (all quantities per unit mass, SI units, fixed substep ``dt``, default
 * **Engine and brakes.** Drive acceleration ``gas · min(accel_max, power / v)`` (a power-limited
   engine), minus aerodynamic drag ``drag · v|v|`` and rolling resistance. Braking decelerates by
   ``brake · brake_decel`` and, held at a standstill, drives backwards (up to ``reverse_max``).
-  With the defaults: 0→200 km/h in about 4.5 s, about 330 km/h after 1 km from a standstill,
+  With the defaults: 0→200 km/h in about 4.5 s, about 370 km/h after 1 km from a standstill,
   top speed about 420 km/h.
 * **Gearbox.** Automatic, five gears with hysteresis (shift speeds in ``CarParams``); gear 0 is
   neutral at a standstill. rpm follows speed within the current gear's range (1,000–11,000).

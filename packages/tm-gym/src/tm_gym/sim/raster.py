@@ -172,8 +172,8 @@ def _stamp(
 ) -> None:
     m = cl.shape[0]
     total = s_arr[m - 1]
-    best_m = np.full(mat.shape, np.inf)
-    best_c = np.full(clear.shape, np.inf)
+    best_m = np.full(mat.shape, np.inf, dtype=np.float32)
+    best_c = np.full(clear.shape, np.inf, dtype=np.float32)
     for i in range(m):
         px, py = cl[i, 0], cl[i, 1]
         tx, ty = tan[i, 0], tan[i, 1]
@@ -222,7 +222,7 @@ def _stamp(
 
 
 def build_raster(track: Track) -> TrackRaster:
-    """Rasterise ``track`` (about 0.1 s for a 2 km track)."""
+    """Rasterise ``track`` (0.3–1.5 s for the built-in tracks on one slow core)."""
     cl = track.centerline
     lo = cl.min(axis=0) - _MARGIN
     hi = cl.max(axis=0) + _MARGIN
