@@ -7,7 +7,8 @@ car's centre to the inner edge of the black border band (the first "border pixel
 see along that direction), within a few centimetres, capped at :data:`LIDAR_RANGE`.
 
 Beams are sphere-traced through the track's clearance grid (interpolated; across the road it is a
-lower bound of the distance to the border), with a bisection if a step lands beyond the border.
+lower bound of the distance to the border) with steps of at least 0.4 m; the step that lands
+beyond the border is refined back to the crossing by regula falsi.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ __all__ = ["LIDAR_ANGLES_DEG", "LIDAR_BEAMS", "LIDAR_RANGE", "lidar"]
 LIDAR_BEAMS = 19
 LIDAR_RANGE = 150.0
 LIDAR_ANGLES_DEG: NDArray[np.float64] = 90.0 - 10.0 * np.arange(LIDAR_BEAMS, dtype=np.float64)
-_EPS = 0.02
-_MAX_ITER = 2000  # grazing beams advance in 2 cm steps near a border
+_MIN_STEP = 0.4
+# Off-road regions between two stretches of road are at least 1.6 m wide (two border bands), so a
+# 0.4 m step can never jump over one: a step that lands past the border is bisected back.
+_MAX_ITER = 1000
+_REFINE = 6
+_HALF_DIAG = CLEARANCE_CELL * 0.7072
 _ANGLES = np.radians(LIDAR_ANGLES_DEG)
 
 
@@ -46,6 +51,17 @@ def _clear(grid: NDArray[np.float32], x0: float, y0: float, wx: float, wy: float
     return top * (1.0 - ay) + bot * ay
 
 
+@njit(cache=True, inline="always")
+def _clear_near(grid: NDArray[np.float32], x0: float, y0: float, wx: float, wy: float) -> float:
+    """Clearance of the nearest grid cell, lowered by the most it can differ inside the cell
+    (the field changes by at most 1 m per metre), so it stays a safe step length."""
+    ix = int((wx - x0) / CLEARANCE_CELL)
+    iy = int((wy - y0) / CLEARANCE_CELL)
+    if wx < x0 or wy < y0 or iy >= grid.shape[0] or ix >= grid.shape[1]:
+        return -1.0
+    return grid[iy, ix] - _HALF_DIAG
+
+
 @njit(cache=True)
 def _lidar(
     px: NDArray[np.float64],
@@ -60,29 +76,46 @@ def _lidar(
 ) -> None:
     n = px.shape[0]
     nb = angles.shape[0]
+    ca = np.cos(angles)
+    sa = np.sin(angles)
     for i in range(n):
+        ch, sh = math.cos(psi[i]), math.sin(psi[i])
         for k in range(nb):
-            a = psi[i] + angles[k]
-            dx, dy = math.cos(a), math.sin(a)
+            dx = ch * ca[k] - sh * sa[k]
+            dy = sh * ca[k] + ch * sa[k]
             t = 0.0
             prev = 0.0
+            c_prev = 0.0
             for _ in range(_MAX_ITER):
-                c = _clear(grid, x0, y0, px[i] + t * dx, py[i] + t * dy)
+                wx, wy = px[i] + t * dx, py[i] + t * dy
+                c = _clear_near(grid, x0, y0, wx, wy)
+                if c > _MIN_STEP:  # far from any border: a cheap, safe sphere step
+                    if t >= max_range:
+                        break
+                    prev, c_prev = t, c
+                    t += c
+                    continue
+                c = _clear(grid, x0, y0, wx, wy)
                 if c < 0.0:
-                    # stepped past the border: bisect between the last safe point and here
-                    lo, hi = prev, t
-                    for _b in range(10):
-                        mid = 0.5 * (lo + hi)
-                        if _clear(grid, x0, y0, px[i] + mid * dx, py[i] + mid * dy) < 0.0:
-                            hi = mid
+                    # stepped past the border: the clearance is close to linear across it, so a
+                    # few regula-falsi steps between the last point on the road and this one
+                    # find the crossing to well under a centimetre
+                    lo, hi, c_lo, c_hi = prev, t, c_prev, c
+                    for _r in range(_REFINE):
+                        mid = lo + (hi - lo) * c_lo / (c_lo - c_hi)
+                        c_mid = _clear(grid, x0, y0, px[i] + mid * dx, py[i] + mid * dy)
+                        if c_mid < 0.0:
+                            hi, c_hi = mid, c_mid
                         else:
-                            lo = mid
-                    t = lo
+                            lo, c_lo = mid, c_mid
+                        if abs(c_mid) < 0.003:
+                            break
+                    t = lo + (hi - lo) * c_lo / (c_lo - c_hi)
                     break
                 if t >= max_range:
                     break
-                prev = t
-                t += max(c, _EPS)
+                prev, c_prev = t, c
+                t += max(c, _MIN_STEP)
             out[i, k] = min(t, max_range)
 
 
