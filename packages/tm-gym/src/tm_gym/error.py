@@ -12,7 +12,10 @@ __all__ = [
     "DependencyNotInstalled",
     "EnvStateError",
     "InvalidActionError",
+    "CaptureError",
+    "ControllerError",
     "TMGymError",
+    "TelemetryError",
     "TrackFormatError",
     "TrajectoryFormatError",
 ]
@@ -44,3 +47,16 @@ class InvalidActionError(TMGymError, ValueError):
 
 class EnvStateError(TMGymError, RuntimeError):
     """The environment was used out of order (for example step() before reset())."""
+
+
+class TelemetryError(TMGymError, RuntimeError):
+    """The telemetry stream is unreachable, stalled, closed or malformed; the message says what
+    to check (game running, plugin enabled, port)."""
+
+
+class CaptureError(TMGymError, RuntimeError):
+    """The game window cannot be found or captured."""
+
+
+class ControllerError(TMGymError, RuntimeError):
+    """The virtual gamepad or keyboard cannot be used (missing driver, device or tool)."""

@@ -1,0 +1,1 @@
+"""The live-game side: telemetry protocol and client, screen capture, controllers, plugin."""

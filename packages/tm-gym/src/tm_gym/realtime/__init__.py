@@ -1,0 +1,1 @@
+"""The real-time layer: one rtgym interface for every real-time backend."""
