@@ -95,7 +95,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand sets ``handler`` to its ``run`` function."""
-    from tm_gym.cli import drive, play, tracks
+    from tm_gym.cli import drive, emulate, play, record_reward, tracks
 
     # --debug is accepted before or after the subcommand. SUPPRESS keeps the subparser's default
     # from overwriting a value given before the subcommand.
@@ -108,12 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="tm-gym",
-        description="TrackMania 2020 simulator tools: drive the expert, list tracks, play.",
+        description=(
+            "TrackMania 2020 tools: drive the expert, list tracks, play, emulate the game."
+        ),
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (drive, tracks, play):
+    for module in (drive, tracks, play, emulate, record_reward):
         module.add_parser(subparsers, parents=[common])
     return parser
 
