@@ -5,7 +5,8 @@ wrapper passes that code to ``sys.exit``. Errors a user can fix (an unknown trac
 a missing optional dependency) are printed as one red line on stderr with exit code 2; ``--debug``
 shows the full traceback instead.
 
-Exit codes: 0 success, 1 the car did not finish (``drive``), 2 usage or input error,
+Exit codes: 0 success, 1 the car did not finish (``drive``, ``record-reward``) or a check
+failed (``check``), 2 usage or input error,
 130 interrupted with Ctrl-C.
 """
 
@@ -95,7 +96,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand sets ``handler`` to its ``run`` function."""
-    from tm_gym.cli import drive, emulate, play, record_reward, tracks
+    from tm_gym.cli import drive, emulate, game_commands, play, record_reward, tracks
 
     # --debug is accepted before or after the subcommand. SUPPRESS keeps the subparser's default
     # from overwriting a value given before the subcommand.
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tm-gym",
         description=(
-            "TrackMania 2020 tools: drive the expert, list tracks, play, emulate the game."
+            "TrackMania 2020 tools: drive the expert, list tracks, play, emulate the game, "
+            "install the OpenPlanet plugin and check a game setup."
         ),
         parents=[common],
     )
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (drive, tracks, play, emulate, record_reward):
         module.add_parser(subparsers, parents=[common])
+    game_commands.add_parsers(subparsers, parents=[common])
     return parser
 
 
