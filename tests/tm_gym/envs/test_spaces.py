@@ -142,9 +142,11 @@ def test_make_and_flatten() -> None:
     assert isinstance(env2.unwrapped, TrackManiaEnv)
 
 
-def test_game_backend_is_unavailable() -> None:
-    with pytest.raises(BackendUnavailableError, match="backend='sim'"):
+def test_game_backend_needs_a_reference_and_no_vector_env() -> None:
+    with pytest.raises(BackendUnavailableError, match="record-reward"):
         gym.make("TrackMania-v0")
+    with pytest.raises(BackendUnavailableError, match="TrackMania-v0"):
+        TrackManiaEnv("game")
     with pytest.raises(BackendUnavailableError):
         TrackManiaVectorEnv(2, backend="game")
 

@@ -3,10 +3,14 @@
 Importing this package registers two environment ids (entry points are strings, so importing is
 cheap and loads neither the simulator nor any game driver):
 
-* ``TrackMania-v0``: the live game by default (``backend="game"``); ``backend="sim"`` selects
+* ``TrackMania-v0``: the live game by default (``backend="game"``: OpenPlanet telemetry, screen
+  capture, virtual gamepad or keyboard, in real time through rtgym); ``backend="sim"`` selects
   the simulator.
-* ``TrackMania-Sim-v0``: the built-in simulator, with a native vector environment for
+* ``TrackMania-Sim-v0``: the built-in simulator (``realtime=True`` runs it on the wall clock
+  behind the same real-time layer), with a native vector environment for
   ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``.
+
+The factory :func:`tm_gym.envs.factory.make_env` documents the real-time arguments.
 
 See :class:`tm_gym.envs.trackmania.TrackManiaEnv` for spaces, reward and arguments.
 """
@@ -24,14 +28,14 @@ def _register() -> None:
     if "TrackMania-v0" not in registry:
         register(
             id="TrackMania-v0",
-            entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
+            entry_point="tm_gym.envs.factory:make_env",
             vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
             kwargs={"backend": "game"},
         )
     if "TrackMania-Sim-v0" not in registry:
         register(
             id="TrackMania-Sim-v0",
-            entry_point="tm_gym.envs.trackmania:TrackManiaEnv",
+            entry_point="tm_gym.envs.factory:make_env",
             vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
             kwargs={"backend": "sim"},
         )

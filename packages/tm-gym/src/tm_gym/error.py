@@ -9,11 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailableError",
+    "CaptureError",
+    "ControllerError",
     "DependencyNotInstalled",
     "EnvStateError",
     "InvalidActionError",
-    "CaptureError",
-    "ControllerError",
     "TMGymError",
     "TelemetryError",
     "TrackFormatError",

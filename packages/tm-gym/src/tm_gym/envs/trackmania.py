@@ -136,9 +136,9 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
         if backend == "game":
             raise BackendUnavailableError(
-                "the live-game backend is not available in this version of tm-gym; use the "
-                "built-in simulator: gymnasium.make('TrackMania-Sim-v0') or "
-                "gymnasium.make('TrackMania-v0', backend='sim')"
+                "TrackManiaEnv is the synchronous simulator; the live game runs behind the "
+                "real-time layer: gymnasium.make('TrackMania-v0', ...) or "
+                "tm_gym.envs.factory.make_env(backend='game', ...)"
             )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")

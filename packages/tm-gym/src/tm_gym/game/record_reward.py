@@ -67,7 +67,7 @@ def record_reference(
             if math.dist(pos, origin) < min_move:
                 continue
             started_at = time.monotonic()
-            points.append(tuple(origin))  # type: ignore[arg-type]
+            points.append(tuple(origin))
             log.info("car moving: recording")
         if not points or math.dist(pos, points[-1]) > 1e-3:
             points.append(pos)

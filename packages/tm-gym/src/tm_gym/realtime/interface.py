@@ -1,0 +1,312 @@
+"""The rtgym interface every real-time backend is driven through.
+
+A :class:`RealtimeBackend` bundles the three ports of :mod:`tm_gym.ports` (telemetry, frames,
+controller) with what the interface must know about them: how long to wait after a respawn (the
+game's start lights: 1.5 s; the simulator: 0), and optionally an exact LIDAR, the number of
+checkpoints and a wall-contact counter.
+
+:class:`TMRealtimeInterface` is an :class:`rtgym.RealTimeGymInterface` over a backend, so it can
+be used with rtgym directly (``DEFAULT_CONFIG_DICT`` with ``"interface"`` set to a callable
+returning it). What it does at each rtgym call:
+
+* ``send_control(a)`` → ``controller.apply(a)``;
+* ``reset()`` → release the inputs, respawn, wait ``respawn_wait``, wait for fresh telemetry,
+  capture, localise the car on the reference; returns the observation parts and the info;
+* ``get_obs_rew_terminated_info()`` → capture (telemetry, then the screenshot and/or LIDAR),
+  progress reward (:class:`~tm_gym.reward.ProgressReward` on the car's position), terminated at
+  the finish or after too long without progress;
+* ``wait()`` → release the inputs (rtgym calls it when an episode ends, with ``wait_on_done``).
+
+rtgym calls these from its own thread, where an exception would kill the thread and leave the
+caller waiting forever. With ``defer_errors=True`` (how :class:`~tm_gym.realtime.env.\
+TrackManiaRealtimeEnv` uses it) the interface keeps the first error, ends the episode with a
+placeholder observation, and the environment re-raises the error in the caller's thread
+(:meth:`TMRealtimeInterface.pop_error`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+from gymnasium import spaces
+from numpy.typing import NDArray
+from rtgym import RealTimeGymInterface
+
+from tm_gym.envs.settings import EnvSettings, action_space
+from tm_gym.game.telemetry import TelemetryRecord
+from tm_gym.ports import Controller, FrameSource, TelemetrySource
+from tm_gym.realtime.observation import LidarSource, ObservationBuilder
+from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
+from tm_gym.sim.camera import CameraSpec
+
+__all__ = ["RealtimeBackend", "TMRealtimeInterface"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Obs = list[NDArray[Any]]
+Info = dict[str, Any]
+
+
+def _none() -> None:
+    return None
+
+
+GAME_RESPAWN_WAIT = 1.5
+"""Seconds the game needs after a respawn before the car can drive (the start lights)."""
+
+
+@dataclass(frozen=True)
+class RealtimeBackend:
+    """The ports of one real-time car, and what the interface must know about them.
+
+    The backend owns its ports: :meth:`open` opens all three (closing those already open if one
+    fails), :meth:`close` closes all three (idempotent; the first error is re-raised once every
+    port had its chance to close).
+    """
+
+    telemetry: TelemetrySource
+    frames: FrameSource
+    controller: Controller
+    respawn_wait: float = GAME_RESPAWN_WAIT
+    """Seconds to wait after a respawn (1.5 for the game's start lights, 0 for the simulator)."""
+    lidar_source: LidarSource | None = None
+    """An exact LIDAR (the simulator's); ``None``: LIDAR is read from the screenshots."""
+    camera: CameraSpec | None = None
+    """The chase camera the pixel LIDAR assumes (default :class:`CameraSpec`)."""
+    checkpoints_total: int = -1
+    """Checkpoints on the track (-1 when unknown), reported in ``info``."""
+    wall_contacts: Callable[[], int] | None = None
+    """A wall-contact counter since the respawn (``info["wall_contacts"]`` is -1 without one)."""
+
+    def __post_init__(self) -> None:
+        w: object = self.respawn_wait
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and 0 <= w <= 60):
+            raise ValueError(f"respawn_wait={w!r}: expected seconds in [0, 60]")
+
+    @property
+    def ports(self) -> tuple[TelemetrySource, FrameSource, Controller]:
+        return (self.telemetry, self.frames, self.controller)
+
+    def open(self) -> None:
+        opened: list[Any] = []
+        try:
+            for p in self.ports:
+                p.open()
+                opened.append(p)
+        except BaseException:
+            for p in reversed(opened):
+                with contextlib.suppress(Exception):
+                    p.close()
+            raise
+
+    def close(self) -> None:
+        first: BaseException | None = None
+        for p in reversed(self.ports):  # the controller first: release the inputs early
+            try:
+                p.close()
+            except Exception as e:  # keep closing the others
+                logger.warning("closing %s failed: %s", type(p).__name__, e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    def __enter__(self) -> RealtimeBackend:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TMRealtimeInterface(RealTimeGymInterface):
+    """rtgym interface of a :class:`RealtimeBackend` (see the module docstring).
+
+    Args:
+        backend: the ports; they must be open before rtgym calls ``reset``.
+        settings: observation and timing settings (the spaces of
+            :func:`tm_gym.envs.settings.observation_space`, without the action buffer).
+        reference: the reward's reference trajectory: (K, 2) ground points ``(x, z)`` or
+            (K, 3) game points ``(x, y, z)``; the car's position is matched column for column.
+        reward_config: reward settings (TMRL's defaults).
+        defer_errors: keep errors raised in rtgym's thread for :meth:`pop_error` instead of
+            raising them there.
+        keep_frames: keep the last screenshot for :meth:`render` even when the observation
+            does not need one.
+    """
+
+    def __init__(
+        self,
+        backend: RealtimeBackend,
+        settings: EnvSettings,
+        reference: ReferenceTrajectory,
+        reward_config: RewardConfig | None = None,
+        *,
+        defer_errors: bool = False,
+        keep_frames: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.reference = reference
+        self.reward = ProgressReward(reference, 1, reward_config)
+        self.builder = ObservationBuilder(
+            settings, lidar_source=backend.lidar_source, camera=backend.camera
+        )
+        self.defer_errors = defer_errors
+        self.keep_frames = keep_frames
+        self._dims = reference.points.shape[1]
+        self._pos = np.zeros((1, self._dims))
+        self._finished = np.zeros(1, dtype=bool)
+        self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
+        self._last_obs: Obs | None = None
+        self._last_info: Info | None = None
+        self._last_frame: NDArray[np.uint8] | None = None
+        self._t_reset = time.perf_counter()
+        self._lap_time: float | None = None
+
+    # -- rtgym API -----------------------------------------------------------------------
+    def get_observation_space(self) -> spaces.Tuple:
+        return self.builder.space()
+
+    def get_action_space(self) -> spaces.Box:
+        return action_space()
+
+    def get_default_action(self) -> NDArray[np.float32]:
+        return np.zeros(3, dtype=np.float32)
+
+    def send_control(self, control: NDArray[np.float32] | None) -> None:
+        if control is None:
+            return
+        a = np.asarray(control, dtype=np.float32)
+        self._guard(lambda: self.backend.controller.apply(a), _none)
+
+    def reset(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, Info]:
+        return self._guard(self._reset, lambda: (self._placeholder_obs(), self._placeholder_info()))
+
+    def get_obs_rew_terminated_info(self) -> tuple[Obs, float, bool, Info]:
+        return self._guard(
+            self._observe, lambda: (self._placeholder_obs(), 0.0, True, self._placeholder_info())
+        )
+
+    def wait(self) -> None:
+        # released even after an error: a car must not keep its inputs pressed
+        self._guard(self.backend.controller.release, _none, always=True)
+
+    def render(self) -> NDArray[np.uint8] | None:
+        f = self._last_frame
+        return None if f is None else f.copy()
+
+    # -- errors --------------------------------------------------------------------------
+    def _guard(self, fn: Callable[[], T], fallback: Callable[[], T], *, always: bool = False) -> T:
+        """``fn()``; with ``defer_errors``, an error is kept and ``fallback()`` returned, and
+        after an error nothing runs (unless ``always``) until :meth:`pop_error` was called."""
+        if not self.defer_errors:
+            return fn()
+        with self._error_lock:
+            failed = self._error is not None
+        if failed and not always:
+            return fallback()
+        try:
+            return fn()
+        except Exception as e:
+            with self._error_lock:
+                if self._error is None:
+                    self._error = e
+            logger.debug("deferred %s raised in rtgym's thread: %s", type(e).__name__, e)
+            return fallback()
+
+    def pop_error(self) -> BaseException | None:
+        """The first error raised in rtgym's thread since the last call (and forget it)."""
+        with self._error_lock:
+            e, self._error = self._error, None
+        return e
+
+    def _placeholder_obs(self) -> Obs:
+        return [p.copy() for p in self._last_obs] if self._last_obs else self.builder.zeros()
+
+    def _placeholder_info(self) -> Info:
+        return dict(self._last_info) if self._last_info else {}
+
+    # -- captures ------------------------------------------------------------------------
+    def _reset(self) -> tuple[Obs, Info]:
+        b = self.backend
+        b.controller.release()
+        b.controller.respawn()
+        if b.respawn_wait > 0:
+            time.sleep(b.respawn_wait)
+        self._t_reset = time.perf_counter()
+        rec = b.telemetry.wait_fresh()
+        self._lap_time = None
+        rgb = self._grab()
+        self._set_pos(rec)
+        self.reward.reset(self._pos)
+        obs = self.builder.reset(rec, rgb, float(self.reward.progress[0]))
+        info = self._info(rec, failed=False)
+        info["lap_time"] = None
+        self._last_obs, self._last_info = obs, info
+        return [p.copy() for p in obs], dict(info)
+
+    def _observe(self) -> tuple[Obs, float, bool, Info]:
+        rec = self.backend.telemetry.latest()
+        rgb = self._grab()
+        self._set_pos(rec)
+        self._finished[0] = rec.finished
+        r, term = self.reward.update(self._pos, self._finished)
+        terminated = bool(term[0])
+        obs = self.builder.update(rec, rgb, float(self.reward.progress[0]))
+        info = self._info(rec, failed=terminated and not rec.finished)
+        self._last_obs, self._last_info = obs, info
+        return [p.copy() for p in obs], float(r[0]), terminated, dict(info)
+
+    def _grab(self) -> NDArray[np.uint8] | None:
+        if not (self.builder.needs_frame or self.keep_frames):
+            return None
+        rgb = self.backend.frames.grab()
+        if self.keep_frames:
+            self._last_frame = rgb
+        return rgb
+
+    def _set_pos(self, rec: TelemetryRecord) -> None:
+        if self._dims == 2:
+            self._pos[0] = (rec.x, rec.z)
+        else:
+            self._pos[0] = (rec.x, rec.y, rec.z)
+
+    def _info(self, rec: TelemetryRecord, *, failed: bool) -> Info:
+        race_time = rec.race_time
+        if not math.isfinite(race_time):  # TMRL's layout has no race time: estimate it
+            race_time = time.perf_counter() - self._t_reset
+        if rec.finished and self._lap_time is None:
+            self._lap_time = round(race_time, 3)
+        contacts = self.backend.wall_contacts
+        return {
+            "race_time": round(race_time, 3),
+            "progress": float(self.reward.progress[0]),
+            "checkpoint": rec.checkpoint,
+            "checkpoints_total": self.backend.checkpoints_total,
+            "finished": rec.finished,
+            "lap_time": self._lap_time if rec.finished else None,
+            "position": np.array(rec.position, dtype=np.float64),
+            "speed_kmh": rec.speed_kmh,
+            "gear": rec.gear,
+            "rpm": rec.rpm,
+            "wall_contacts": -1 if contacts is None else int(contacts()),
+            "failed": failed,
+        }
