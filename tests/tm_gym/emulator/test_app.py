@@ -71,7 +71,9 @@ def test_keys_steer_and_release(core: tuple[EmulatorCore, FakeClock]) -> None:
     assert emu.record().steer == -1.0  # the controls of the last advance
 
 
-def test_respawn_key_resets_and_restarts_the_countdown(core: tuple[EmulatorCore, FakeClock]) -> None:
+def test_respawn_key_resets_and_restarts_the_countdown(
+    core: tuple[EmulatorCore, FakeClock],
+) -> None:
     emu, clock = core
     emu.key_down("Up")
     clock.t += 3.0

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -211,6 +212,7 @@ class TkEmulator:
         self.core = EmulatorCore(config)
         self.port_file = port_file
         self._pending_release: dict[str, int] = {}
+        self._photo: Any = None
 
     def run(self, max_seconds: float | None = None) -> None:
         """Open the window and serve until it is closed (or ``max_seconds`` pass)."""
@@ -227,6 +229,14 @@ class TkEmulator:
                 root.bind("<KeyPress>", self._on_press)
                 root.bind("<KeyRelease>", self._on_release)
                 root.protocol("WM_DELETE_WINDOW", root.quit)
+                # draw the first frame and wait until the window is on screen, so whoever waits
+                # for the port file can find the window straight away
+                self._show(label, self.core.tick())
+                deadline = time.perf_counter() + 5.0
+                root.update()
+                while not root.winfo_viewable() and time.perf_counter() < deadline:
+                    time.sleep(0.01)
+                    root.update()
                 if self.port_file:
                     with open(self.port_file, "w", encoding="utf-8") as f:
                         f.write(f"{self.core.port}\n")
@@ -239,15 +249,10 @@ class TkEmulator:
                 )
                 start = time.perf_counter()
                 period_ms = max(1, int(1000 / cfg.fps))
-                holder: list[object] = []
 
                 def frame() -> None:
                     self._apply_releases()
-                    rgb = self.core.tick()
-                    header = f"P6 {rgb.shape[1]} {rgb.shape[0]} 255\n".encode()
-                    photo = tk.PhotoImage(data=header + rgb.tobytes(), format="PPM")
-                    label.configure(image=photo)
-                    holder[:] = [photo]  # keep a reference, or Tk drops the image
+                    self._show(label, self.core.tick())
                     if max_seconds is not None and time.perf_counter() - start > max_seconds:
                         root.quit()
                         return
@@ -258,6 +263,14 @@ class TkEmulator:
                 root.mainloop()
             finally:
                 root.destroy()
+
+    def _show(self, label: Any, rgb: NDArray[np.uint8]) -> None:
+        import tkinter as tk
+
+        header = f"P6 {rgb.shape[1]} {rgb.shape[0]} 255\n".encode()
+        photo = tk.PhotoImage(data=header + rgb.tobytes(), format="PPM")
+        label.configure(image=photo)
+        self._photo = photo  # keep a reference, or Tk drops the image
 
     # X11 auto-repeat delivers KeyRelease+KeyPress pairs with the same timestamp while a key is
     # held: a release is applied only if no press of the same key with that timestamp follows.

@@ -415,14 +415,23 @@ class ScreenCapture:
         return self._geometry
 
     def refresh(self) -> WindowGeometry:
-        """Re-read the window's geometry (after it moved or was resized) and return it.
+        """Re-read the window's geometry (after it moved or was resized) and return it. If the
+        window was closed, a new window with the same title (the game restarted) is taken.
 
         Raises:
-            CaptureError: the window was closed or hidden, or the capture is not open.
+            CaptureError: no window has the title any more, or the capture is not open.
         """
         geom = self._require_open()
         if geom.window_id != 0:
-            new = window_geometry(geom.window_id)
+            try:
+                new = window_geometry(geom.window_id)
+            except CaptureError:
+                if self._given is not None:
+                    raise
+                # the window is gone: the game may have been restarted; look it up again by
+                # title (raises the usual "no window titled ..." error if there is none)
+                new = find_window(self.window_title)
+                logger.info("window %r re-found after it was closed", self.window_title)
             if new != geom:
                 if (new.width, new.height) != (geom.width, geom.height):
                     logger.warning(

@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from rtgym import RealTimeGymInterface
 
 from tm_gym.envs.settings import EnvSettings, action_space
+from tm_gym.error import CaptureError
 from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.realtime.observation import LidarSource, ObservationBuilder
@@ -278,7 +279,15 @@ class TMRealtimeInterface(RealTimeGymInterface):
     def _grab(self) -> NDArray[np.uint8] | None:
         if not (self.builder.needs_frame or self.keep_frames):
             return None
-        rgb = self.backend.frames.grab()
+        try:
+            rgb = self.backend.frames.grab()
+        except CaptureError:
+            # A window that vanished usually means the game itself stopped (crashed, closed):
+            # then the telemetry stops too, and its error says what to check. Wait for a fresh
+            # record (this raises TelemetryError once the telemetry times out); if the telemetry
+            # is alive, the window problem is the real one.
+            self.backend.telemetry.wait_fresh()
+            raise
         if self.keep_frames:
             self._last_frame = rgb
         return rgb
