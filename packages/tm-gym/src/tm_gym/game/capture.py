@@ -425,12 +425,14 @@ class ScreenCapture:
         if geom.window_id != 0:
             try:
                 new = window_geometry(geom.window_id)
-            except CaptureError:
+            except CaptureError as gone:
                 if self._given is not None:
                     raise
-                # the window is gone: the game may have been restarted; look it up again by
-                # title (raises the usual "no window titled ..." error if there is none)
-                new = find_window(self.window_title)
+                # the window is gone: the game may have been restarted; look it up again by title
+                try:
+                    new = find_window(self.window_title)
+                except CaptureError:
+                    raise gone from None
                 logger.info("window %r re-found after it was closed", self.window_title)
             if new != geom:
                 if (new.width, new.height) != (geom.width, geom.height):
