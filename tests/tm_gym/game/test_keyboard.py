@@ -193,14 +193,16 @@ def test_sendinput_needs_windows() -> None:
 
 def test_sendinput_scan_codes() -> None:
     """The INPUT records are built the same way on every platform; check their fields."""
-    w = keyboard._key_input(keyboard.SCAN_CODES["up"], up=False)
+    from tm_gym.game import keyboard_windows as kw
+
+    w = kw._key_input(keyboard.SCAN_CODES["up"], up=False)
     assert w.type == 1
     assert w.u.ki.wScan == 0x11
-    assert w.u.ki.dwFlags == keyboard._KEYEVENTF_SCANCODE
-    delete_up = keyboard._key_input(keyboard.SCAN_RESPAWN, up=True)
+    assert w.u.ki.dwFlags == kw._KEYEVENTF_SCANCODE
+    delete_up = kw._key_input(keyboard.SCAN_RESPAWN, up=True)
     assert delete_up.u.ki.wScan == 0x53
     assert delete_up.u.ki.dwFlags == (
-        keyboard._KEYEVENTF_SCANCODE | keyboard._KEYEVENTF_KEYUP | keyboard._KEYEVENTF_EXTENDEDKEY
+        kw._KEYEVENTF_SCANCODE | kw._KEYEVENTF_KEYUP | kw._KEYEVENTF_EXTENDEDKEY
     )
     assert {k: keyboard.SCAN_CODES[k] for k in KEYS} == {
         "up": 0x11,  # W

@@ -92,7 +92,9 @@ def find_window(title: str) -> WindowGeometry:
     if not isinstance(name, str) or not name:
         raise ValueError(f"title={title!r}: expected the window's exact title, e.g. 'Trackmania'")
     if sys.platform == "win32":
-        return _win32_find(title)
+        from tm_gym.game.capture_windows import win32_find
+
+        return win32_find(title)
     if sys.platform == "darwin":
         raise BackendUnavailableError(
             "screen capture of the game is not supported on macOS (TrackMania runs on Windows, "
@@ -108,7 +110,9 @@ def window_geometry(window_id: int) -> WindowGeometry:
         CaptureError: the window no longer exists or is not visible.
     """
     if sys.platform == "win32":
-        return _win32_geometry(window_id)
+        from tm_gym.game.capture_windows import win32_geometry
+
+        return win32_geometry(window_id)
     if sys.platform == "darwin":
         raise BackendUnavailableError("screen capture is not supported on macOS")
     return _x11_geometry(window_id)
@@ -226,90 +230,6 @@ def _x11_geometry(window_id: int) -> WindowGeometry:
             "show it on screen"
         )
     return WindowGeometry(window_id=window_id, **values)
-
-
-# Windows ---------------------------------------------------------------------------------------
-_win32_lock = threading.Lock()
-_win32_user32: Any = None
-
-
-def _win32_api() -> Any:
-    """user32 with the prototypes we use, after making the process DPI-aware (once)."""
-    global _win32_user32
-    if sys.platform != "win32":
-        raise BackendUnavailableError("the Win32 window API exists only on Windows")
-    import ctypes
-    from ctypes import wintypes
-
-    with _win32_lock:
-        if _win32_user32 is not None:
-            return _win32_user32
-        user32 = ctypes.WinDLL("user32", use_last_error=True)
-        # physical pixels, so that window coordinates and mss agree on high-DPI screens
-        try:
-            user32.SetProcessDpiAwarenessContext.restype = wintypes.BOOL
-            user32.SetProcessDpiAwarenessContext.argtypes = [wintypes.HANDLE]
-            aware = bool(user32.SetProcessDpiAwarenessContext(wintypes.HANDLE(-4)))
-        except AttributeError:  # before Windows 10 1703
-            aware = False
-        if not aware:
-            try:
-                ctypes.WinDLL("shcore").SetProcessDpiAwareness(2)
-            except (AttributeError, OSError):
-                user32.SetProcessDPIAware()
-        user32.FindWindowW.restype = wintypes.HWND
-        user32.FindWindowW.argtypes = [wintypes.LPCWSTR, wintypes.LPCWSTR]
-        for fn in ("IsWindow", "IsWindowVisible", "IsIconic"):
-            getattr(user32, fn).restype = wintypes.BOOL
-            getattr(user32, fn).argtypes = [wintypes.HWND]
-        user32.GetClientRect.restype = wintypes.BOOL
-        user32.GetClientRect.argtypes = [wintypes.HWND, ctypes.POINTER(wintypes.RECT)]
-        user32.ClientToScreen.restype = wintypes.BOOL
-        user32.ClientToScreen.argtypes = [wintypes.HWND, ctypes.POINTER(wintypes.POINT)]
-        _win32_user32 = user32
-        return user32
-
-
-def _win32_find(title: str) -> WindowGeometry:
-    user32 = _win32_api()
-    hwnd = user32.FindWindowW(None, title)
-    if not hwnd:
-        raise CaptureError(f"no window titled exactly {title!r}; " + _HOW_TO_START)
-    geom = _win32_geometry(int(hwnd))
-    logger.info("found window %r: %s", title, geom)
-    return geom
-
-
-def _win32_geometry(window_id: int) -> WindowGeometry:
-    if sys.platform != "win32":
-        raise BackendUnavailableError("the Win32 window API exists only on Windows")
-    import ctypes
-    from ctypes import wintypes
-
-    user32 = _win32_api()
-    hwnd = wintypes.HWND(window_id)
-    if not user32.IsWindow(hwnd):
-        raise CaptureError(
-            f"window {window_id:#x} is gone (closed or restarted?); " + _HOW_TO_START
-        )
-    if not user32.IsWindowVisible(hwnd) or user32.IsIconic(hwnd):
-        raise CaptureError(f"window {window_id:#x} is minimised or hidden; show it on screen")
-    rect = wintypes.RECT()
-    origin = wintypes.POINT(0, 0)
-    if not user32.GetClientRect(hwnd, ctypes.byref(rect)) or not user32.ClientToScreen(
-        hwnd, ctypes.byref(origin)
-    ):
-        raise CaptureError(
-            f"cannot read the client area of window {window_id:#x} "
-            f"(Win32 error {ctypes.get_last_error()})"
-        )
-    return WindowGeometry(
-        window_id=window_id,
-        left=int(origin.x),
-        top=int(origin.y),
-        width=int(rect.right - rect.left),
-        height=int(rect.bottom - rect.top),
-    )
 
 
 # -- capture -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Two backends, chosen by ``backend="auto"`` from the platform:
   xdotool cannot run a script from stdin, each change spawns one ``xdotool`` process instead.
 * ``"sendinput"`` (Windows): ``SendInput`` with hardware scan codes — W/A/S/D for
   gas/left/brake/right and Delete for respawn, like TMRL. It cannot be tested on Linux; it is
-  kept small and separate (:class:`_SendInputBackend`).
+  kept small and separate (:mod:`tm_gym.game.keyboard_windows`).
 
 Example::
 
@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -36,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import IO, Any, Protocol
@@ -175,7 +173,9 @@ class KeyboardController:
         if self.backend == "xdotool":
             impl = _XdotoolBackend(window_id=self.window_id, display=self.display)
         else:
-            impl = _SendInputBackend(window_id=self.window_id)
+            from tm_gym.game.keyboard_windows import SendInputBackend
+
+            impl = SendInputBackend(window_id=self.window_id)
         impl.open()
         self._impl = impl
         self._held = frozenset()
@@ -434,97 +434,3 @@ class _XdotoolBackend:
                     "its id with `xdotool search --name Trackmania`"
                 ) from exc2
         logger.debug("focused window %#x", window_id)
-
-
-# -- Windows: SendInput --------------------------------------------------------------------
-
-_INPUT_KEYBOARD = 1
-_KEYEVENTF_EXTENDEDKEY = 0x0001
-_KEYEVENTF_KEYUP = 0x0002
-_KEYEVENTF_SCANCODE = 0x0008
-
-
-class _KeybdInput(ctypes.Structure):
-    _fields_ = [
-        ("wVk", ctypes.c_ushort),
-        ("wScan", ctypes.c_ushort),
-        ("dwFlags", ctypes.c_ulong),
-        ("time", ctypes.c_ulong),
-        ("dwExtraInfo", ctypes.c_size_t),  # ULONG_PTR
-    ]
-
-
-class _MouseInput(ctypes.Structure):  # only here so the union has Windows' full size
-    _fields_ = [
-        ("dx", ctypes.c_long),
-        ("dy", ctypes.c_long),
-        ("mouseData", ctypes.c_ulong),
-        ("dwFlags", ctypes.c_ulong),
-        ("time", ctypes.c_ulong),
-        ("dwExtraInfo", ctypes.c_size_t),
-    ]
-
-
-class _InputUnion(ctypes.Union):
-    _fields_ = [("ki", _KeybdInput), ("mi", _MouseInput)]
-
-
-class _Input(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_ulong), ("u", _InputUnion)]
-
-
-def _key_input(dik: int, *, up: bool) -> _Input:
-    """One keyboard INPUT for DirectInput scan code ``dik`` (bit 0x80 = extended key)."""
-    flags = _KEYEVENTF_SCANCODE | (_KEYEVENTF_KEYUP if up else 0)
-    if dik & 0x80:
-        flags |= _KEYEVENTF_EXTENDEDKEY
-    ki = _KeybdInput(wVk=0, wScan=dik & 0x7F, dwFlags=flags, time=0, dwExtraInfo=0)
-    return _Input(type=_INPUT_KEYBOARD, u=_InputUnion(ki=ki))
-
-
-class _SendInputBackend:
-    """Scan-code key presses with user32's SendInput (Windows only)."""
-
-    def __init__(self, *, window_id: int | None) -> None:
-        self.window_id = window_id
-        self._user32: Any = None
-
-    def open(self) -> None:
-        if sys.platform != "win32":
-            raise ControllerError(
-                f"the sendinput keyboard backend needs Windows, but this is {sys.platform!r}; "
-                "use backend='xdotool' (Linux) or 'auto'"
-            )
-        windll: Any = getattr(ctypes, "WinDLL")  # noqa: B009 (absent from Linux type stubs)
-        self._user32 = windll("user32", use_last_error=True)
-        if self.window_id is not None and not self._user32.SetForegroundWindow(self.window_id):
-            raise ControllerError(
-                f"cannot bring window {self.window_id:#x} to the foreground; is the game open?"
-            )
-
-    def close(self) -> None:
-        self._user32 = None
-
-    def change(self, up: list[str], down: list[str]) -> None:
-        events = [_key_input(SCAN_CODES[k], up=True) for k in up]
-        events += [_key_input(SCAN_CODES[k], up=False) for k in down]
-        self._send(events)
-
-    def tap_respawn(self, hold: float) -> None:
-        self._send([_key_input(SCAN_RESPAWN, up=False)])
-        time.sleep(hold)
-        self._send([_key_input(SCAN_RESPAWN, up=True)])
-
-    def _send(self, events: list[_Input]) -> None:
-        if not events:
-            return
-        if self._user32 is None:
-            raise ControllerError("the keyboard controller is not open")
-        array = (_Input * len(events))(*events)
-        sent = self._user32.SendInput(len(events), array, ctypes.sizeof(_Input))
-        if sent != len(events):
-            raise ControllerError(
-                f"SendInput sent {sent} of {len(events)} key events (error "
-                f"{getattr(ctypes, 'get_last_error', lambda: '?')()}); another program may be blocking input (UIPI: run "
-                "the agent with the same privileges as the game)"
-            )
