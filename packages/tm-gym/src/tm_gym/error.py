@@ -14,6 +14,7 @@ __all__ = [
     "DependencyNotInstalled",
     "EnvStateError",
     "InvalidActionError",
+    "RecordingFormatError",
     "TMGymError",
     "TelemetryError",
     "TrackFormatError",
@@ -60,3 +61,8 @@ class CaptureError(TMGymError, RuntimeError):
 
 class ControllerError(TMGymError, RuntimeError):
     """The virtual gamepad or keyboard cannot be used (missing driver, device or tool)."""
+
+
+class RecordingFormatError(TMGymError, ValueError):
+    """A recording file is truncated, corrupt or not a tm-gym recording; the message names the
+    file and what is wrong."""

@@ -1,0 +1,1 @@
+"""Recording episodes (a safe, compact, documented format) and replaying them."""
