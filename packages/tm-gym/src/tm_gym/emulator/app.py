@@ -171,30 +171,7 @@ class EmulatorCore:
 
     def record(self) -> TelemetryRecord:
         """The telemetry record of the car now (game axes: y up, z = simulator y)."""
-        s = self.sim
-        c = s.controls[0]
-        return TelemetryRecord(
-            speed_kmh=float(s.speed_kmh[0]),
-            distance=float(s.driven[0]),
-            x=float(s.x[0]),
-            y=0.0,
-            z=float(s.y[0]),
-            steer=float(c[2]),
-            gas=float(max(c[0], 0.0)),
-            brake=1.0 if c[1] > 0 else 0.0,
-            finished=bool(s.finished[0]),
-            gear=int(s.gear[0]),
-            rpm=float(s.rpm[0]),
-            race_time=float(s.race_time[0]),
-            checkpoint=int(s.checkpoint[0]),
-            vx=float(s.vx[0]),
-            vy=0.0,
-            vz=float(s.vy[0]),
-            yaw=float(s.psi[0]),
-            pitch=0.0,
-            roll=0.0,
-            version=self.config.protocol,
-        )
+        return self.sim.telemetry_record(0, version=self.config.protocol)
 
     def tick(self) -> NDArray[np.uint8]:
         """Advance, publish one telemetry record, and return the frame to draw (H, W, 3)."""

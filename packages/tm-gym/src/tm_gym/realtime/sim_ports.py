@@ -168,32 +168,7 @@ class WallClockSim:
 
     def _record(self) -> TelemetryRecord:
         """The record of the current state (lock held)."""
-        s = self.sim
-        c = self._controls[0]
-        return TelemetryRecord(
-            speed_kmh=float(s.speed_kmh[0]),
-            distance=float(s.driven[0]),
-            x=float(s.x[0]),
-            y=0.0,
-            z=float(s.y[0]),
-            steer=float(c[2]),
-            gas=float(min(max(c[0], 0.0), 1.0)),
-            brake=1.0 if c[1] > 0 else 0.0,
-            finished=bool(s.finished[0]),
-            gear=int(s.gear[0]),
-            rpm=float(s.rpm[0]),
-            race_time=float(
-                s.finish_time[0] if s.finished[0] else s.race_time[0]
-            ),  # the game's chronometer stops at the finish
-            checkpoint=int(s.checkpoint[0]),
-            vx=float(s.vx[0]),
-            vy=0.0,
-            vz=float(s.vy[0]),
-            yaw=float(s.psi[0]),
-            pitch=0.0,
-            roll=0.0,
-            version=2,
-        )
+        return self.sim.telemetry_record(0, controls=self._controls[0])
 
     def frame(self) -> NDArray[np.uint8]:
         """The 256×128 driver's view now, (128, 256, 3) uint8 RGB."""

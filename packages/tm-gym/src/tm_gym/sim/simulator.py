@@ -8,20 +8,20 @@ Cars do not collide with each other (like ghosts in a TrackMania time attack).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec, render_gray, render_rgb
 from tm_gym.sim.lidar import LIDAR_RANGE, lidar
 from tm_gym.sim.physics import IDLE_RPM, CarParams, advance, advance_split
 from tm_gym.sim.raster import TrackRaster, build_raster
 from tm_gym.sim.track import Track, load_track
 
-__all__ = ["PHYSICS_DT", "Simulator", "Telemetry"]
+__all__ = ["PHYSICS_DT", "Simulator"]
 
 PHYSICS_DT = 0.01
 """Default physics substep, seconds."""
@@ -39,27 +39,6 @@ def raster_for(track: Track) -> TrackRaster:
         _RASTERS.clear()
     _RASTERS[id(track)] = (track, r)
     return r
-
-
-@dataclass(frozen=True)
-class Telemetry:
-    """What the game's telemetry plugin reports, for N cars (arrays of shape (N,)).
-
-    Positions follow the game's axes: x and z horizontal, y up (the simulated track is flat at
-    ``y = 0``); the simulator's ground plane (x, y) maps to the game's (x, z).
-    """
-
-    speed_kmh: NDArray[np.float64]
-    distance: NDArray[np.float64]
-    x: NDArray[np.float64]
-    y: NDArray[np.float64]
-    z: NDArray[np.float64]
-    steer: NDArray[np.float64]
-    gas: NDArray[np.float64]
-    brake: NDArray[np.float64]
-    finished: NDArray[np.bool_]
-    gear: NDArray[np.int64]
-    rpm: NDArray[np.float64]
 
 
 class Simulator:
@@ -248,21 +227,37 @@ class Simulator:
         t = self.track
         return np.clip((self.s - t.start_s) / (t.finish_s - t.start_s), 0.0, 1.0)
 
-    def telemetry(self) -> Telemetry:
-        """The game's telemetry record for every car (copies)."""
-        c = self.controls
-        return Telemetry(
-            speed_kmh=self.speed_kmh,
-            distance=self.driven.copy(),
-            x=self.x.copy(),
-            y=np.zeros(self.num_cars),
-            z=self.y.copy(),
-            steer=c[:, 2].copy(),
-            gas=np.clip(c[:, 0], 0.0, 1.0),
-            brake=(c[:, 1] > 0).astype(np.float64),
-            finished=self.finished.copy(),
-            gear=self.gear.copy(),
-            rpm=self.rpm.copy(),
+    def telemetry_record(
+        self, i: int = 0, *, controls: NDArray[np.float64] | None = None, version: int = 2
+    ) -> TelemetryRecord:
+        """Car ``i``'s state as the game's telemetry plugin reports it (game axes: x and z
+        horizontal, y up; the flat track is at y = 0, the simulator's y is the game's z).
+
+        ``controls`` are the inputs to report (default: those of the last physics step). The
+        race time stops at the finish, like the game's chronometer.
+        """
+        c = self.controls[i] if controls is None else controls
+        return TelemetryRecord(
+            speed_kmh=float(self.speed_kmh[i]),
+            distance=float(self.driven[i]),
+            x=float(self.x[i]),
+            y=0.0,
+            z=float(self.y[i]),
+            steer=float(c[2]),
+            gas=float(min(max(c[0], 0.0), 1.0)),
+            brake=1.0 if c[1] > 0 else 0.0,
+            finished=bool(self.finished[i]),
+            gear=int(self.gear[i]),
+            rpm=float(self.rpm[i]),
+            race_time=float(self.finish_time[i] if self.finished[i] else self.race_time[i]),
+            checkpoint=int(self.checkpoint[i]),
+            vx=float(self.vx[i]),
+            vy=0.0,
+            vz=float(self.vy[i]),
+            yaw=float(self.psi[i]),
+            pitch=0.0,
+            roll=0.0,
+            version=version,
         )
 
     def render_gray(
