@@ -54,7 +54,7 @@ COMMANDS = {
         summary="run the test suite (arguments go to pytest)",
         install=(
             "-e",
-            "./packages/tm-gym[viz,play,game]",
+            "./packages/tm-gym[viz,play,game,minari]",
             "-e",
             "./packages/tm-algos",
             "-e",

@@ -20,7 +20,7 @@ nox.options.default_venv_backend = "venv"
 CONSTRAINTS = ("-c", "constraints.txt")
 PACKAGES = (
     "-e",
-    "./packages/tm-gym[viz,play,game]",
+    "./packages/tm-gym[viz,play,game,minari]",
     "-e",
     "./packages/tm-algos",
     "-e",

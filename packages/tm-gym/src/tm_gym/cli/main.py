@@ -96,7 +96,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand sets ``handler`` to its ``run`` function."""
-    from tm_gym.cli import drive, emulate, game_commands, play, record_reward, tracks
+    from tm_gym.cli import drive, emulate, game_commands, play, record, record_reward, tracks
 
     # --debug is accepted before or after the subcommand. SUPPRESS keeps the subparser's default
     # from overwriting a value given before the subcommand.
@@ -111,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tm-gym",
         description=(
             "TrackMania 2020 tools: drive the expert, list tracks, play, emulate the game, "
-            "install the OpenPlanet plugin and check a game setup."
+            "record episodes, install the OpenPlanet plugin and check a game setup."
         ),
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (drive, tracks, play, emulate, record_reward):
+    for module in (drive, tracks, play, emulate, record_reward, record):
         module.add_parser(subparsers, parents=[common])
     game_commands.add_parsers(subparsers, parents=[common])
     return parser

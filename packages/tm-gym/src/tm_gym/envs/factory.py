@@ -7,6 +7,12 @@
   OpenPlanet telemetry, screen capture and a virtual gamepad or the keyboard, behind the same
   real-time layer.
 
+* ``backend="replay"`` (``TrackMania-v0``): a recording (``recording=PATH``, a ``.tmrec`` file)
+  played back through the game's observation pipeline, ``mode="mock"`` (synchronous, actions
+  ignored) or ``mode="realtime"`` (paced by the real-time layer); see
+  :mod:`tm_gym.recording.replay`. Only observation settings may be given (obs_type, img_size,
+  img_hist_len, grayscale, act_buf_len, ep_max_length); the rest comes from the recording.
+
 Every backend has the same observation and action spaces, reward and info; the arguments are
 those of :class:`~tm_gym.envs.trackmania.TrackManiaEnv`, plus, for the real-time backends:
 
@@ -122,11 +128,24 @@ def make_env(
     camera: CameraSpec | None = None,
     time_step_timeout_factor: float = 1.0,
     render_mode: str | None = None,
+    recording: str | None = None,
+    mode: str = "mock",
     **kwargs: Any,
 ) -> gym.Env[Any, Any]:
     """Build the environment for ``backend`` (see the module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+    if backend == "replay":
+        from tm_gym.recording.replay import make_replay_env
+
+        extra: dict[str, Any] = {"reward_config": reward_config, "render_mode": render_mode}
+        if mode == "realtime":
+            extra["time_step_timeout_factor"] = time_step_timeout_factor
+        return make_replay_env(recording, mode=mode, **extra, **kwargs)
+    if recording is not None:
+        raise ValueError(
+            f"recording={recording!r} is only used with backend='replay' (got {backend!r})"
+        )
     if backend == "sim" and not realtime:
         return TrackManiaEnv(
             "sim",

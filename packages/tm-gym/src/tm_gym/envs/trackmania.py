@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
+from typing import Any, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -11,13 +11,32 @@ from numpy.typing import NDArray
 from tm_gym.envs.settings import EnvSettings, action_space, observation_space
 from tm_gym.envs.sim_core import SimCore
 from tm_gym.error import BackendUnavailableError, EnvStateError, InvalidActionError
+from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.reward import RewardConfig
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.track import Track
 
-__all__ = ["BACKENDS", "TrackManiaEnv", "check_actions"]
+__all__ = ["BACKENDS", "Capture", "TrackManiaEnv", "check_actions"]
 
-BACKENDS = ("game", "sim")
+BACKENDS = ("game", "sim", "replay")
+
+
+class Capture(NamedTuple):
+    """What an environment observed at one capture (kept for recordings, see
+    :mod:`tm_gym.recording`): the telemetry record the observation was built from, and the
+    picture and scan that went into it."""
+
+    record: TelemetryRecord
+    frame: NDArray[np.uint8] | None
+    """The frame the observation used: the agent's own frame (C, S, S) (``frame_kind="agent"``,
+    the synchronous simulator) or the game window's RGB screenshot (H, W, 3) (``"window"``)."""
+    lidar: NDArray[np.float32] | None
+    """The (19,) LIDAR scan pushed into the observation, when it has one."""
+    window: NDArray[np.uint8] | None = None
+    """The full-resolution window (H, W, 3), when asked for and different from ``frame``."""
+    position: NDArray[np.float64] | None = None
+    """The exact (x, y, z) position in game axes, when the backend has more precision than
+    the float32 telemetry (the simulators)."""
 
 
 def check_actions(action: Any, n: int) -> NDArray[np.float32]:
@@ -132,8 +151,8 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         car_params: CarParams | None = None,
         render_mode: str | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+        if backend not in ("sim", "game"):
+            raise ValueError(f"backend={backend!r}: expected 'sim' (or 'game' via make_env)")
         if backend == "game":
             raise BackendUnavailableError(
                 "TrackManiaEnv is the synchronous simulator; the live game runs behind the "
@@ -163,6 +182,8 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self._running = False
         self._all = np.ones(1, dtype=bool)
         self._none = np.zeros(1, dtype=bool)
+        self._keep: bool | None = None  # None: no captures kept; else whether with full frames
+        self._capture: Capture | None = None
 
     @staticmethod
     def _first(batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
@@ -190,7 +211,13 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
+        if self._keep is not None:
+            # the respawn is deterministic: the state after sim.reset() is the one captured
+            self.core.sim.reset(self._all)
+            rec_window = self._capture_state()
         obs, binfo = self.core.reset(self._all)  # infos taken at the respawn itself
+        if self._keep is not None:
+            self._capture = self._capture_of(self._first(obs), *rec_window)
         self._running = True
         info = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in binfo.items()}
         info["lap_time"] = None
@@ -207,7 +234,11 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         failed = bool(self.core.pend_failed[0])
         info = self._info()  # describes the capture being returned (taken before advancing)
         info["failed"] = failed
+        if self._keep is not None:
+            rec_window = self._capture_state()  # the state the returned obs was captured in
         obs, rew, term, trunc, _ = self.core.step(a)
+        if self._keep is not None:
+            self._capture = self._capture_of(self._first(obs), *rec_window)
         if term[0] or trunc[0]:
             self._running = False
         return self._first(obs), float(rew[0]), bool(term[0]), bool(trunc[0]), info
@@ -216,6 +247,41 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if self.render_mode is None:
             return None
         return self.core.sim.render_rgb()[0]
+
+    # -- captures for recordings ---------------------------------------------------------
+    def keep_captures(self, full_frames: bool = False) -> None:
+        """Keep what each observation was built from, for :meth:`last_capture` (recording).
+
+        ``full_frames`` also keeps the 256×128 driver's view (the game window) of each capture.
+        """
+        self._keep = bool(full_frames)
+
+    def last_capture(self) -> Capture | None:
+        """The capture behind the observation last returned by :meth:`reset` or :meth:`step`
+        (None unless :meth:`keep_captures` was called before it)."""
+        return self._capture
+
+    def _capture_state(
+        self,
+    ) -> tuple[TelemetryRecord, NDArray[np.float64], NDArray[np.uint8] | None]:
+        sim = self.core.sim
+        rec = sim.telemetry_record(0)
+        pos = np.array([sim.x[0], 0.0, sim.y[0]], dtype=np.float64)
+        window = sim.render_rgb()[0].copy() if self._keep else None
+        return rec, pos, window
+
+    def _capture_of(
+        self,
+        obs: dict[str, NDArray[Any]],
+        rec: TelemetryRecord,
+        pos: NDArray[np.float64],
+        window: NDArray[np.uint8] | None,
+    ) -> Capture:
+        s = self.settings
+        if s.obs_type == "images":
+            k = 1 if s.grayscale else 3
+            return Capture(rec, obs["images"][-k:].copy(), None, window, pos)
+        return Capture(rec, None, obs["lidar"][-1].copy(), window, pos)
 
     def expert_action(self) -> NDArray[np.float32]:
         """The scripted expert's action for the current state (for demonstrations)."""

@@ -13,9 +13,9 @@ from rtgym import DEFAULT_CONFIG_DICT
 from rtgym.envs import RealTimeEnvTS
 
 from tm_gym.envs.settings import EnvSettings, action_space, observation_space
-from tm_gym.envs.trackmania import check_actions
+from tm_gym.envs.trackmania import Capture, check_actions
 from tm_gym.error import BackendUnavailableError, EnvStateError
-from tm_gym.realtime.interface import RealtimeBackend, TMRealtimeInterface
+from tm_gym.realtime.interface import CAPTURE_KEY, RealtimeBackend, TMRealtimeInterface
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
 
 __all__ = ["TrackManiaRealtimeEnv", "rtgym_config"]
@@ -217,6 +217,7 @@ class TrackManiaRealtimeEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]
         self._rt: _CountingRealTimeEnv | None = None
         self._running = False
         self._closed = False
+        self._capture: Capture | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> _CountingRealTimeEnv:
@@ -282,6 +283,7 @@ class TrackManiaRealtimeEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]
         self._raise_pending()
         self._running = True
         info = dict(info)
+        self._capture = info.pop(CAPTURE_KEY, None)
         info["timeouts"] = 0
         info["timeouts_total"] = rt.timeouts
         return self._to_dict(parts), info
@@ -300,6 +302,7 @@ class TrackManiaRealtimeEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]
         if terminated or truncated:
             self._running = False
         info = dict(info)
+        self._capture = info.pop(CAPTURE_KEY, None)
         info["timeouts"] = rt.episode_timeouts
         info["timeouts_total"] = rt.timeouts
         return self._to_dict(parts), float(rew), bool(terminated), bool(truncated), info
@@ -308,6 +311,18 @@ class TrackManiaRealtimeEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]
         if self.render_mode is None:
             return None
         return self.interface.render()
+
+    # -- captures for recordings ---------------------------------------------------------
+    def keep_captures(self, full_frames: bool = False) -> None:
+        """Keep what each observation was built from, for :meth:`last_capture` (recording):
+        every capture then grabs the window's screenshot, even when the observation does not
+        need it. (The screenshot is always full resolution; ``full_frames`` changes nothing.)"""
+        self.interface.record_captures = True
+
+    def last_capture(self) -> Capture | None:
+        """The capture behind the observation last returned by :meth:`reset` or :meth:`step`
+        (None unless :meth:`keep_captures` was called before it)."""
+        return self._capture
 
     def timing_stats(self) -> dict[str, tuple[float | None, float]]:
         """rtgym's benchmarks: running (average, average deviation) of each duration, seconds.

@@ -17,6 +17,11 @@ returning it). What it does at each rtgym call:
   the finish or after too long without progress;
 * ``wait()`` → release the inputs (rtgym calls it when an episode ends, with ``wait_on_done``).
 
+With ``record_captures`` set (what a recording needs), every capture also grabs the screenshot
+and the info returned to rtgym carries it under :data:`CAPTURE_KEY` (a
+:class:`~tm_gym.envs.trackmania.Capture`: record, screenshot, exact LIDAR scan, position);
+:class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv` takes it out of the info again.
+
 rtgym calls these from its own thread, where an exception would kill the thread and leave the
 caller waiting forever. With ``defer_errors=True`` (how :class:`~tm_gym.realtime.env.\
 TrackManiaRealtimeEnv` uses it) the interface keeps the first error, ends the episode with a
@@ -42,6 +47,7 @@ from numpy.typing import NDArray
 from rtgym import RealTimeGymInterface
 
 from tm_gym.envs.settings import EnvSettings, action_space
+from tm_gym.envs.trackmania import Capture
 from tm_gym.error import CaptureError
 from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.ports import Controller, FrameSource, TelemetrySource
@@ -49,7 +55,7 @@ from tm_gym.realtime.observation import LidarSource, ObservationBuilder
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
 from tm_gym.sim.camera import CameraSpec
 
-__all__ = ["RealtimeBackend", "TMRealtimeInterface"]
+__all__ = ["CAPTURE_KEY", "RealtimeBackend", "TMRealtimeInterface"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,9 @@ Info = dict[str, Any]
 def _none() -> None:
     return None
 
+
+CAPTURE_KEY = "_capture"
+"""The info key under which a capture travels through rtgym when ``record_captures`` is set."""
 
 GAME_RESPAWN_WAIT = 1.5
 """Seconds the game needs after a respawn before the car can drive (the start lights)."""
@@ -169,6 +178,8 @@ class TMRealtimeInterface(RealTimeGymInterface):
         )
         self.defer_errors = defer_errors
         self.keep_frames = keep_frames
+        self.record_captures = False
+        """Grab every screenshot and pass each capture in the info (see the module docstring)."""
         self._dims = reference.points.shape[1]
         self._pos = np.zeros((1, self._dims))
         self._finished = np.zeros(1, dtype=bool)
@@ -262,7 +273,7 @@ class TMRealtimeInterface(RealTimeGymInterface):
         info = self._info(rec, failed=False)
         info["lap_time"] = None
         self._last_obs, self._last_info = obs, info
-        return [p.copy() for p in obs], dict(info)
+        return [p.copy() for p in obs], self._with_capture(info, rec, rgb, obs)
 
     def _observe(self) -> tuple[Obs, float, bool, Info]:
         rec = self.backend.telemetry.latest()
@@ -274,10 +285,28 @@ class TMRealtimeInterface(RealTimeGymInterface):
         obs = self.builder.update(rec, rgb, float(self.reward.progress[0]))
         info = self._info(rec, failed=terminated and not rec.finished)
         self._last_obs, self._last_info = obs, info
-        return [p.copy() for p in obs], float(r[0]), terminated, dict(info)
+        return (
+            [p.copy() for p in obs],
+            float(r[0]),
+            terminated,
+            self._with_capture(info, rec, rgb, obs),
+        )
+
+    def _with_capture(
+        self, info: Info, rec: TelemetryRecord, rgb: NDArray[np.uint8] | None, obs: Obs
+    ) -> Info:
+        out = dict(info)
+        if self.record_captures:
+            scan = None
+            if self.backend.lidar_source is not None and "lidar" in self.builder.keys:
+                scan = obs[self.builder.keys.index("lidar")][-1].copy()
+            out[CAPTURE_KEY] = Capture(
+                rec, rgb, scan, None, np.array(rec.position, dtype=np.float64)
+            )
+        return out
 
     def _grab(self) -> NDArray[np.uint8] | None:
-        if not (self.builder.needs_frame or self.keep_frames):
+        if not (self.builder.needs_frame or self.keep_frames or self.record_captures):
             return None
         try:
             rgb = self.backend.frames.grab()

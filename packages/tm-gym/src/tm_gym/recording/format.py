@@ -22,8 +22,16 @@ array                shape / dtype        meaning
 ``truncated``        (T,) bool            ...
 ``step_capture``     (T,) int32           index of the capture each step returned
 ``reference``        (K, 2|3) float64     the reward's reference trajectory (optional)
+``position``         (C, 3) float64       exact (x, y, z) of each capture, game axes (optional:
+                                          simulators, whose positions are finer than float32)
+``agent_frames``     (C, 1|3, S, S) u8    the agent's own frames when ``frames`` holds windows
+                                          and the backend rendered its own agent frames (the
+                                          synchronous simulator with ``full_frames``; optional)
 ``meta``             () str               JSON object, below
 ===================  ==================  ===================================================
+
+``frame_kind`` ``"none"`` means no picture was kept (a LIDAR recording of the synchronous
+simulator without full frames): ``frames`` is then (C, 0, 0).
 
 Each frame is stored once (never once per position in a frame stack), and the file is
 compressed. ``meta`` holds ``format`` (``"tm-gym-recording/1"``), ``tm_gym_version``,
@@ -52,7 +60,7 @@ from tm_gym.error import RecordingFormatError
 __all__ = ["FORMAT", "FRAME_KINDS", "Recording", "load_recording", "save_recording"]
 
 FORMAT = "tm-gym-recording/1"
-FRAME_KINDS = ("window", "agent")
+FRAME_KINDS = ("window", "agent", "none")
 TELEMETRY_FIELDS = 19
 
 _REQUIRED = (
@@ -67,7 +75,7 @@ _REQUIRED = (
     "step_capture",
     "meta",
 )
-_OPTIONAL = ("lidar", "reference")
+_OPTIONAL = ("lidar", "reference", "position", "agent_frames")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +94,8 @@ class Recording:
     meta: dict[str, Any]
     lidar: NDArray[np.float32] | None = None
     reference: NDArray[np.float64] | None = None
+    position: NDArray[np.float64] | None = None
+    agent_frames: NDArray[np.uint8] | None = None
     source: str = field(default="<memory>", compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +148,8 @@ def validate(r: Recording) -> None:
     ]
     if r.lidar is not None:
         checks.append(("lidar", r.lidar, (c, 19), np.float32))
+    if r.position is not None:
+        checks.append(("position", r.position, (c, 3), np.float64))
     for name, arr, shape, dtype in checks:
         if arr.dtype != dtype or arr.shape != shape or -1 in shape:
             raise _fail(
@@ -152,6 +164,24 @@ def validate(r: Recording) -> None:
             f"array 'frames' has shape {r.frames.shape} and dtype {r.frames.dtype}; "
             f"expected ({c}, H, W[, 3]) uint8",
         )
+    af = r.agent_frames
+    if af is not None and (
+        af.dtype != np.uint8 or af.ndim != 4 or af.shape[0] != c or af.shape[1] not in (1, 3)
+    ):
+        raise _fail(
+            src,
+            f"array 'agent_frames' has shape {af.shape} and dtype {af.dtype}; "
+            f"expected ({c}, 1|3, S, S) uint8",
+        )
+    ref = r.reference
+    if ref is not None and (
+        ref.dtype != np.float64 or ref.ndim != 2 or ref.shape[1] not in (2, 3) or len(ref) < 2
+    ):
+        raise _fail(
+            src,
+            f"array 'reference' has shape {ref.shape} and dtype {ref.dtype}; "
+            "expected (K >= 2, 2|3) float64",
+        )
     meta = r.meta
     if meta.get("format") != FORMAT:
         raise _fail(src, f"meta.format is {meta.get('format')!r}; expected {FORMAT!r}")
@@ -165,6 +195,17 @@ def validate(r: Recording) -> None:
             raise _fail(src, f"meta has no {key!r}")
     if not np.all(np.isfinite(r.telemetry[:, :11])):
         raise _fail(src, "telemetry contains NaN or infinite values in its first 11 fields")
+    kind = meta["frame_kind"]
+    if kind == "agent" and (r.frames.ndim != 4 or r.frames.shape[1] not in (1, 3)):
+        raise _fail(
+            src, f"agent frames have shape {r.frames.shape}; expected ({c}, 1|3, S, S) uint8"
+        )
+    if kind == "window" and (r.frames.ndim != 4 or r.frames.shape[3] != 3):
+        raise _fail(src, f"window frames have shape {r.frames.shape}; expected ({c}, H, W, 3)")
+    if kind == "none" and r.frames.shape != (c, 0, 0):
+        raise _fail(src, f"frame_kind 'none' with frames of shape {r.frames.shape}")
+    if c > 0 and (r.capture_episode[0] != 0 or np.any(np.diff(r.capture_episode) > 1)):
+        raise _fail(src, "capture_episode must count episodes 0, 1, 2, ... without gaps")
     if not np.all(np.isfinite(r.actions)):
         raise _fail(src, "actions contain NaN or infinite values")
     if t > 0 and (r.step_capture.min() < 0 or r.step_capture.max() >= c):

@@ -1,0 +1,621 @@
+"""The replay backend: a recording played back through the game's observation pipeline.
+
+``gymnasium.make("TrackMania-v0", backend="replay", recording=PATH)`` (or
+:func:`make_replay_env`) turns a ``.tmrec`` file into an environment, so the game code path —
+preprocessing of screenshots (:func:`~tm_gym.game.preprocess.agent_frame`), LIDAR read from the
+pixels (:func:`~tm_gym.game.preprocess.pixel_lidar`), the progress reward on the recorded
+positions — runs without the game.
+
+Two modes:
+
+* ``mode="mock"`` (:class:`ReplayEnv`): synchronous, as fast as it can. ``reset()`` goes to the
+  next recorded episode (``options={"episode": i}`` picks one), ``step(a)`` *ignores* ``a``
+  (it is still validated) and returns the next recorded capture rebuilt through
+  :class:`~tm_gym.realtime.observation.ObservationBuilder` and
+  :class:`~tm_gym.reward.ProgressReward`. The action buffer holds the recorded actions, and
+  ``info["recorded_action"]`` / ``info["recorded_reward"]`` show what the recording saw.
+  Replaying with the recorded settings reproduces, bit for bit, the observations and rewards
+  the recorded environment returned.
+* ``mode="realtime"`` (:func:`make_realtime_replay_env`): replay ports (:class:`ReplayState`)
+  behind the real-time layer (:class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv`), paced by
+  rtgym: each capture serves the recorded capture nearest to the time elapsed since the
+  respawn, and the controller keeps the actions it receives (``info["sent_action"]``). An
+  episode is truncated when its recording runs out.
+
+Which observations a recording can give: ``images`` need window frames (any ``img_size``) or
+the recorded agent frames (the recorded size and colour only); ``lidar`` needs recorded LIDAR
+scans or window frames (pixel LIDAR). The synchronous simulator's 64×64 agent frames are its
+own fast rendering, not a preprocessed screenshot: they are stacked as stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from numpy.typing import NDArray
+
+from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.envs.trackmania import check_actions
+from tm_gym.error import EnvStateError, RecordingFormatError
+from tm_gym.game.telemetry import TelemetryRecord
+from tm_gym.realtime.observation import ObservationBuilder
+from tm_gym.recording.format import Recording, load_recording
+from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
+from tm_gym.sim.camera import CameraSpec
+
+__all__ = [
+    "MODES",
+    "ReplayEnv",
+    "ReplayState",
+    "make_realtime_replay_env",
+    "make_replay_env",
+    "record_of",
+]
+
+MODES = ("mock", "realtime")
+_OVERRIDABLE = ("obs_type", "img_size", "img_hist_len", "grayscale", "act_buf_len", "ep_max_length")
+
+
+def record_of(rec: Recording, j: int) -> TelemetryRecord:
+    """The :class:`TelemetryRecord` of capture ``j`` (exact positions when recorded)."""
+    v = rec.telemetry[j].astype(np.float64)
+    pos = rec.position[j] if rec.position is not None else v[2:5]
+    version = 2 if math.isfinite(v[11]) else 1
+    return TelemetryRecord(
+        speed_kmh=float(v[0]),
+        distance=float(v[1]),
+        x=float(pos[0]),
+        y=float(pos[1]),
+        z=float(pos[2]),
+        steer=float(v[5]),
+        gas=float(v[6]),
+        brake=float(v[7]),
+        finished=bool(v[8] > 0.5),
+        gear=round(v[9]),
+        rpm=float(v[10]),
+        race_time=float(v[11]),
+        checkpoint=round(v[12]) if math.isfinite(v[12]) else -1,
+        vx=float(v[13]),
+        vy=float(v[14]),
+        vz=float(v[15]),
+        yaw=float(v[16]),
+        pitch=float(v[17]),
+        roll=float(v[18]),
+        version=version,
+    )
+
+
+def _load(recording: str | Path | Recording) -> Recording:
+    return recording if isinstance(recording, Recording) else load_recording(recording)
+
+
+def replay_settings(rec: Recording, **overrides: Any) -> EnvSettings:
+    """The recorded :class:`EnvSettings`, with ``overrides`` (observation settings only)."""
+    bad = set(overrides) - set(_OVERRIDABLE)
+    if bad:
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(bad)} for a replay; the recording fixes "
+            f"the timing, only {list(_OVERRIDABLE)} may change"
+        )
+    try:
+        fields = {f.name for f in dataclasses.fields(EnvSettings)}
+        stored = {k: v for k, v in rec.meta["settings"].items() if k in fields}
+        return EnvSettings(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+    except (TypeError, ValueError, AttributeError) as e:
+        raise RecordingFormatError(f"{rec.source}: meta.settings is unusable ({e})") from None
+
+
+def _episodes(rec: Recording) -> list[tuple[int, NDArray[np.intp]]]:
+    """Per episode: (first capture, indices of its steps in order)."""
+    out = []
+    ep_of_step = rec.capture_episode[rec.step_capture] if rec.num_steps else np.zeros(0, np.int32)
+    for e, (a, b) in enumerate(rec.episode_slices()):
+        steps = np.flatnonzero(ep_of_step == e)
+        if not np.array_equal(rec.step_capture[steps], np.arange(a + 1, a + 1 + len(steps))):
+            raise RecordingFormatError(
+                f"{rec.source}: the steps of episode {e} do not return its captures "
+                f"{a + 1}..{b - 1} in order; the file is damaged"
+            )
+        out.append((a, steps))
+    if not out:
+        raise RecordingFormatError(f"{rec.source}: the recording holds no capture")
+    return out
+
+
+class _Pipeline:
+    """Observation parts and reward of recorded captures (the game's pipeline)."""
+
+    def __init__(self, rec: Recording, settings: EnvSettings, reward_config: RewardConfig) -> None:
+        self.rec = rec
+        self.settings = s = settings
+        kind = rec.frame_kind
+        self._agent: NDArray[np.uint8] | None = None
+        self._windows: NDArray[np.uint8] | None = None
+        ch = 1 if s.grayscale else 3
+        stored_agent = rec.frames if kind == "agent" else rec.agent_frames
+        if s.obs_type == "images":
+            if stored_agent is not None and stored_agent.shape[1:] == (ch, s.img_size, s.img_size):
+                self._agent = stored_agent
+            elif kind == "window":
+                self._windows = rec.frames
+            else:
+                have = (
+                    f"agent frames {stored_agent.shape[1:]}"
+                    if stored_agent is not None
+                    else "no frames"
+                )
+                raise RecordingFormatError(
+                    f"{rec.source}: image observations of {ch}×{s.img_size}×{s.img_size} need "
+                    f"window screenshots or agent frames of that shape, but the recording has "
+                    f"{have}; replay with obs_type/img_size/grayscale as recorded "
+                    f"({rec.meta['settings']}) or record with full_frames"
+                )
+        elif rec.lidar is None:
+            if kind != "window":
+                raise RecordingFormatError(
+                    f"{rec.source}: {s.obs_type!r} observations need LIDAR scans or window "
+                    "screenshots, but the recording has neither; replay with "
+                    f"obs_type={rec.meta['settings'].get('obs_type')!r}"
+                )
+            self._windows = rec.frames
+        elif kind == "window":
+            self._windows = rec.frames  # kept for render()
+        cam = rec.meta.get("camera")
+        try:
+            camera = CameraSpec(**cam) if isinstance(cam, dict) else None
+        except TypeError as e:
+            raise RecordingFormatError(f"{rec.source}: meta.camera is unusable ({e})") from None
+        self._j = 0
+        lidar_source = self._lidar if (rec.lidar is not None and s.obs_type != "images") else None
+        self.builder = ObservationBuilder(s, lidar_source=lidar_source, camera=camera)
+        if self._agent is not None:
+            self.builder._frame = self._stored_frame  # type: ignore[method-assign]
+        if rec.reference is None:
+            raise RecordingFormatError(
+                f"{rec.source}: the recording has no reward reference; it cannot be replayed"
+            )
+        self.reference = ReferenceTrajectory(np.ascontiguousarray(rec.reference))
+        self.reward = ProgressReward(self.reference, 1, reward_config)
+        self._dims = self.reference.points.shape[1]
+        self._pos = np.zeros((1, self._dims))
+
+    def _lidar(self) -> NDArray[np.float32]:
+        assert self.rec.lidar is not None
+        return self.rec.lidar[self._j]
+
+    def _stored_frame(self, rgb: NDArray[np.uint8] | None) -> NDArray[np.uint8]:
+        assert self._agent is not None
+        return self._agent[self._j]
+
+    def window(self, j: int) -> NDArray[np.uint8] | None:
+        return None if self._windows is None else self._windows[j]
+
+    def _set(self, j: int) -> TelemetryRecord:
+        self._j = j
+        r = record_of(self.rec, j)
+        self._pos[0] = (r.x, r.z) if self._dims == 2 else (r.x, r.y, r.z)
+        return r
+
+    def first(self, j: int) -> tuple[TelemetryRecord, list[NDArray[Any]]]:
+        r = self._set(j)
+        self.reward.reset(self._pos)
+        return r, self.builder.reset(r, self.window(j), float(self.reward.progress[0]))
+
+    def next(self, j: int) -> tuple[TelemetryRecord, list[NDArray[Any]], float, bool]:
+        r = self._set(j)
+        rew, term = self.reward.update(self._pos, np.array([r.finished]))
+        parts = self.builder.update(r, self.window(j), float(self.reward.progress[0]))
+        return r, parts, float(rew[0]), bool(term[0])
+
+
+class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
+    """A recording replayed synchronously, actions ignored (``mode="mock"``, see the module
+    docstring).
+
+    Args:
+        recording: a ``.tmrec`` path or a loaded :class:`Recording`.
+        obs_type, img_size, img_hist_len, grayscale, act_buf_len, ep_max_length: override the
+            recorded settings (None keeps them); the recording must be able to provide them.
+        reward_config: the reward's settings (default: the recorded ones).
+        render_mode: ``"rgb_array"`` returns the recorded window of the current capture.
+
+    Raises:
+        RecordingFormatError: the file is damaged, or cannot give the observations asked for.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        recording: str | Path | Recording,
+        *,
+        obs_type: str | None = None,
+        img_size: int | None = None,
+        img_hist_len: int | None = None,
+        grayscale: bool | None = None,
+        act_buf_len: int | None = None,
+        ep_max_length: int | None = None,
+        reward_config: RewardConfig | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
+        self.recording = rec = _load(recording)
+        self.settings = replay_settings(
+            rec,
+            obs_type=obs_type,
+            img_size=img_size,
+            img_hist_len=img_hist_len,
+            grayscale=grayscale,
+            act_buf_len=act_buf_len,
+            ep_max_length=ep_max_length,
+        )
+        self.reward_config = reward_config or _reward_config(rec)
+        self.render_mode = render_mode
+        self.observation_space = observation_space(self.settings)  # type: ignore[assignment]
+        self.action_space = action_space()  # type: ignore[assignment]
+        self._episodes = _episodes(rec)
+        self._pipe = _Pipeline(rec, self.settings, self.reward_config)
+        self._keys = self._pipe.builder.keys
+        self._n_cps = int(rec.meta.get("checkpoints_total", -1) or -1)
+        self.episode = -1
+        self._k = 0  # steps taken in the episode
+        self._j = 0  # current capture
+        self._running = False
+        self._lap: float | None = None
+        self._act_buf = np.zeros((self.settings.act_buf_len, 3), np.float32)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    def _obs(self, parts: list[NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        obs = dict(zip(self._keys, parts, strict=True))
+        obs["actions"] = self._act_buf.copy()
+        return obs
+
+    def _info(self, r: TelemetryRecord, failed: bool) -> dict[str, Any]:
+        rec = self.recording
+        race_time = r.race_time
+        if not math.isfinite(race_time):
+            first = self._episodes[self.episode][0]
+            race_time = float(rec.capture_time[self._j] - rec.capture_time[first])
+        if r.finished and self._lap is None:
+            self._lap = round(race_time, 3)
+        return {
+            "race_time": round(race_time, 3),
+            "progress": float(self._pipe.reward.progress[0]),
+            "checkpoint": r.checkpoint,
+            "checkpoints_total": self._n_cps,
+            "finished": r.finished,
+            "lap_time": self._lap if r.finished else None,
+            "position": np.array(r.position, dtype=np.float64),
+            "speed_kmh": r.speed_kmh,
+            "gear": r.gear,
+            "rpm": r.rpm,
+            "wall_contacts": -1,
+            "failed": failed,
+            "recording_episode": self.episode,
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        super().reset(seed=seed)
+        n = len(self._episodes)
+        ep = (options or {}).get("episode")
+        if ep is None:
+            ep = (self.episode + 1) % n
+        if not isinstance(ep, int) or not 0 <= ep < n:
+            raise ValueError(f"options['episode']={ep!r}: expected an episode index in [0, {n})")
+        self.episode = ep
+        self._j = self._episodes[ep][0]
+        self._k = 0
+        self._lap = None
+        self._act_buf[:] = 0.0
+        r, parts = self._pipe.first(self._j)
+        self._running = True
+        info = self._info(r, failed=False)
+        info["lap_time"] = None
+        return self._obs(parts), info
+
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[dict[str, NDArray[Any]], SupportsFloat, bool, bool, dict[str, Any]]:
+        if not self._running:
+            raise EnvStateError(
+                "step() called before reset() or after the episode ended; call reset() first"
+            )
+        check_actions(action, 1)  # ignored, but misuse is still caught
+        rec = self.recording
+        steps = self._episodes[self.episode][1]
+        k = int(steps[self._k])
+        self._k += 1
+        self._j = int(rec.step_capture[k])
+        recorded = rec.actions[k]
+        self._act_buf[:-1] = self._act_buf[1:]
+        self._act_buf[-1] = recorded
+        r, parts, reward, terminated = self._pipe.next(self._j)
+        ended = self._k >= len(steps)
+        truncated = not terminated and (self._k >= self.settings.ep_max_length or ended)
+        if terminated or truncated:
+            self._running = False
+        info = self._info(r, failed=terminated and not r.finished)
+        info["recorded_action"] = recorded.copy()
+        info["recorded_reward"] = float(rec.rewards[k])
+        return self._obs(parts), reward, terminated, truncated, info
+
+    def render(self) -> NDArray[np.uint8] | None:
+        if self.render_mode is None:
+            return None
+        return self._pipe.window(self._j)
+
+
+def _reward_config(rec: Recording) -> RewardConfig:
+    cfg = rec.meta.get("reward_config")
+    if cfg is None:
+        return RewardConfig()
+    try:
+        return RewardConfig(**cfg)
+    except (TypeError, ValueError) as e:
+        raise RecordingFormatError(f"{rec.source}: meta.reward_config is unusable ({e})") from None
+
+
+# -- real-time mode -----------------------------------------------------------------------------
+class ReplayState:
+    """The replay ports of one recording (telemetry, frames, controller in one object, each
+    protocol of :mod:`tm_gym.ports` satisfied by a view: :attr:`telemetry`, :attr:`frames`,
+    :attr:`controller`).
+
+    ``respawn()`` moves to the next recorded episode and restarts the clock; reads serve the
+    capture of that episode whose recorded time (since its first capture) is nearest to the
+    time elapsed since the respawn; the last capture stays once the episode's recording ends.
+    """
+
+    def __init__(self, rec: Recording, clock: Any = time.perf_counter) -> None:
+        self.rec = rec
+        self._episodes = _episodes(rec)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.episode = -1
+        self._t0 = 0.0
+        self._served: int | None = None
+        self._last = 0
+        self.sent_actions: list[NDArray[np.float32]] = []
+        """Actions applied since the last respawn."""
+        self.is_open = False
+        windows = rec.frames if rec.frame_kind == "window" else None
+        if windows is None and rec.frame_kind == "agent":  # (C, 1|3, S, S) -> (C, S, S, 3)
+            f = rec.frames
+            windows = np.ascontiguousarray(
+                np.repeat(f, 3, axis=1).transpose(0, 2, 3, 1)
+                if f.shape[1] == 1
+                else f.transpose(0, 2, 3, 1)
+            )
+        self._windows = windows
+        self.telemetry = _View(self, "telemetry")
+        self.frames = _View(self, "frames")
+        self.controller = _View(self, "controller")
+
+    def open(self) -> None:
+        self.is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def _check(self) -> None:
+        if not self.is_open:
+            raise EnvStateError("the replay ports are not open; open() them first")
+
+    def _times(self) -> tuple[int, NDArray[np.float64]]:
+        first, steps = self._episodes[max(self.episode, 0)]
+        last = first + len(steps)
+        t = self.rec.capture_time[first : last + 1]
+        return first, t - t[0]
+
+    def _current(self) -> int:
+        first, t = self._times()
+        elapsed = self._clock() - self._t0
+        i = int(np.searchsorted(t, elapsed))
+        if i >= len(t):
+            i = len(t) - 1
+        elif i > 0 and elapsed - t[i - 1] < t[i] - elapsed:
+            i -= 1
+        return first + i
+
+    # -- telemetry -----------------------------------------------------------------------
+    def latest(self) -> TelemetryRecord:
+        self._check()
+        with self._lock:
+            j = self._current()
+            self._served = self._last = j
+            return record_of(self.rec, j)
+
+    def wait_fresh(self, timeout: float | None = None) -> TelemetryRecord:
+        self._check()
+        first, t = self._times()
+        with self._lock:
+            j = self._current()
+            if self._served is not None and j == self._served and j < first + len(t) - 1:
+                time.sleep(max(t[j - first + 1] - (self._clock() - self._t0), 0.0))
+                j = self._current()
+            self._served = self._last = j
+            return record_of(self.rec, j)
+
+    # -- frames --------------------------------------------------------------------------
+    def grab(self) -> NDArray[np.uint8]:
+        self._check()
+        if self._windows is None:
+            from tm_gym.error import CaptureError
+
+            raise CaptureError(
+                f"{self.rec.source}: the recording has no frames (frame_kind 'none'); replay "
+                "LIDAR observations, or record with full_frames"
+            )
+        return self._windows[self._last]
+
+    def lidar(self) -> NDArray[np.float32]:
+        assert self.rec.lidar is not None
+        return self.rec.lidar[self._last]
+
+    # -- controller ----------------------------------------------------------------------
+    def apply(self, action: NDArray[np.float32]) -> None:
+        self._check()
+        self.sent_actions.append(np.asarray(action, dtype=np.float32).copy())
+
+    def respawn(self) -> None:
+        self._check()
+        with self._lock:
+            self.episode = (self.episode + 1) % len(self._episodes)
+            self._t0 = self._clock()
+            self._served = None
+            self._last = self._episodes[self.episode][0]
+            self.sent_actions = []
+
+    def release(self) -> None:
+        pass
+
+    def episode_steps(self) -> NDArray[np.intp]:
+        return self._episodes[max(self.episode, 0)][1]
+
+
+class _View:
+    """One port of a :class:`ReplayState` (open/close/context manager, methods forwarded)."""
+
+    def __init__(self, state: ReplayState, what: str) -> None:
+        self._state = state
+        self._what = what
+
+    def open(self) -> None:
+        self._state.open()
+
+    def close(self) -> None:
+        self._state.close()
+
+    def __enter__(self) -> _View:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def latest(self) -> TelemetryRecord:
+        return self._state.latest()
+
+    def wait_fresh(self, timeout: float | None = None) -> TelemetryRecord:
+        return self._state.wait_fresh(timeout)
+
+    def grab(self) -> NDArray[np.uint8]:
+        return self._state.grab()
+
+    def apply(self, action: NDArray[np.float32]) -> None:
+        self._state.apply(action)
+
+    def respawn(self) -> None:
+        self._state.respawn()
+
+    def release(self) -> None:
+        self._state.release()
+
+
+class _RealtimeReplay(gym.Wrapper[Any, Any, Any, Any]):
+    """Truncates each episode when its recording runs out; adds the recorded action/reward."""
+
+    def __init__(self, env: gym.Env[Any, Any], state: ReplayState) -> None:
+        super().__init__(env)
+        self.state = state
+        self._k = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._k = 0
+        info["recording_episode"] = self.state.episode
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        steps = self.state.episode_steps()
+        rec = self.state.rec
+        if self._k < len(steps):
+            k = int(steps[self._k])
+            info["recorded_action"] = rec.actions[k].copy()
+            info["recorded_reward"] = float(rec.rewards[k])
+        self._k += 1
+        info["sent_action"] = np.clip(np.asarray(action, np.float32).reshape(3), -1, 1)
+        info["recording_episode"] = self.state.episode
+        if self._k >= len(steps) and not terminated:
+            truncated = True
+        return obs, reward, terminated, truncated, info
+
+
+def make_realtime_replay_env(
+    recording: str | Path | Recording,
+    *,
+    reward_config: RewardConfig | None = None,
+    time_step_timeout_factor: float = 1.0,
+    render_mode: str | None = None,
+    **overrides: Any,
+) -> gym.Env[Any, Any]:
+    """The recording served by replay ports behind the real-time layer (``mode="realtime"``)."""
+    from tm_gym.realtime.env import TrackManiaRealtimeEnv
+    from tm_gym.realtime.interface import RealtimeBackend
+
+    rec = _load(recording)
+    settings = replay_settings(rec, **overrides)
+    _Pipeline(rec, settings, reward_config or _reward_config(rec))  # fails early if impossible
+    state = ReplayState(rec)
+    cam = rec.meta.get("camera")
+    use_lidar = rec.lidar is not None and settings.obs_type != "images"
+    backend = RealtimeBackend(
+        telemetry=state.telemetry,
+        frames=state.frames,
+        controller=state.controller,
+        respawn_wait=0.0,
+        lidar_source=state.lidar if use_lidar else None,
+        camera=CameraSpec(**cam) if isinstance(cam, dict) else None,
+        checkpoints_total=int(rec.meta.get("checkpoints_total", -1) or -1),
+    )
+    assert rec.reference is not None
+    env = TrackManiaRealtimeEnv(
+        backend,
+        ReferenceTrajectory(np.ascontiguousarray(rec.reference)),
+        settings,
+        reward_config or _reward_config(rec),
+        time_step_timeout_factor=time_step_timeout_factor,
+        render_mode=render_mode,
+    )
+    return _RealtimeReplay(env, state)
+
+
+def make_replay_env(
+    recording: str | Path | Recording | None,
+    *,
+    mode: str = "mock",
+    **kwargs: Any,
+) -> gym.Env[Any, Any]:
+    """``backend="replay"``: :class:`ReplayEnv` (``mode="mock"``) or the real-time replay."""
+    if recording is None:
+        raise ValueError(
+            "backend='replay' needs recording=PATH (a .tmrec file made with `tm-gym record` or "
+            "tm_gym.recording.RecordEpisodes; built-in ones: tm_gym.recording.builtin_recording)"
+        )
+    if mode == "mock":
+        return ReplayEnv(recording, **kwargs)
+    if mode == "realtime":
+        return make_realtime_replay_env(recording, **kwargs)
+    raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
