@@ -73,6 +73,18 @@ def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> No
         metavar="PATH",
         help="game/emulator: the reference from `tm-gym record-reward` (required there)",
     )
+    p.add_argument(
+        "--telemetry-port", type=int, default=9000, help="game/emulator: telemetry port (9000)"
+    )
+    p.add_argument(
+        "--window-title", default="Trackmania", help="game/emulator: window title (Trackmania)"
+    )
+    p.add_argument(
+        "--controller",
+        choices=("gamepad", "keyboard"),
+        default=None,
+        help="game: gamepad (default) or keyboard; the emulator always uses the keyboard",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first reset and the driver")
     p.add_argument("--notes", default="", help="free text stored in the file")
     p.set_defaults(handler=run)
@@ -97,8 +109,9 @@ def _make_env(args: argparse.Namespace) -> Any:
         )
     if args.reward_trajectory is None:
         raise CLIError(f"--backend {args.backend} needs --reward-trajectory PATH")
-    if args.backend == "emulator":
-        kw["controller"] = "keyboard"
+    kw["controller"] = "keyboard" if args.backend == "emulator" else (args.controller or "gamepad")
+    kw["telemetry_port"] = args.telemetry_port
+    kw["window_title"] = args.window_title
     return gym.make("TrackMania-v0", backend="game", reward_trajectory=args.reward_trajectory, **kw)
 
 
