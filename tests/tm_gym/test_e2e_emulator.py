@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import tm_gym  # noqa: F401  (registers the ids)
+from tm_gym.cli.main import main
 from tm_gym.envs.sim_core import default_reference
 from tm_gym.error import TelemetryError
 from tm_gym.recording import RecordEpisodes, load_recording
@@ -204,3 +206,33 @@ def test_recording_the_emulator_replays_bit_for_bit(
         assert r1 == r2
         for k in o1:
             np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
+
+
+def test_recording_a_person_driving_the_emulator(
+    on_display: str, reference: str, tmp_path: Path
+) -> None:
+    """`tm-gym record --driver person`: nothing is sent; the person's keys (here pressed with
+    xdotool, as a person would) are read back from the telemetry into the recorded actions."""
+    out = tmp_path / "person.tmrec"
+    with EmulatorProcess(display=on_display, countdown=COUNTDOWN) as emu:
+        env = {**os.environ, "DISPLAY": on_display}
+        wid = subprocess.run(
+            ["xdotool", "search", "--name", f"^{emu.title}$"],
+            capture_output=True, text=True, env=env, check=True,
+        ).stdout.split()[0]  # fmt: skip
+        subprocess.run(["xdotool", "windowfocus", "--sync", wid], env=env, check=True)
+        subprocess.run(["xdotool", "keydown", "Up", "Left"], env=env, check=True)
+        try:
+            code = main([
+                "record", "--out", str(out), "--backend", "emulator", "--driver", "person",
+                "--reward-trajectory", reference, "--telemetry-port", str(emu.port),
+                "--window-title", emu.title, "--max-steps", "30", "--obs-type", "lidar",
+            ])  # fmt: skip
+        finally:
+            subprocess.run(["xdotool", "keyup", "Up", "Left"], env=env, check=True)
+    assert code == 0
+    rec = load_recording(out)
+    assert rec.num_steps == 30
+    late = rec.actions[10:]
+    assert np.all(late[:, 0] == 1.0) and np.all(late[:, 2] == -1.0)  # gas held, full left
+    assert rec.telemetry[-1, 1] > 5.0  # and the car drove (distance driven, metres)

@@ -6,9 +6,9 @@ against ``tm-gym emulate``, which the user starts first in another terminal; inp
 the keyboard controller to its window).
 
 Drivers: ``expert`` (the simulator's scripted expert; ``sim`` only), ``random`` (uniform
-actions) and ``keyboard`` (a person drives the simulator in a pygame window: arrows or WASD, as
-in ``tm-gym play``). For the game and the emulator a person drives with their own keyboard in
-the game window; recording that (inputs read back from telemetry) is not supported yet.
+actions), ``keyboard`` (a person drives the simulator in a pygame window: arrows or WASD, as
+in ``tm-gym play``) and ``person`` (game or emulator: a person drives with their own keyboard or
+pad in the game window; nothing is sent, and the inputs are read back from the telemetry).
 
 Exit codes: 0 written, 2 usage or input error, 130 interrupted (what was recorded is written).
 """
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "run"]
 
 BACKENDS = ("sim", "game", "emulator")
-DRIVERS = ("expert", "random", "keyboard")
+DRIVERS = ("expert", "random", "keyboard", "person")
 
 
 def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> None:
@@ -102,17 +102,37 @@ def _make_env(args: argparse.Namespace) -> Any:
         return gym.make("TrackMania-Sim-v0", track=args.track, realtime=args.realtime, **kw)
     if args.driver == "expert":
         raise CLIError("--driver expert needs --backend sim (the expert reads the simulator)")
+    if args.driver == "person" and args.backend == "sim":
+        raise CLIError(
+            "--driver person is for the game or the emulator; in the simulator use "
+            "--driver keyboard"
+        )
     if args.driver == "keyboard":
         raise CLIError(
-            "--driver keyboard records the simulator only for now; for the game and the "
-            "emulator, record a policy (--driver random) or use tm_gym.recording.RecordEpisodes"
+            "--driver keyboard opens the simulator's own window; to record a person driving "
+            "the game or the emulator use --driver person"
         )
     if args.reward_trajectory is None:
         raise CLIError(f"--backend {args.backend} needs --reward-trajectory PATH")
-    kw["controller"] = "keyboard" if args.backend == "emulator" else (args.controller or "gamepad")
+    if args.driver == "person":
+        kw["controller"] = "none"
+    elif args.backend == "emulator":
+        kw["controller"] = "keyboard"
+    else:
+        kw["controller"] = args.controller or "gamepad"
     kw["telemetry_port"] = args.telemetry_port
     kw["window_title"] = args.window_title
     return gym.make("TrackMania-v0", backend="game", reward_trajectory=args.reward_trajectory, **kw)
+
+
+def _person_inputs(env: Any) -> np.ndarray:
+    """The inputs the person applies, read back from the newest capture's telemetry."""
+    from tm_gym.game.person import inputs_from_telemetry
+
+    cap = env.unwrapped.last_capture()
+    if cap is None:
+        return np.zeros(3, dtype=np.float32)
+    return inputs_from_telemetry(cap.record)
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -158,6 +178,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                         a = env.unwrapped.expert_action()
                     elif args.driver == "random":
                         a = rng.uniform(-1.0, 1.0, 3).astype(np.float32)
+                    elif args.driver == "person":
+                        a = _person_inputs(env)
                     else:
                         pressed, closed = window.poll()
                         if closed:

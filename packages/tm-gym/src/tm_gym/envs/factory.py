@@ -17,7 +17,8 @@ Every backend has the same observation and action spaces, reward and info; the a
 those of :class:`~tm_gym.envs.trackmania.TrackManiaEnv`, plus, for the real-time backends:
 
 ================================  ===========================================================
-``controller``                    ``"gamepad"`` (vgamepad, default) or ``"keyboard"``
+``controller``                    ``"gamepad"`` (vgamepad, default), ``"keyboard"``, or
+                                  ``"none"`` (sends nothing: a person drives, for recording)
 ``telemetry_host``                ``"127.0.0.1"``
 ``telemetry_port``                ``9000`` — one port per game instance
 ``telemetry_timeout``             seconds without telemetry before a clear error (10)
@@ -190,8 +191,15 @@ def make_env(
             ctl = GamepadController()
         elif controller == "keyboard":
             ctl = KeyboardForWindow(window_title)
+        elif controller == "none":
+            from tm_gym.game.person import PersonController
+
+            ctl = PersonController()
         else:
-            raise ValueError(f"controller={controller!r}: expected 'gamepad' or 'keyboard'")
+            raise ValueError(
+                f"controller={controller!r}: expected 'gamepad', 'keyboard' or 'none' (a person "
+                "drives)"
+            )
         rt_backend = RealtimeBackend(
             telemetry=TelemetryClient(telemetry_host, telemetry_port, timeout=telemetry_timeout),
             frames=ScreenCapture(window_title),
