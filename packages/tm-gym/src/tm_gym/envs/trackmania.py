@@ -110,7 +110,11 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     ``wall_contacts`` (substeps spent touching a wall), ``failed``.
 
     ## Arguments
-    * ``backend``: ``"sim"`` (built-in simulator) or ``"game"`` (live TrackMania 2020).
+    * ``backend``: this class is the synchronous simulator (``"sim"``). ``gymnasium.make``
+      routes ``"game"`` (the live game, ``TrackMania-v0``'s default), ``"sim"`` with
+      ``realtime=True``, and ``"replay"`` (``recording=PATH``, ``mode="mock"|"realtime"``) to
+      the real-time and replay environments with the same spaces, reward and info: see
+      :mod:`tm_gym.envs.factory` for their extra arguments.
     * ``obs_type``: ``"images"``, ``"lidar"`` or ``"lidar_progress"``.
     * ``track``: built-in track name, ``"gen:SEED"`` (procedural) or path to a track JSON
       file (simulator).
