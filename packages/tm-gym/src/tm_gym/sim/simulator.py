@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec, render_gray, render_rgb
 from tm_gym.sim.lidar import LIDAR_RANGE, lidar
-from tm_gym.sim.physics import IDLE_RPM, CarParams, advance, advance_split
+from tm_gym.sim.physics import IDLE_RPM, CarParams, advance_split
 from tm_gym.sim.raster import TrackRaster, build_raster
 from tm_gym.sim.track import Track, load_track
 
@@ -128,39 +128,8 @@ class Simulator:
         """
         if n_substeps <= 0:
             return
-        c = np.asarray(controls, dtype=np.float64).reshape(self.num_cars, 3)
-        self.controls[:] = c
-        t = self.track
-        advance(
-            int(n_substeps),
-            self.physics_dt,
-            self.controls,
-            self._p,
-            self.x,
-            self.y,
-            self.psi,
-            self.vx,
-            self.vy,
-            self.yaw,
-            self.gear,
-            self.rpm,
-            self.idx,
-            self.s,
-            self.lat,
-            self.race_time,
-            self.finished,
-            self.finish_time,
-            self.checkpoint,
-            self.driven,
-            self.contacts,
-            t.centerline,
-            t.tangents,
-            t.normals,
-            t.s,
-            t.widths,
-            float(t.finish_s),
-            t.checkpoints_s,
-        )
+        c = np.ascontiguousarray(controls, dtype=np.float64).reshape(self.num_cars, 3)
+        self.step_split(c, 0, c, n_substeps)
 
     def step_split(
         self, first: NDArray[np.float64], n_first: int, second: NDArray[np.float64], n_second: int
