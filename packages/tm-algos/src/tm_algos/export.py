@@ -60,7 +60,9 @@ from torch import nn
 
 from tm_algos import __version__
 from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
+from tm_algos.fast_sac import FastImageSAC, FastSACPolicy
 from tm_algos.loaded_policy import LoadedPolicy, PolicyFileError
+from tm_algos.redq import REDQ
 from tm_algos.spaces_json import describe_space, space_from_description
 
 __all__ = [
@@ -84,11 +86,16 @@ WEIGHTS_NAME = "policy.safetensors"
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "SAC": SAC,
+    "REDQ": REDQ,
+    "FastImageSAC": FastImageSAC,
     "TQC": TQC,
     "PPO": PPO,
     "RecurrentPPO": RecurrentPPO,
 }
 """Algorithms whose policies can be exported, by name."""
+
+SQUASHED_GAUSSIAN = {"SAC", "REDQ", "FastImageSAC", "TQC"}
+"""Algorithms whose deterministic action is the tanh of the Gaussian mean."""
 
 POLICY_CLASSES: dict[str, dict[str, type[BasePolicy]]] = {
     "SAC": {
@@ -96,6 +103,12 @@ POLICY_CLASSES: dict[str, dict[str, type[BasePolicy]]] = {
         "CnnPolicy": sac_policies.CnnPolicy,
         "MultiInputPolicy": sac_policies.MultiInputPolicy,
     },
+    "REDQ": {  # REDQ trains N critics but acts with SAC's actor
+        "MlpPolicy": sac_policies.MlpPolicy,
+        "CnnPolicy": sac_policies.CnnPolicy,
+        "MultiInputPolicy": sac_policies.MultiInputPolicy,
+    },
+    "FastImageSAC": {"FastSACPolicy": FastSACPolicy},
     "TQC": {
         "MlpPolicy": tqc_policies.MlpPolicy,
         "CnnPolicy": tqc_policies.CnnPolicy,
@@ -251,20 +264,10 @@ def _env_settings(model: BaseAlgorithm) -> dict[str, Any] | None:
 # -- export ----------------------------------------------------------------------------------
 
 
-def export_policy(
-    model: BaseAlgorithm,
-    path_dir: str | Path,
-    *,
-    env_settings: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``model``'s policy to ``path_dir`` as ``policy.safetensors`` + ``policy.json``.
-
-    ``model`` is an SB3 SAC or PPO model, or an sb3-contrib TQC or RecurrentPPO model.
-    ``env_settings`` (JSON data) is stored for the people and tools that run the policy; by
-    default tm-gym's ``EnvSettings`` of the model's environment, when it has one. Returns the
-    directory. Raises :class:`PolicyFileError` when the policy uses a class outside the allow
-    lists or keyword arguments that JSON cannot hold.
-    """
+def describe_policy(
+    model: BaseAlgorithm, env_settings: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON description and the CPU tensors that :func:`export_policy` writes."""
     algo = _name_of(type(model), ALGORITHMS, "algorithm", f"export a model of {sorted(ALGORITHMS)}")
     policy = model.policy
     policy_name = _name_of(
@@ -316,7 +319,7 @@ def export_policy(
         "policy_kwargs": _check_json(kwargs, "policy_kwargs"),
         "deterministic_action": {
             "rule": "mean of the squashed Gaussian (tanh)"
-            if algo in ("SAC", "TQC")
+            if algo in SQUASHED_GAUSSIAN
             else "mode of the action distribution",
             "squash_output": squash,
             "to_action_space": "rescale [-1, 1] to [low, high]"
@@ -332,6 +335,24 @@ def export_policy(
         },
     }
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in policy.state_dict().items()}
+    return config, tensors
+
+
+def export_policy(
+    model: BaseAlgorithm,
+    path_dir: str | Path,
+    *,
+    env_settings: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s policy to ``path_dir`` as ``policy.safetensors`` + ``policy.json``.
+
+    ``model`` is an SB3 SAC or PPO model, or an sb3-contrib TQC or RecurrentPPO model.
+    ``env_settings`` (JSON data) is stored for the people and tools that run the policy; by
+    default tm-gym's ``EnvSettings`` of the model's environment, when it has one. Returns the
+    directory. Raises :class:`PolicyFileError` when the policy uses a class outside the allow
+    lists or keyword arguments that JSON cannot hold.
+    """
+    config, tensors = describe_policy(model, env_settings)
     out = Path(path_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -356,6 +377,11 @@ def _read_config(path: Path) -> dict[str, Any]:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PolicyFileError(f"{path} is not valid JSON ({e}); re-export the policy") from e
+    return check_config(config, path)
+
+
+def check_config(config: Any, path: Path | str) -> dict[str, Any]:
+    """``config`` if it is a policy description of this format, else :class:`PolicyFileError`."""
     if not isinstance(config, dict):
         raise PolicyFileError(f"{path} holds {type(config).__name__}: expected a JSON object")
     if config.get("format") != FORMAT:
@@ -369,7 +395,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _build_policy(config: dict[str, Any], where: Path) -> BasePolicy:
+def build_policy(config: dict[str, Any], where: Path | str) -> BasePolicy:
     algo = config["algorithm"]
     _lookup(algo, ALGORITHMS, "algorithm")
     policy_cls = _lookup(config["policy_class"], POLICY_CLASSES[algo], f"{algo} policy class")
@@ -414,6 +440,11 @@ def _load_weights(policy: BasePolicy, path: Path) -> None:
         raise PolicyFileError(f"{path} does not exist; re-export the policy") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise PolicyFileError(f"{path} is not a readable safetensors file ({e})") from e
+    set_weights(policy, tensors, path)
+
+
+def set_weights(policy: BasePolicy, tensors: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Load ``tensors`` into ``policy`` after checking names and shapes (errors name ``path``)."""
     expected = policy.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -446,7 +477,7 @@ def load_policy(path_dir: str | Path, *, device: str | torch.device = "cpu") -> 
     """
     d = Path(path_dir)
     config = _read_config(d / JSON_NAME)
-    policy = _build_policy(config, d / JSON_NAME)
+    policy = build_policy(config, d / JSON_NAME)
     _load_weights(policy, d / WEIGHTS_NAME)
     policy = policy.to(device)
     policy.set_training_mode(False)

@@ -41,12 +41,13 @@ __all__ = [
     "apply_overrides",
     "list_presets",
     "load_preset",
+    "preset_from_dict",
 ]
 
 DEFAULT_PRESET = "lidar-sac"
-ALGORITHMS = ("sac", "tqc", "redq", "ppo", "recurrent_ppo")
+ALGORITHMS = ("sac", "tqc", "redq", "fast_sac", "ppo", "recurrent_ppo")
 OBS_TYPES = ("images", "lidar", "lidar_progress")  # tm_gym.envs.settings.OBS_TYPES
-OFF_POLICY = ("sac", "tqc", "redq")
+OFF_POLICY = ("sac", "tqc", "redq", "fast_sac")
 
 
 class PresetError(ValueError):
@@ -104,13 +105,15 @@ _OFF_POLICY_HP: dict[str, tuple[Check, str]] = {
 }
 _HYPERPARAMETERS: dict[str, dict[str, tuple[Check, str]]] = {
     "sac": _OFF_POLICY_HP,
+    "fast_sac": _OFF_POLICY_HP,
     "tqc": {
         **_OFF_POLICY_HP,
         "top_quantiles_to_drop_per_net": (_int(0), "an integer >= 0"),
     },
     "redq": {
         **_OFF_POLICY_HP,
-        "target_critics": (_int(1), "a positive integer (critics sampled for the target)"),
+        "subset_size": (_int(1), "a positive integer (critics sampled for the target)"),
+        "actor_update_interval": (_int(1), "a positive integer (critic updates per actor update)"),
     },
     "ppo": {
         **_COMMON,
@@ -132,6 +135,8 @@ _POLICY_KWARGS: dict[str, tuple[Check, str]] = {
     "share_features_extractor": (_BOOL, "true or false"),
     "log_std_init": (_float(-math.inf, math.inf), "a float"),
     "use_sde": (_BOOL, "true or false"),
+    "augment_shift": (_int(0), "an integer >= 0 (pixels of random shift)"),
+    "channels_last": (_BOOL, "true or false"),
     "ortho_init": (_BOOL, "true or false"),
     "lstm_hidden_size": (_int(1), "a positive integer"),
     "n_lstm_layers": (_int(1), "a positive integer"),
@@ -142,6 +147,13 @@ _POLICY_KWARGS_OF: dict[str, tuple[str, ...]] = {
     "sac": ("n_critics", "share_features_extractor", "log_std_init", "use_sde"),
     "tqc": ("n_critics", "n_quantiles", "share_features_extractor", "log_std_init", "use_sde"),
     "redq": ("n_critics", "share_features_extractor", "log_std_init"),
+    "fast_sac": (
+        "n_critics",
+        "share_features_extractor",
+        "log_std_init",
+        "augment_shift",
+        "channels_last",
+    ),
     "ppo": ("share_features_extractor", "log_std_init", "use_sde", "ortho_init"),
     "recurrent_ppo": (
         "share_features_extractor",
@@ -461,3 +473,11 @@ def _tables(data: Mapping[str, Any], prefix: str = "") -> list[str]:
             out.append(prefix + k)
             out.extend(_tables(v, f"{prefix}{k}."))
     return out
+
+
+def preset_from_dict(name: str, data: Mapping[str, Any], source: str) -> Preset:
+    """A preset from TOML-shaped data (what :meth:`Preset.to_dict` returns), validated.
+
+    ``source`` names where the data came from, for error messages (e.g. a run's preset.json).
+    """
+    return _validated(name, dict(data), source)

@@ -1,0 +1,1 @@
+"""Command-line programs of tm-algos: ``tm-train`` and ``tm-eval``."""

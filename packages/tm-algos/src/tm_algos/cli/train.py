@@ -1,0 +1,257 @@
+"""``tm-train``: train a preset on a tm-gym environment, with live progress and safe checkpoints.
+
+Examples::
+
+    tm-train                                   # lidar-sac on the default simulated track
+    tm-train lidar-sac --minutes 15 --evaluate 3
+    tm-train images-sac --set algo.hyperparameters.batch_size=64 --n-envs 2
+    tm-train lidar-sac --env-id TrackMania-v0 --env-kwarg backend=game
+    tm-train --run-dir runs/lidar-sac --resume # continue from the last checkpoint
+
+Ctrl-C stops cleanly: a checkpoint and the policy are written before exiting (code 130).
+Exit codes: 0 done, 2 usage or input error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from stable_baselines3.common.callbacks import BaseCallback
+
+from tm_algos.presets import DEFAULT_PRESET, PresetError, list_presets, load_preset
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    try:
+        parsed: Any = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key, parsed
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+        if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tm-train",
+        description="Train an agent on a tm-gym environment from a preset (see --list-presets).",
+    )
+    p.add_argument(
+        "preset", nargs="?", default=DEFAULT_PRESET, help="preset name or TOML file (%(default)s)"
+    )
+    p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<preset>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value, e.g. algo.hyperparameters.gamma=0.99 (repeatable)",
+    )
+    p.add_argument("--env-id", help="environment id (default: the preset's)")
+    p.add_argument(
+        "--env-kwarg",
+        dest="env_kwargs",
+        action="append",
+        default=[],
+        type=_kv,
+        metavar="KEY=VALUE",
+        help="environment keyword argument, e.g. track=technical",
+    )
+    p.add_argument("--n-envs", type=_positive(int), help="parallel environments")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--steps", type=_positive(int), help="total env steps (default: the preset's)")
+    p.add_argument("--minutes", type=_positive(float), help="stop after this wall-clock time")
+    p.add_argument(
+        "--stop-at-lap",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="stop once a deterministic evaluation lap is this fast",
+    )
+    p.add_argument("--checkpoint-every", type=_positive(int), default=50_000, metavar="STEPS")
+    p.add_argument("--eval-every", type=_positive(int), default=10_000, metavar="STEPS")
+    p.add_argument(
+        "--evaluate",
+        type=int,
+        default=0,
+        metavar="EPISODES",
+        help="after training, evaluate the best policy: lap table, video, map",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--threads", type=_positive(int), help="torch CPU threads")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    return p
+
+
+class RichProgress(BaseCallback):
+    """A live progress bar: steps, steps/s, last episode return, progress and best lap."""
+
+    def __init__(self, progress: Progress, total: int, stats: Any, evaluator: Any) -> None:
+        super().__init__()
+        self.progress = progress
+        self.total = total
+        self.stats = stats
+        self.evaluator = evaluator
+        self.task = progress.add_task("training", total=total, info="")
+        self._last = 0.0
+        self._t0 = time.perf_counter()
+        self._steps0 = 0
+
+    def _on_training_start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._steps0 = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = time.perf_counter()
+        if now - self._last >= 0.5:
+            self._last = now
+            self.refresh()
+        return True
+
+    def refresh(self) -> None:
+        s = self.stats.stats
+        rate = (self.num_timesteps - self._steps0) / max(time.perf_counter() - self._t0, 1e-9)
+        ev = self.evaluator.best if self.evaluator is not None else None
+        parts = [f"{rate:,.0f} steps/s", f"ep {s.episodes}"]
+        if s.episodes:
+            parts += [f"return {s.last_return:.1f}", f"progress {s.last_progress:.0%}"]
+        if s.best_lap is not None:
+            parts.append(f"best lap {s.best_lap:.3f} s")
+        if ev is not None:
+            parts.append(
+                f"eval lap {ev.lap_time:.3f} s" if ev.finished else f"eval {ev.progress:.0%}"
+            )
+        self.progress.update(self.task, completed=self.num_timesteps, info=" · ".join(parts))
+
+
+def _summary(console: Console, result: Any) -> None:
+    table = Table(title=f"run {result.run_dir}", show_header=False)
+    table.add_row("env steps", f"{result.timesteps:,}")
+    table.add_row("wall time", f"{result.wall_s / 60:.1f} min")
+    best = result.best
+    if best is not None:
+        table.add_row(
+            "best evaluation",
+            f"lap {best.lap_time:.3f} s at {best.timesteps:,} steps"
+            if best.finished
+            else f"progress {best.progress:.1%} at {best.timesteps:,} steps (no finish yet)",
+        )
+    first = next((r for r in result.evaluations if r.finished), None)
+    if first is not None:
+        table.add_row("first finish", f"{first.timesteps:,} steps, {first.wall_s / 60:.1f} min")
+    table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("policy", str(result.run_dir / "policy"))
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, err = Console(), Console(stderr=True)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.list_presets:
+        table = Table("preset", "description")
+        for name in list_presets():
+            table.add_row(name, load_preset(name).description)
+        out.print(table)
+        return EXIT_OK
+    from tm_algos.training import RunDirError, TrainConfig, Trainer
+
+    overrides = list(args.overrides)
+    if args.env_id:
+        overrides.append(f"env.id={json.dumps(args.env_id)}")
+    run_dir = args.run_dir or Path("runs") / Path(str(args.preset)).stem
+    config = TrainConfig(
+        preset=args.preset,
+        run_dir=run_dir,
+        overrides=tuple(overrides),
+        env_kwargs=dict(args.env_kwargs),
+        n_envs=args.n_envs,
+        seed=args.seed,
+        device=args.device,
+        total_timesteps=args.steps,
+        minutes=args.minutes,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        stop_at_lap=args.stop_at_lap,
+        resume=args.resume,
+        tensorboard=not args.no_tensorboard,
+        wandb=args.wandb,
+        torch_threads=args.threads,
+    )
+    trainer = Trainer(config)
+    try:
+        model = trainer.build()
+    except (PresetError, RunDirError, ValueError) as exc:
+        err.print(f"[red]tm-train:[/red] {exc}")
+        return EXIT_USAGE
+    preset = trainer.preset
+    total = args.steps or preset.algo.total_timesteps
+    err.print(
+        f"[bold]{preset.name}[/bold] · {preset.algo.name} · {preset.env.id} "
+        f"({preset.env.obs_type}) · run dir {run_dir} · device {model.device}"
+    )
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    try:
+        with Progress(*columns, console=err, transient=False) as progress:
+            bar = RichProgress(progress, total, trainer.stats, None)
+            result = trainer.run([bar])
+            bar.evaluator = trainer.evaluator
+            bar.refresh()
+    finally:
+        trainer.close()
+    _summary(out, result)
+    if args.evaluate > 0:
+        from tm_algos.cli import eval as eval_cli
+
+        best = run_dir / "best"
+        target = best if (best / "policy.json").is_file() else run_dir / "policy"
+        code = eval_cli.main(
+            [str(target), "--episodes", str(args.evaluate), "--out", str(run_dir / "eval")]
+        )
+        if code != EXIT_OK:
+            return code
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

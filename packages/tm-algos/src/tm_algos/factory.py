@@ -1,0 +1,200 @@
+"""Environments and models built from a :class:`~tm_algos.presets.Preset`.
+
+A preset names its algorithm (``"sac"``, ``"tqc"``, ``"redq"``, ``"fast_sac"``, ``"ppo"``,
+``"recurrent_ppo"``) and its feature extractor by short names; this module turns them into an
+SB3 / sb3-contrib model with the matching policy, extractor and replay buffer:
+
+>>> from tm_algos.factory import make_model, make_vec_env
+>>> from tm_algos.presets import load_preset
+>>> preset = load_preset("lidar-sac")
+>>> env = make_vec_env(preset, seed=0)
+>>> model = make_model(preset, env, seed=0)
+
+Off-policy algorithms store transitions in :class:`~tm_algos.buffers.FrameStackReplayBuffer`
+(each frame or LIDAR scan once) unless the preset says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch import nn
+
+from tm_algos.buffers import FrameStackReplayBuffer
+from tm_algos.extractors import policy_kwargs_for
+from tm_algos.presets import Preset, PresetError
+
+__all__ = [
+    "EXTRACTORS",
+    "algorithm_class",
+    "env_kwargs_of",
+    "make_model",
+    "make_vec_env",
+    "policy_kwargs_of",
+]
+
+EXTRACTORS: Mapping[str, tuple[str, str]] = {
+    # preset name → (observation family, policy_kwargs_for arch)
+    "lidar-mlp": ("lidar", "mlp"),
+    "cnn-small": ("images", "small"),
+    "cnn-tmrl": ("images", "tmrl"),
+    "vit": ("images", "vit"),
+}
+"""Feature extractor names a preset may use."""
+
+_ACTIVATIONS: Mapping[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+_FRAME_KEYS = {"images": "images", "lidar": "lidar", "lidar_progress": "lidar"}
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The SB3 / sb3-contrib / tm-algos class of the algorithm ``name`` (imported lazily)."""
+    if name == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC
+    if name == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO
+    if name == "tqc":
+        from sb3_contrib import TQC
+
+        return TQC
+    if name == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    if name == "redq":
+        from tm_algos.redq import REDQ
+
+        return REDQ
+    if name == "fast_sac":
+        from tm_algos.fast_sac import FastImageSAC
+
+        return FastImageSAC
+    raise PresetError(
+        f"algorithm {name!r} is unknown; expected one of "
+        "['sac', 'tqc', 'redq', 'fast_sac', 'ppo', 'recurrent_ppo']"
+    )
+
+
+def env_kwargs_of(preset: Preset, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``gymnasium.make(preset.env.id, ...)``: the preset's, then ``extra``."""
+    kwargs: dict[str, Any] = {"obs_type": preset.env.obs_type, **dict(preset.env.kwargs)}
+    kwargs.update(extra or {})
+    return kwargs
+
+
+def _env_factory(
+    env_id: str, kwargs: Mapping[str, Any], seed: int, rank: int
+) -> Callable[[], gym.Env[Any, Any]]:
+    def make() -> gym.Env[Any, Any]:
+        env = gym.make(env_id, **kwargs)
+        env.reset(seed=seed + rank)
+        env.action_space.seed(seed + rank)
+        return Monitor(env, info_keywords=("finished", "lap_time", "progress", "wall_contacts"))
+
+    return make
+
+
+def make_vec_env(
+    preset: Preset,
+    *,
+    n_envs: int | None = None,
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    subprocess: bool = False,
+) -> VecEnv:
+    """``n_envs`` (default: the preset's) monitored copies of the preset's environment.
+
+    ``subprocess=True`` runs each in its own process (for slow backends such as the live game);
+    the simulator is fastest in this process.
+    """
+    import tm_gym  # noqa: F401  (registers the environment ids)
+
+    n = preset.env.n_envs if n_envs is None else n_envs
+    if n < 1:
+        raise ValueError(f"n_envs={n!r}: expected a positive integer")
+    kwargs = env_kwargs_of(preset, env_kwargs)
+    fns = [_env_factory(preset.env.id, kwargs, seed, i) for i in range(n)]
+    if subprocess and n > 1:
+        return SubprocVecEnv(fns, start_method="spawn")
+    return DummyVecEnv(fns)
+
+
+def policy_kwargs_of(preset: Preset) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` of ``preset``: extractor, network sizes, activation and extras."""
+    pol = preset.policy
+    if pol.extractor not in EXTRACTORS:
+        raise PresetError(
+            f"{preset.source}: policy.extractor = {pol.extractor!r}; expected one of "
+            f"{sorted(EXTRACTORS)}"
+        )
+    family, arch = EXTRACTORS[pol.extractor]
+    obs_type = preset.env.obs_type
+    if (family == "images") != (obs_type == "images"):
+        raise PresetError(
+            f"{preset.source}: policy.extractor = {pol.extractor!r} reads {family} "
+            f"observations but env.obs_type = {obs_type!r}; pick a matching extractor"
+        )
+    if pol.activation not in _ACTIVATIONS:
+        raise PresetError(
+            f"{preset.source}: policy.activation = {pol.activation!r}; expected one of "
+            f"{sorted(_ACTIVATIONS)}"
+        )
+    kwargs = policy_kwargs_for(obs_type, arch, **dict(pol.extractor_kwargs))
+    arch_spec = pol.net_arch
+    kwargs["net_arch"] = (
+        list(arch_spec)
+        if isinstance(arch_spec, tuple)
+        else {k: list(v) for k, v in arch_spec.items()}
+    )
+    kwargs["activation_fn"] = _ACTIVATIONS[pol.activation]
+    kwargs.update(dict(pol.kwargs))
+    return kwargs
+
+
+def make_model(
+    preset: Preset,
+    env: VecEnv,
+    *,
+    seed: int | None = 0,
+    device: str | torch.device = "auto",
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+) -> BaseAlgorithm:
+    """A fresh, untrained model of ``preset`` on ``env``."""
+    name = preset.algo.name
+    cls = algorithm_class(name)
+    policy = "MultiInputLstmPolicy" if name == "recurrent_ppo" else "MultiInputPolicy"
+    hyper = dict(preset.algo.hyperparameters)
+    extra: dict[str, Any] = {}
+    if name in ("sac", "tqc", "redq", "fast_sac") and "replay_buffer_class" not in hyper:
+        frame_key = _FRAME_KEYS[preset.env.obs_type]
+        extra["replay_buffer_class"] = FrameStackReplayBuffer
+        extra["replay_buffer_kwargs"] = {"frame_key": frame_key}
+    return cls(
+        policy,
+        env,
+        policy_kwargs=policy_kwargs_of(preset),
+        seed=seed,
+        device=device,
+        tensorboard_log=tensorboard_log,
+        verbose=verbose,
+        **extra,
+        **hyper,
+    )

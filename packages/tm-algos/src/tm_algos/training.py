@@ -1,0 +1,339 @@
+"""Training runs: a preset, a run directory, safe checkpoints, resume.
+
+A run directory holds everything about one training run::
+
+    RUN/
+      run.json             the resolved preset, seed, number of envs, env kwargs, versions
+      policy/              the latest policy (policy.safetensors + policy.json), for tm-eval
+      best/                the policy of the best deterministic evaluation so far
+      checkpoints/step-N/  full training state (safetensors + JSON + npz), for --resume
+      evaluations.json     the deterministic evaluation episodes, in order
+      tb/                  TensorBoard logs
+
+Nothing in it is loaded with Python object serialization: a run directory from someone else
+can be evaluated and resumed safely.
+
+>>> from tm_algos.training import TrainConfig, Trainer
+>>> trainer = Trainer(TrainConfig(preset="lidar-sac", run_dir="runs/demo", minutes=1))
+>>> result = trainer.run()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from tm_algos.callbacks import CheckpointCallback, EpisodeStatsCallback, EvalCallback, EvalRecord
+from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tm_algos.export import export_policy
+from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
+from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_dict
+
+__all__ = ["RunDirError", "TrainConfig", "TrainResult", "Trainer"]
+
+_log = logging.getLogger(__name__)
+RUN_FORMAT = "tm-algos-run/1"
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be created or resumed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``tm-train`` was asked to do."""
+
+    preset: str | Path = "lidar-sac"
+    run_dir: str | Path = "runs/lidar-sac"
+    overrides: Sequence[str] = ()
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    n_envs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    total_timesteps: int | None = None
+    minutes: float | None = None
+    """Wall-clock budget; training stops (and saves) when it is spent."""
+    checkpoint_every: int = 50_000
+    eval_every: int = 10_000
+    eval_episodes: int = 1
+    stop_at_lap: float | None = None
+    """Stop once a deterministic evaluation lap is at most this many seconds."""
+    resume: bool = False
+    tensorboard: bool = True
+    wandb: bool = False
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: Path
+    timesteps: int
+    wall_s: float
+    interrupted: bool
+    evaluations: tuple[EvalRecord, ...]
+    best: EvalRecord | None
+    checkpoint: Path | None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _StopAfter(BaseCallback):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.t0 = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return time.perf_counter() - self.t0 < self.seconds
+
+
+class Trainer:
+    """Builds (or resumes) a run and trains it; see the module docstring for the layout."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.preset: Preset
+        self.model: BaseAlgorithm
+        self.stats = EpisodeStatsCallback()
+        self.evaluator: EvalCallback | None = None
+        self._built = False
+        self._wandb_run: Any = None
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _resolve_preset(self) -> tuple[Preset, dict[str, Any]]:
+        cfg = self.config
+        run_json = self.run_dir / "run.json"
+        if cfg.resume:
+            if not run_json.is_file():
+                raise RunDirError(
+                    f"--resume: {run_json} does not exist; give the directory of an earlier "
+                    "tm-train run (it holds run.json)"
+                )
+            try:
+                info = json.loads(run_json.read_text(encoding="utf-8"))
+                if info.get("format") != RUN_FORMAT:
+                    raise RunDirError(f"{run_json}: format {info.get('format')!r}")
+                preset = preset_from_dict(info["preset_name"], info["preset"], str(run_json))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunDirError(
+                    f"{run_json} is not a readable tm-train run file ({exc}); start a new run "
+                    "in another directory"
+                ) from exc
+            if cfg.overrides:
+                preset = apply_overrides(preset, cfg.overrides)
+            return preset, info
+        if run_json.exists():
+            raise RunDirError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                "another --run-dir"
+            )
+        preset = apply_overrides(load_preset(cfg.preset), cfg.overrides)
+        info = {
+            "format": RUN_FORMAT,
+            "preset_name": preset.name,
+            "preset": preset.to_dict(),
+            "seed": cfg.seed,
+            "n_envs": cfg.n_envs or preset.env.n_envs,
+            "env_kwargs": dict(cfg.env_kwargs),
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return preset, info
+
+    def build(self) -> BaseAlgorithm:
+        """Create the environments and the model (loading the last checkpoint with resume)."""
+        cfg = self.config
+        self.preset, info = self._resolve_preset()
+        threads = cfg.torch_threads
+        if (
+            threads is None
+            and self.preset.env.obs_type != "images"
+            and cfg.device in ("auto", "cpu")
+        ):
+            threads = 1  # small MLPs: one thread is fastest on a CPU (and leaves a core free)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env_kwargs = dict(info.get("env_kwargs", {}))
+        env_kwargs.update(cfg.env_kwargs)
+        n_envs = cfg.n_envs or int(info.get("n_envs", self.preset.env.n_envs))
+        venv = make_vec_env(self.preset, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
+        tb = str(self.run_dir / "tb") if cfg.tensorboard else None
+        self.model = make_model(
+            self.preset, venv, seed=cfg.seed, device=cfg.device, tensorboard_log=tb
+        )
+        if cfg.resume:
+            ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+            if ckpt is None:
+                raise RunDirError(
+                    f"{self.run_dir / 'checkpoints'} holds no complete checkpoint to resume from; "
+                    "start a new run"
+                )
+            load_checkpoint(self.model, ckpt)
+            _log.info("resumed from %s at %d steps", ckpt, self.model.num_timesteps)
+        else:
+            _write_json(self.run_dir / "run.json", info)
+        self._env_kwargs = env_kwargs_of(self.preset, env_kwargs)
+        self._built = True
+        return self.model
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write a checkpoint and the current policy; returns the checkpoint directory."""
+        step = self.model.num_timesteps
+        ckpt = save_checkpoint(
+            self.model,
+            self.run_dir / "checkpoints" / f"step-{step:010d}",
+            meta={"timesteps": step, "preset": self.preset.name},
+        )
+        export_policy(self.model, self.run_dir / "policy", env_settings=self.env_settings())
+        if self.evaluator is not None:
+            _write_json(
+                self.run_dir / "evaluations.json",
+                [r.to_dict() for r in self.evaluator.records],
+            )
+        self._prune_checkpoints(keep=3)
+        return ckpt
+
+    def env_settings(self) -> dict[str, Any]:
+        """What a policy file records about its environment: tm-gym's settings and the
+        JSON-able keyword arguments it was trained with (the track, for instance)."""
+        out: dict[str, Any] = {}
+        found = self.model.get_env().get_attr("settings", indices=[0])[0]  # type: ignore[union-attr]
+        if dataclasses.is_dataclass(found) and not isinstance(found, type):
+            out.update(dataclasses.asdict(found))
+        for key, value in self._env_kwargs.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            out[key] = value
+        return out
+
+    def _prune_checkpoints(self, keep: int) -> None:
+        root = self.run_dir / "checkpoints"
+        done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+        for old in done[:-keep]:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+
+    def _on_new_best(self, record: EvalRecord) -> None:
+        export_policy(self.model, self.run_dir / "best", env_settings=self.env_settings())
+        _write_json(self.run_dir / "best" / "evaluation.json", record.to_dict())
+
+    # -- training ----------------------------------------------------------------------------
+
+    def callbacks(self, extra: Sequence[BaseCallback] = ()) -> CallbackList:
+        cfg = self.config
+        eval_env = gym.make(self.preset.env.id, **self._env_kwargs)
+        self.evaluator = EvalCallback(
+            eval_env,
+            cfg.eval_every,
+            n_episodes=cfg.eval_episodes,
+            on_new_best=self._on_new_best,
+            stop_when_faster_than=cfg.stop_at_lap,
+        )
+        cbs: list[BaseCallback] = [
+            self.stats,
+            self.evaluator,
+            CheckpointCallback(cfg.checkpoint_every, self.save),
+        ]
+        if cfg.minutes is not None:
+            cbs.append(_StopAfter(cfg.minutes * 60.0))
+        cbs.extend(extra)
+        return CallbackList(cbs)
+
+    def run(self, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
+        """Train until the step budget, the time budget or Ctrl-C; always saves at the end."""
+        if not self._built:
+            self.build()
+        cfg = self.config
+        total = cfg.total_timesteps or self.preset.algo.total_timesteps
+        remaining = max(total - self.model.num_timesteps, 0)
+        if cfg.wandb:
+            self._start_wandb()
+        callbacks = self.callbacks(extra_callbacks)
+        t0 = time.perf_counter()
+        interrupted = False
+        try:
+            self.model.learn(
+                remaining,
+                callback=callbacks,
+                reset_num_timesteps=not cfg.resume,
+                tb_log_name="run",
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            _log.warning("interrupted at %d steps: saving", self.model.num_timesteps)
+        ckpt = self.save()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+        ev = self.evaluator
+        return TrainResult(
+            run_dir=self.run_dir,
+            timesteps=self.model.num_timesteps,
+            wall_s=time.perf_counter() - t0,
+            interrupted=interrupted,
+            evaluations=tuple(ev.records) if ev else (),
+            best=ev.best if ev else None,
+            checkpoint=ckpt,
+        )
+
+    def _start_wandb(self) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise RunDirError(
+                "--wandb needs the wandb package: pip install wandb (then `wandb login`)"
+            ) from exc
+        self._wandb_run = wandb.init(
+            project="trackmaster",
+            name=self.run_dir.name,
+            config=self.preset.to_dict(),
+            sync_tensorboard=True,
+            dir=str(self.run_dir),
+        )
+
+    def close(self) -> None:
+        if self._built:
+            self.model.get_env().close()  # type: ignore[union-attr]
+            if self.evaluator is not None:
+                self.evaluator.env.close()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tm-gym", "tm-algos", "stable-baselines3", "sb3-contrib", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
