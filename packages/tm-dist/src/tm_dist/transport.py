@@ -1,0 +1,271 @@
+"""Message transport between tm-dist processes, on top of tlspyo.
+
+A :class:`RelayServer` runs tlspyo's relay (in a child process with a Twisted reactor); each
+worker, trainer or server process opens a :class:`Link` to it, joins groups (``"workers"``,
+``"trainers"``, ``"server"``) and exchanges Python objects that the given serializer can carry
+(by default :func:`tm_dist.wire.tlspyo_serializer`, never the standard library's object
+serialization).
+
+What this adds to tlspyo:
+
+- ports chosen by the operating system: the relay listens on ``port=0`` if asked and reports
+  the port, and the local socket between a parent and its Twisted child is always OS-chosen, so
+  any number of relays and links share a machine without hand-picked ports;
+- ``TCP_NODELAY`` on every connection (both sides, TCP and TLS), confirmed with ``getsockopt``;
+- a wrong password raises :class:`AuthenticationError` instead of reconnecting forever, an
+  unreachable relay raises :class:`RelayUnreachableError`, a TLS failure
+  :class:`TLSHandshakeError`; the password never appears in logs or messages;
+- frames that are malformed, oversized or fail to decode are dropped and logged, and the
+  relay keeps serving everyone else;
+- plaintext to a host other than loopback is refused unless ``insecure=True``.
+
+Example:
+    >>> with RelayServer("s3cret", port=0, use_tls=False) as relay:  # doctest: +SKIP
+    ...     with Link("s3cret", port=relay.port, groups="trainers", use_tls=False) as trainer:
+    ...         with Link("s3cret", port=relay.port, groups="workers", use_tls=False) as worker:
+    ...             worker.send("trainers", b"episode")
+    ...             trainer.receive(timeout=5.0)
+    b'episode'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tm_dist.security import InsecureConnectionError, PasswordError
+from tm_dist.transport_base import (
+    CERT_FILE,
+    DEFAULT_GROUPS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_OVERHEAD,
+    KEY_FILE,
+    AuthenticationError,
+    ChildProcess,
+    MessageTooLargeError,
+    RelayUnreachableError,
+    SupportsReveal,
+    TLSHandshakeError,
+    TransportError,
+    check_groups,
+    check_security,
+    default_codec,
+    free_local_port,
+    read_pem,
+    reveal_password,
+)
+from tm_dist.transport_child import Deserializer, Serializer, Slot, StatusBoard
+from tm_dist.transport_child_relay import RelayProcess, ServerTLSContext
+from tm_dist.transport_link import Link, LinkStats
+
+if TYPE_CHECKING:
+    from tm_dist.settings import ConnectionSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_GROUPS",
+    "AuthenticationError",
+    "InsecureConnectionError",
+    "Link",
+    "LinkStats",
+    "MessageTooLargeError",
+    "PasswordError",
+    "RelayServer",
+    "RelayStats",
+    "RelayUnreachableError",
+    "SupportsReveal",
+    "TLSHandshakeError",
+    "TransportError",
+    "check_security",
+    "free_local_port",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayStats:
+    """What a relay has seen since it started."""
+
+    port: int
+    connections: int
+    tcp_nodelay_connections: int
+    password_rejects: int
+    frame_rejects: int
+
+
+class RelayServer:
+    """tlspyo's relay in a child process (a context manager; start/stop are idempotent).
+
+    Args:
+        password: The relay password (a str, or a secret with ``.reveal()``).
+        port: TCP port to listen on; 0 lets the operating system choose (see :attr:`port`).
+        host: Interface to listen on. Anything but loopback needs TLS or ``insecure``.
+        use_tls: Serve TLS with ``keys_dir/key.pem`` and ``keys_dir/certificate.pem``.
+        insecure: Allow plaintext on an interface other than loopback.
+        keys_dir: Folder of the TLS key and certificate.
+        groups: Groups that links may join.
+        max_message_bytes: Frames announcing a larger payload are dropped with their connection.
+        serializer / deserializer: Codec for tlspyo's frames and payloads (default: tm_dist.wire).
+        start_timeout_s: How long :meth:`start` waits for the child to listen.
+        start_method: ``multiprocessing`` start method (None: the platform's default).
+    """
+
+    def __init__(
+        self,
+        password: str | SupportsReveal,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        use_tls: bool = True,
+        insecure: bool = False,
+        keys_dir: str | Path | None = None,
+        groups: Sequence[str] = DEFAULT_GROUPS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        serializer: Serializer | None = None,
+        deserializer: Deserializer | None = None,
+        start_timeout_s: float = 10.0,
+        start_method: str | None = None,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in [0, 65535] (0: chosen by the OS), got {port}")
+        if max_message_bytes <= FRAME_OVERHEAD:
+            raise ValueError(
+                f"max_message_bytes must exceed {FRAME_OVERHEAD}, got {max_message_bytes}"
+            )
+        check_security(host, use_tls, insecure)
+        self._password = reveal_password(password, insecure)
+        self._requested_port = port
+        self._host = host
+        self._tls = _server_tls(keys_dir) if use_tls else None
+        self._groups = check_groups(groups, tuple(groups))
+        self._max_message_bytes = max_message_bytes
+        self._serializer, self._deserializer = default_codec(
+            serializer, deserializer, max_message_bytes
+        )
+        self._start_timeout_s = start_timeout_s
+        self._ctx = multiprocessing.get_context(start_method)
+        self._status = StatusBoard(self._ctx)
+        self._child: ChildProcess | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: ConnectionSettings, *, listen_host: str = "0.0.0.0", **options: Any
+    ) -> RelayServer:
+        """A relay for ``settings`` (password, port, TLS, keys, limits) on ``listen_host``.
+
+        ``settings.host`` is where endpoints reach the relay; the relay itself listens on
+        ``listen_host`` (every interface by default), which needs TLS unless it is loopback.
+        """
+        return cls(
+            settings.password,
+            port=settings.port,
+            host=listen_host,
+            use_tls=settings.use_tls,
+            insecure=settings.insecure,
+            keys_dir=settings.keys_dir,
+            max_message_bytes=settings.max_message_bytes,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"RelayServer(host={self._host!r}, port={self.port}, {state})"
+
+    @property
+    def port(self) -> int:
+        """The port the relay listens on (the OS-chosen one once started with ``port=0``)."""
+        return self._status.get(Slot.PORT) or self._requested_port
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the child running the relay, None before start."""
+        return None if self._child is None else self._child.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.process.is_alive()
+
+    def start(self) -> RelayServer:
+        """Start the relay and wait until it listens; no-op if already started."""
+        with self._lock:
+            if self._child is not None:
+                return self
+            process = RelayProcess(
+                port=self._requested_port,
+                host=self._host,
+                password=self._password,
+                groups=self._groups,
+                serializer=self._serializer,
+                deserializer=self._deserializer,
+                max_message_bytes=self._max_message_bytes,
+                tls=self._tls,
+                status=self._status,
+            )
+            child = ChildProcess(process.run, process, self._ctx, "tm-dist-relay")
+            child.start(self._start_timeout_s, self._status, "relay")
+            self._child = child
+        deadline = time.monotonic() + self._start_timeout_s
+        while self._status.get(Slot.PORT) == 0:
+            if self._status.get(Slot.FATAL) or not child.process.is_alive():
+                note = self._status.last_note
+                self.stop()
+                raise TransportError(f"relay failed to start: {note}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TransportError(f"relay did not listen within {self._start_timeout_s} s")
+            time.sleep(0.01)
+        logger.info("relay listening on %s:%d", self._host, self.port)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the relay (closing every connection); no-op if not running."""
+        with self._lock:
+            child, self._child = self._child, None
+        if child is not None:
+            stop = self._serializer(("STOP", None))
+            child.stop(timeout_s, stop)
+            if child.conn is not None:
+                child.conn.close()
+
+    def stats(self) -> RelayStats:
+        s = self._status
+        return RelayStats(
+            port=self.port,
+            connections=s.get(Slot.CONNECTIONS),
+            tcp_nodelay_connections=s.get(Slot.NODELAY),
+            password_rejects=s.get(Slot.PASSWORD_REJECTS),
+            frame_rejects=s.get(Slot.FRAME_REJECTS),
+        )
+
+    def __enter__(self) -> RelayServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _server_tls(keys_dir: str | Path | None) -> ServerTLSContext:
+    key_pem, cert_pem = read_pem(keys_dir, (KEY_FILE, CERT_FILE))
+    tls = ServerTLSContext(key_pem, cert_pem)
+    try:
+        tls.getContext()  # fail here, with a clear message, rather than in the child
+    except Exception as exc:
+        raise ValueError(
+            f"cannot use the TLS key and certificate in {keys_dir} ({type(exc).__name__}): "
+            "expected matching PEM files key.pem (unencrypted) and certificate.pem; "
+            "recreate them with `tm-dist make-cert`"
+        ) from None
+    return tls

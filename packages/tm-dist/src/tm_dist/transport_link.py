@@ -1,0 +1,418 @@
+"""A process's connection to the relay: :class:`Link` (re-exported by :mod:`tm_dist.transport`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tm_dist.security import PASSWORD_HINT
+from tm_dist.transport_base import (
+    CERT_FILE,
+    DEFAULT_GROUPS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_OVERHEAD,
+    AuthenticationError,
+    ChildProcess,
+    MessageTooLargeError,
+    RelayUnreachableError,
+    SupportsReveal,
+    TLSHandshakeError,
+    TransportError,
+    check_groups,
+    check_security,
+    default_codec,
+    read_pem,
+    reveal_password,
+)
+from tm_dist.transport_child import (
+    HEADER_SIZE,
+    Deserializer,
+    FailureKind,
+    LinkState,
+    Serializer,
+    Slot,
+    StatusBoard,
+)
+from tm_dist.transport_child_link import LinkProcess
+
+if TYPE_CHECKING:
+    from tm_dist.settings import ConnectionSettings
+
+logger = logging.getLogger(__name__)
+
+_FAILURE_WORDS = {
+    FailureKind.REFUSED: "connection refused",
+    FailureKind.TIMEOUT: "connection timed out",
+    FailureKind.DNS: "host name not found",
+    FailureKind.OTHER: "connection failed",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkStats:
+    """What a link has seen since it started."""
+
+    connected: bool
+    authentications: int
+    tcp_nodelay_connections: int
+    connect_failures: int
+    password_rejects: int
+    tls_failures: int
+    dropped_messages: int
+
+
+class Link:
+    """One process's membership of relay groups: send, broadcast and receive objects.
+
+    A context manager: entering calls :meth:`connect`, which returns once the relay has
+    acknowledged the password, and raises otherwise. Afterwards the link reconnects by itself
+    if the connection drops; messages sent meanwhile are kept and delivered on reconnection.
+
+    Args:
+        password: The relay password (a str, or a secret with ``.reveal()``).
+        host: Address of the relay. Anything but loopback needs TLS or ``insecure``.
+        port: Port of the relay.
+        groups: Group(s) this link joins, among ``allowed_groups``.
+        use_tls: Use TLS, trusting only ``keys_dir/certificate.pem``.
+        insecure: Allow plaintext to an address other than loopback.
+        keys_dir: Folder holding the relay's certificate.
+        tls_hostname: Name the certificate must carry (``make-cert`` and tlspyo use "default").
+        connect_timeout_s: How long :meth:`connect` waits for the relay's acknowledgement.
+        max_message_bytes: Largest message sent or accepted.
+        serializer / deserializer: Codec for tlspyo's frames and payloads (default: tm_dist.wire).
+        reconnect_initial_delay_s / reconnect_max_delay_s: Back-off between reconnections.
+        allowed_groups: Group names accepted for ``groups`` (the relay's list).
+        start_method: ``multiprocessing`` start method (None: the platform's default).
+    """
+
+    def __init__(
+        self,
+        password: str | SupportsReveal,
+        *,
+        host: str = "127.0.0.1",
+        port: int,
+        groups: str | Sequence[str],
+        use_tls: bool = True,
+        insecure: bool = False,
+        keys_dir: str | Path | None = None,
+        tls_hostname: str = "default",
+        connect_timeout_s: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        serializer: Serializer | None = None,
+        deserializer: Deserializer | None = None,
+        reconnect_initial_delay_s: float = 0.5,
+        reconnect_max_delay_s: float = 15.0,
+        allowed_groups: Sequence[str] = DEFAULT_GROUPS,
+        start_method: str | None = None,
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port must be in [1, 65535], got {port}")
+        if connect_timeout_s <= 0:
+            raise ValueError(f"connect_timeout_s must be positive, got {connect_timeout_s}")
+        if max_message_bytes <= FRAME_OVERHEAD:
+            raise ValueError(
+                f"max_message_bytes must exceed {FRAME_OVERHEAD}, got {max_message_bytes}"
+            )
+        if not 0 < reconnect_initial_delay_s <= reconnect_max_delay_s:
+            raise ValueError(
+                "expected 0 < reconnect_initial_delay_s <= reconnect_max_delay_s, got "
+                f"{reconnect_initial_delay_s} and {reconnect_max_delay_s}"
+            )
+        check_security(host, use_tls, insecure)
+        self._password = reveal_password(password, insecure)
+        self._host = host
+        self._port = port
+        self._groups = check_groups(groups, allowed_groups)
+        self._allowed_groups = tuple(allowed_groups)
+        self._cert_pem = read_pem(keys_dir, (CERT_FILE,))[0] if use_tls else None
+        self._tls_hostname = tls_hostname
+        self._connect_timeout_s = connect_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._serializer, self._deserializer = default_codec(
+            serializer, deserializer, max_message_bytes
+        )
+        self._reconnect = (reconnect_initial_delay_s, reconnect_max_delay_s)
+        self._ctx = multiprocessing.get_context(start_method)
+        self._status = StatusBoard(self._ctx)
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._dropped = 0
+        self._child: ChildProcess | None = None
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: ConnectionSettings, *, groups: str | Sequence[str], **options: Any
+    ) -> Link:
+        """A link to the relay described by ``settings``, joining ``groups``."""
+        return cls(
+            settings.password,
+            host=settings.host,
+            port=settings.port,
+            groups=groups,
+            use_tls=settings.use_tls,
+            insecure=settings.insecure,
+            keys_dir=settings.keys_dir,
+            max_message_bytes=settings.max_message_bytes,
+            connect_timeout_s=settings.connect_timeout_s,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "not connected"
+        return f"Link({self._host}:{self._port}, groups={list(self._groups)}, {state})"
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return self._groups
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the child holding the connection, None before connect."""
+        return None if self._child is None else self._child.process.pid
+
+    @property
+    def connected(self) -> bool:
+        """Whether the relay has acknowledged this link on its current connection."""
+        alive = self._child is not None and self._child.process.is_alive()
+        return alive and self._status.get(Slot.STATE) == LinkState.AUTHENTICATED
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def connect(self) -> Link:
+        """Start the link and wait until the relay acknowledges it (no-op if started).
+
+        Raises:
+            AuthenticationError: The relay closed the connection on receiving the password.
+            TLSHandshakeError: The relay was reached but TLS failed (certificate, host name,
+                or one side not using TLS).
+            RelayUnreachableError: No acknowledgement within ``connect_timeout_s``.
+        """
+        with self._lock:
+            if self._child is not None:
+                return self
+            initial, maximum = self._reconnect
+            process = LinkProcess(
+                host=self._host,
+                port=self._port,
+                password=self._password,
+                groups=self._groups,
+                serializer=self._serializer,
+                deserializer=self._deserializer,
+                max_message_bytes=self._max_message_bytes,
+                tls_cert_pem=self._cert_pem,
+                tls_hostname=self._tls_hostname,
+                connect_timeout_s=self._connect_timeout_s,
+                reconnect_initial_delay_s=initial,
+                reconnect_max_delay_s=maximum,
+                status=self._status,
+            )
+            child = ChildProcess(process.run, process, self._ctx, "tm-dist-link")
+            child.start(max(self._connect_timeout_s, 10.0), self._status, "link")
+            self._child = child
+            self._reader = threading.Thread(
+                target=self._read_loop, args=(child,), name="tm-dist-link-reader", daemon=True
+            )
+            self._reader.start()
+        try:
+            self._wait_authenticated()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("link %s joined %s", self.address, ", ".join(self._groups))
+        return self
+
+    def _wait_authenticated(self) -> None:
+        status = self._status
+        deadline = time.monotonic() + self._connect_timeout_s
+        while status.get(Slot.AUTHENTICATED) == 0:
+            if status.get(Slot.PASSWORD_REJECTS) > 0:
+                raise AuthenticationError(
+                    f"the relay at {self.address} was reached but closed the connection as soon "
+                    f"as it received this link's password: the password is wrong; give this machine "
+                    f"the server's password. {PASSWORD_HINT}"
+                )
+            if status.get(Slot.TLS_FAILURES) > 0:
+                raise TLSHandshakeError(
+                    f"the relay at {self.address} was reached but the TLS handshake failed "
+                    f"({status.last_note}). Check that keys_dir holds the server's "
+                    f"certificate.pem, that it names {self._tls_hostname!r}, and that the "
+                    "server uses TLS too."
+                )
+            child = self._child
+            if child is None or not child.process.is_alive():
+                raise TransportError(f"the link to {self.address} stopped while connecting")
+            if time.monotonic() > deadline:
+                raise self._timeout_error()
+            time.sleep(0.01)
+
+    def _timeout_error(self) -> TransportError:
+        status = self._status
+        waited = f"within {self._connect_timeout_s} s"
+        state = status.get(Slot.STATE)
+        if state in (LinkState.TCP_CONNECTED, LinkState.GREETED):
+            return TLSHandshakeError(
+                f"reached {self.address} but got no tlspyo greeting {waited}: is it a tm-dist "
+                "server, and do both sides agree on TLS (use_tls / --insecure)?"
+            )
+        if status.get(Slot.CONNECT_FAILURES) > 0:
+            kind = FailureKind(status.get(Slot.FAILURE_KIND))
+            words = _FAILURE_WORDS.get(kind, "connection failed")
+            return RelayUnreachableError(
+                f"cannot reach a relay at {self.address} ({words}: {status.last_note}) "
+                f"{waited}: is `tm-dist server` running there, are the host and port right, "
+                "and does the firewall let the port through?"
+            )
+        return RelayUnreachableError(
+            f"no answer from a relay at {self.address} {waited}: check the host and port, "
+            "or raise connect_timeout_s on a slow network"
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Close the connection and stop the child process; no-op if not running."""
+        with self._lock:
+            child, self._child = self._child, None
+            reader, self._reader = self._reader, None
+        if child is None:
+            return
+        child.stop(timeout_s, self._serializer(("STOP", None, self._serializer(None))))
+        if reader is not None:
+            reader.join(timeout_s)
+        if child.conn is not None:
+            child.conn.close()
+
+    def __enter__(self) -> Link:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------------------- sending
+
+    def _send(self, group: str, copies: int, obj: Any) -> None:
+        if group not in self._allowed_groups:
+            raise ValueError(
+                f"unknown group {group!r}: expected one of {list(self._allowed_groups)}"
+            )
+        child = self._child
+        if child is None:
+            raise TransportError("the link is not started: call connect() (or use `with`) first")
+        payload = self._serializer(obj)
+        if len(payload) + FRAME_OVERHEAD > self._max_message_bytes:
+            raise MessageTooLargeError(
+                f"message of {len(payload)} B exceeds max_message_bytes="
+                f"{self._max_message_bytes} (minus {FRAME_OVERHEAD} B of framing): split it, "
+                "or raise the limit on the relay and on every link"
+            )
+        child.send(self._serializer(("OBJ", {group: copies}, payload)))
+
+    def send(self, group: str, obj: Any) -> None:
+        """Queue ``obj`` for exactly one member of ``group`` (kept at the relay until one joins)."""
+        self._send(group, 1, obj)
+
+    def broadcast(self, group: str, obj: Any) -> None:
+        """Send ``obj`` to every member of ``group``; the relay also keeps it for later joiners.
+
+        Each broadcast replaces the previous one kept for that group.
+        """
+        self._send(group, -1, obj)
+
+    # ---------------------------------------------------------------------------- receiving
+
+    def _read_loop(self, child: ChildProcess) -> None:
+        conn = child.conn
+        assert conn is not None
+        buffer = bytearray()
+        while True:
+            try:
+                chunk = conn.recv(1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while len(buffer) >= HEADER_SIZE:
+                try:
+                    length = int(buffer[:HEADER_SIZE])
+                except ValueError:
+                    logger.error("link lost framing with its child process; closing the reader")
+                    return
+                end = HEADER_SIZE + length
+                if len(buffer) < end:
+                    break
+                frame = bytes(buffer[HEADER_SIZE:end])
+                del buffer[:end]
+                self._deliver(frame)
+
+    def _deliver(self, frame: bytes) -> None:
+        try:
+            _stamp, cmd, payload = self._deserializer(frame)
+            if cmd != "OBJ":
+                return
+            if not isinstance(payload, bytes):
+                raise TypeError(f"payload is {type(payload).__name__}, expected bytes")
+            obj = self._deserializer(payload)
+        except Exception as exc:
+            self._dropped += 1
+            logger.warning(
+                "link %s dropped a message that failed to decode (%s: %.200s)",
+                self.address,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._inbox.put(obj)
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """The oldest received object, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises:
+            TimeoutError: Nothing arrived in time.
+        """
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"link {self.address} received nothing within {timeout} s") from None
+
+    def receive_all(self) -> list[Any]:
+        """Every object received so far, oldest first (possibly empty); does not wait."""
+        items = []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def get_last(self) -> Any | None:
+        """The newest received object (None if there is none), discarding the older ones."""
+        items = self.receive_all()
+        return items[-1] if items else None
+
+    def stats(self) -> LinkStats:
+        s = self._status
+        return LinkStats(
+            connected=self.connected,
+            authentications=s.get(Slot.AUTHENTICATED),
+            tcp_nodelay_connections=s.get(Slot.NODELAY),
+            connect_failures=s.get(Slot.CONNECT_FAILURES),
+            password_rejects=s.get(Slot.PASSWORD_REJECTS),
+            tls_failures=s.get(Slot.TLS_FAILURES),
+            dropped_messages=self._dropped,
+        )
