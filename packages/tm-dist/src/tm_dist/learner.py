@@ -77,7 +77,8 @@ class SpacesEnv(gym.Env[Any, Any]):
 class LearnerConfig:
     """How the trainer paces learning, broadcasting and checkpointing."""
 
-    max_train_steps_per_env_step: float = 1.0
+    max_train_steps_per_env_step: float | None = None
+    """Cap on gradient steps per environment step; None: the preset's own ratio."""
     broadcast_every: int = 1000
     checkpoint_every: int = 20_000
     total_timesteps: int | None = None
@@ -150,6 +151,12 @@ class Learner:
         self.learning_starts = int(hp.get("learning_starts", 100)) if self.off_policy else 0
         self.batch_size = int(hp.get("batch_size", 256))
         self.total = self.config.total_timesteps or preset.algo.total_timesteps
+        ratio = self.config.max_train_steps_per_env_step
+        if ratio is None:
+            g = int(hp.get("gradient_steps", 1))
+            freq = int(hp.get("train_freq", 1))
+            ratio = (g if g > 0 else freq * preset.env.n_envs) / (freq * preset.env.n_envs)
+        self.utd = float(ratio)
         self.ppo = None if self.off_policy else PPOBatcher(self.model)
         if resume:
             self._resume()
@@ -256,10 +263,7 @@ class Learner:
             return 0
         if self.stats.env_steps < max(self.learning_starts, 1):
             return 0
-        allowed = int(
-            (self.stats.env_steps - self.learning_starts + 1)
-            * self.config.max_train_steps_per_env_step
-        )
+        allowed = int((self.stats.env_steps - self.learning_starts + 1) * self.utd)
         steps = min(max_steps, allowed - self.stats.train_steps)
         if steps <= 0:
             return 0

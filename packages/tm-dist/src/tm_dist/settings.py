@@ -126,7 +126,8 @@ _RULES: dict[str, dict[str, _Rule]] = {
     "worker": {
         "name": _Rule("str", pattern=r"\w[\w.-]{0,63}", hint="up to 64 letters, digits, ._-"),
         "test_every": _Rule("int", low=0, high=10**6, hint="0 = never test"),
-        "chunk_steps": _Rule("int", low=1, high=100_000),
+        "chunk_steps": _Rule("int", low=1, high=1000, hint="the trainer decodes <= 1000"),
+        "max_steps_per_s": _Rule("float", optional=True, low=1.0, high=1e6, hint="none = no limit"),
         "debug_codec": _Rule("bool"),
         "device": _DEVICE,
         "seed": _Rule("int", optional=True, low=0, high=2**32 - 1),
@@ -136,7 +137,9 @@ _RULES: dict[str, dict[str, _Rule]] = {
         "overrides": _Rule("strs", pattern=r"[A-Za-z_][\w.-]*=.+", hint='items "dotted.key=value"'),
         "run_dir": _Rule("path"),
         "broadcast_every": _Rule("int", low=1, high=10**9, hint="env steps"),
-        "max_train_steps_per_env_step": _Rule("float", low=0.01, high=1000),
+        "max_train_steps_per_env_step": _Rule(
+            "float", optional=True, low=0.001, high=1000, hint="none = the preset's ratio"
+        ),
         "checkpoint_every": _Rule("int", low=0, high=10**12, hint="0 = never"),
         "total_timesteps": _Rule("int", optional=True, low=1, high=10**12),
         "device": _DEVICE,
@@ -293,6 +296,7 @@ class WorkerSettings:
     name: str = field(default_factory=default_worker_name)
     test_every: int = 10  # a deterministic test episode every N episodes (0: never)
     chunk_steps: int = 100  # steps per experience message
+    max_steps_per_s: float | None = None  # pace a simulator worker (None: as fast as it runs)
     debug_codec: bool = False
     device: str = "cpu"
     seed: int | None = None
@@ -309,7 +313,7 @@ class TrainerSettings:
     overrides: tuple[str, ...] = ()  # "dotted.key=value", value in TOML syntax
     run_dir: Path = Path("runs/dist")
     broadcast_every: int = 1000  # environment steps received between weight broadcasts
-    max_train_steps_per_env_step: float = 1.0
+    max_train_steps_per_env_step: float | None = None  # None: the preset's update-to-data ratio
     checkpoint_every: int = 20_000
     total_timesteps: int | None = None
     device: str = "auto"
@@ -480,6 +484,7 @@ connect_timeout_s = 10.0
 # name = "<hostname>-<pid>"   # shown in the trainer's logs
 test_every = 10               # a deterministic test episode every N episodes (0: never)
 chunk_steps = 100             # steps per experience message
+# max_steps_per_s = 250       # pace a simulator worker so the trainer keeps up (default: none)
 debug_codec = false           # check every encoded chunk by decoding it (slow)
 device = "cpu"                # auto, cpu, mps, cuda, cuda:N
 seed = "none"                 # an integer for reproducible rollouts
@@ -489,7 +494,7 @@ preset = "lidar-sac"          # tm-algos preset name or path to a preset .toml
 overrides = []                # e.g. ["algo.hyperparameters.gamma=0.99"]
 run_dir = "runs/dist"         # relative paths here are relative to this file
 broadcast_every = 1000        # env steps between weight broadcasts
-max_train_steps_per_env_step = 1.0
+max_train_steps_per_env_step = "none"  # none: the preset's ratio (gradient_steps / train_freq / n_envs)
 checkpoint_every = 20000      # env steps between checkpoints (0: never)
 total_timesteps = "none"      # stop after this many env steps
 device = "auto"

@@ -1,0 +1,226 @@
+"""The commands behind :mod:`tm_dist.cli`: each role with its console output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def make_cert_command(args: argparse.Namespace, err: Console) -> int:
+    from tm_dist.certs import make_cert
+    from tm_dist.settings import default_keys_dir
+
+    keys_dir = args.keys_dir or default_keys_dir(os.environ)
+    files = make_cert(keys_dir, hostname=args.hostname, overwrite=args.overwrite)
+    table = Table(title="TLS certificate", show_header=False)
+    table.add_row("certificate", str(files.certificate))
+    table.add_row("private key", str(files.private_key))
+    table.add_row("SHA-256", files.fingerprint)
+    table.add_row("valid until", str(files.not_valid_after))
+    Console().print(table)
+    err.print(
+        f"Copy {files.certificate.name} (never the key) to the same directory on every worker "
+        "and trainer machine, or point them to it with --keys-dir; compare the SHA-256 there."
+    )
+    return EXIT_OK
+
+
+def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    from tm_dist.certs import check_cert
+    from tm_dist.roles import run_server
+
+    conn = settings.connection
+    if conn.use_tls:
+        check_cert(conn.keys_dir, require_key=True)
+    mode = "TLS" if conn.use_tls else "plain TCP"
+    err.print(f"relay on {args.bind}:{conn.port} ({mode}); Ctrl-C stops it")
+
+    def show(stats: Any) -> None:
+        err.print(f"[dim]{stats}[/dim]")
+
+    run_server(settings, listen_host=args.bind, on_stats=show if args.verbose else None)
+    return EXIT_OK
+
+
+def worker_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    from tm_dist.roles import WorkerReport, run_worker
+
+    name = settings.worker.name
+    err.print(f"worker {name} → {settings.connection.host}:{settings.connection.port}")
+
+    def show(r: WorkerReport) -> None:
+        if r.last_test is not None and args.verbose:
+            err.print(f"[dim]{name}: {r.episodes} episodes, test {r.last_test}[/dim]")
+
+    report = run_worker(settings, max_episodes=args.episodes, on_episode=show)
+    err.print(
+        f"worker {name}: {report.episodes} episodes, {report.steps:,} steps, "
+        f"{report.bytes_sent / max(report.steps, 1):.0f} B/step sent"
+    )
+    return EXIT_OK
+
+
+def _progress_table(stats: Any, t0: float) -> Table:
+    table = Table(title="tm-dist trainer", show_header=False, min_width=60)
+    elapsed = time.perf_counter() - t0
+    table.add_row("wall time", f"{elapsed / 60:.1f} min")
+    table.add_row(
+        "env steps", f"{stats.env_steps:,} ({stats.env_steps / max(elapsed, 1e-9):,.0f}/s)"
+    )
+    table.add_row("train steps", f"{stats.train_steps:,}")
+    table.add_row("episodes", f"{stats.episodes:,} (+{stats.test_episodes} test)")
+    if stats.last_progress is not None:
+        table.add_row("last episode progress", f"{stats.last_progress:.0%}")
+    if stats.last_test is not None:
+        t = stats.last_test
+        lap = t.get("lap_time")
+        table.add_row(
+            "last test", f"lap {lap:.3f} s" if lap is not None else f"{t.get('progress', 0):.0%}"
+        )
+    if stats.best_test_lap is not None:
+        table.add_row("best test lap", f"{stats.best_test_lap:.3f} s")
+    if stats.dropped_episodes or stats.stale_episodes:
+        table.add_row("dropped / stale", f"{stats.dropped_episodes} / {stats.stale_episodes}")
+    return table
+
+
+def _run_trainer_live(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    from tm_dist.roles import run_trainer
+
+    t0 = time.perf_counter()
+    with Live(console=err, refresh_per_second=2, transient=False) as live:
+        report = run_trainer(
+            settings,
+            minutes=args.minutes,
+            until_finish=args.until_finish,
+            resume=not args.fresh,
+            on_progress=lambda s: live.update(_progress_table(s, t0)),
+        )
+    table = Table(title="tm-dist trainer: done", show_header=False)
+    for key, value in vars(report).items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+    if args.until_finish and report.best_test_lap is None:
+        err.print("[yellow]stopped before a test episode finished the track[/yellow]")
+    return EXIT_OK
+
+
+def trainer_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    ts = settings.trainer
+    err.print(
+        f"trainer: preset {ts.preset}, run dir {ts.run_dir} → "
+        f"{settings.connection.host}:{settings.connection.port}"
+    )
+    return _run_trainer_live(settings, args, err)
+
+
+# -- local -----------------------------------------------------------------------------------
+
+
+class _Child:
+    """A role in its own process, restarted if it dies while the run goes on."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tm_dist.cli", *self.argv],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.restarts += 1
+            self.stop()
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def local_command(args: argparse.Namespace, err: Console) -> int:
+    from tm_dist.security import PASSWORD_ENV, Secret
+    from tm_dist.settings import load_settings
+    from tm_dist.transport import free_local_port
+
+    if args.workers < 1:
+        err.print(f"tm-dist local: --workers {args.workers}: expected at least 1")
+        return EXIT_USAGE
+    password = Secret.generate()
+    port = free_local_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TM_DIST_")}
+    env[PASSWORD_ENV] = password.reveal()
+    env["TM_DIST_CONNECTION_PORT"] = str(port)
+    env["TM_DIST_CONNECTION_HOST"] = "127.0.0.1"
+    settings = load_settings(
+        args.config,
+        env=env,
+        overrides={
+            "trainer.preset": args.preset,
+            "trainer.overrides": list(args.overrides) if args.overrides else None,
+            "trainer.run_dir": args.run_dir,
+            "trainer.device": args.device,
+        },
+    )
+    logs = Path(settings.trainer.run_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = [_Child("server", ["server", "--bind", "127.0.0.1"], env, logs / "server.log")]
+    for i in range(args.workers):
+        argv = ["worker", "--name", f"local-{i}", "--max-steps-per-s", str(args.worker_rate)]
+        children.append(_Child(f"worker-{i}", argv, env, logs / f"worker-{i}.log"))
+    err.print(
+        f"local run: relay on 127.0.0.1:{port}, {args.workers} workers, "
+        f"preset {settings.trainer.preset}, logs in {logs}"
+    )
+    stop_watch = threading.Event()
+
+    def watch() -> None:
+        while not stop_watch.wait(1.0):
+            for c in children:
+                c.check()
+
+    watcher = threading.Thread(target=watch, name="tm-dist-local-watch", daemon=True)
+    try:
+        for c in children:
+            c.start()
+        watcher.start()
+        code = _run_trainer_live(settings, args, err)
+    finally:
+        stop_watch.set()
+        if watcher.is_alive():
+            watcher.join(timeout=5)
+        for c in reversed(children):
+            c.stop()
+    restarted = {c.name: c.restarts for c in children if c.restarts}
+    if restarted:
+        err.print(f"restarted during the run: {restarted}")
+    return code
