@@ -2,6 +2,7 @@
 """One command to work on TrackMaster: it prepares .venv, then runs what you asked for.
 
     python3 dev.py demo [ARGS...]    the scripted driver laps the default track; output in out/demo
+    python3 dev.py train [ARGS...]   train lidar-sac for 15 min, evaluate, write the lap video
     python3 dev.py test [ARGS...]    the test suite; ARGS go to pytest
     python3 dev.py lint [PATHS...]   ruff check and ruff format --check (the whole repo by default)
     python3 dev.py bench [ARGS...]   simulator throughput against Gymnasium's CarRacing
@@ -49,6 +50,12 @@ COMMANDS = {
         summary="drive the scripted expert around the default track, output in out/demo",
         install=("-e", "./packages/tm-gym[viz]"),
         steps=(("tm-gym", "drive", "--expert", "--track", "default", "--out", "out/demo"),),
+    ),
+    "train": Command(
+        summary="train lidar-sac (15 min on 2 cores), evaluate, write the best lap's video",
+        install=("-e", "./packages/tm-gym[viz]", "-e", "./packages/tm-algos"),
+        steps=(("tm-train",),),
+        default_args=("lidar-sac", "--minutes", "15", "--evaluate", "3"),
     ),
     "test": Command(
         summary="run the test suite (arguments go to pytest)",

@@ -7,9 +7,14 @@ Modules (import what you need; importing ``tm_algos`` itself loads nothing heavy
 * :mod:`tm_algos.buffers` — ``FrameStackReplayBuffer``, storing each frame once (~4.5 KB per
   image transition instead of ~33 KB), exact across episode boundaries.
 * :mod:`tm_algos.export` — policies as safetensors + JSON, loaded without pickle.
-* :mod:`tm_algos.presets` — training presets in TOML (hyperparameters not yet tuned).
-
-The training and evaluation commands come next (issue 5).
+* :mod:`tm_algos.redq` — ``REDQ`` (REDQ-SAC: N critics, random-subset minimum target, several
+  critic updates per actor update) as an SB3 algorithm.
+* :mod:`tm_algos.fast_sac` — ``FastImageSAC``: one CNN trained by the critics, ≈6× SB3's image SAC.
+* :mod:`tm_algos.presets` / :mod:`tm_algos.factory` — TOML presets and the models they build.
+* :mod:`tm_algos.training`, :mod:`tm_algos.callbacks` — what ``tm-train`` runs.
+* :mod:`tm_algos.evaluation` — what ``tm-eval`` runs.
+* :mod:`tm_algos.checkpoint` — full training state in safetensors + JSON + npz, atomically.
+* :mod:`tm_algos.policy_bytes` — a policy as bytes, for sending it over a network.
 """
 
 from __future__ import annotations

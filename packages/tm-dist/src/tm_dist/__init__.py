@@ -1,9 +1,17 @@
 """Distributed rollouts for TrackMaster.
 
-Nothing is implemented yet. This package is where the following will live: rollout workers
-that drive tm-gym environments on game machines, a trainer-side server that collects their
-experience and broadcasts policy weights, and the wire format between them (msgpack,
-zstandard-compressed, carried over TLS by tlspyo; never pickle).
+Rollout workers drive tm-gym environments on game machines and send their episodes, through a
+tlspyo relay over TLS, to a trainer that learns with tm-algos and broadcasts weights back.
+
+* :mod:`tm_dist.roles` — ``run_server``, ``run_worker``, ``run_trainer``; :mod:`tm_dist.cli` — the
+  ``tm-dist`` command.
+* :mod:`tm_dist.wire` — the versioned msgpack message schema (also tlspyo's own framing).
+* :mod:`tm_dist.codec` — episodes as the newest frame of each step, zstd-compressed, rebuilt exactly.
+* :mod:`tm_dist.transport` — ``RelayServer`` and ``Link`` over tlspyo (TLS, TCP_NODELAY, clear
+  authentication errors, frame limits).
+* :mod:`tm_dist.learner`, :mod:`tm_dist.rollout` — the trainer's and the worker's cores.
+* :mod:`tm_dist.settings`, :mod:`tm_dist.security`, :mod:`tm_dist.certs` — settings, secrets,
+  certificates.
 """
 
 from __future__ import annotations

@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -153,6 +156,21 @@ def _settings(args: argparse.Namespace, *, need_password: bool = True) -> Any:
     )
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (``kill``, a supervisor stopping us) unwinds like Ctrl-C: links close, the
+    trainer writes its last checkpoint, ``tm-dist local`` stops its children."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
@@ -164,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[red]tm-dist:[/red] {e}")
         return EXIT_USAGE
     args = build_parser().parse_args(argv)
+    _sigterm_as_interrupt()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -173,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tm_dist.settings import SettingsError
     from tm_dist.transport import AuthenticationError, TransportError
 
+    restore = _interrupt_on_sigterm()
     try:
         return _dispatch(args, err)
     except (SettingsError, PasswordError, InsecureConnectionError, CertificateError) as e:
@@ -187,6 +207,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        restore()
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM behave like Ctrl-C, so each role cleans up (the trainer checkpoints).
+
+    Only from the main thread (where Python runs signal handlers); returns the undo.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _dispatch(args: argparse.Namespace, err: Console) -> int:

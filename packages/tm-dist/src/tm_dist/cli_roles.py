@@ -38,10 +38,17 @@ def make_cert_command(args: argparse.Namespace, err: Console) -> int:
 
 
 def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    import dataclasses
+
     from tm_dist.certs import check_cert
     from tm_dist.roles import run_server
+    from tm_dist.security import is_loopback
 
     conn = settings.connection
+    if conn.tls is None and not is_loopback(args.bind):
+        # the relay is reachable from other machines: TLS unless told otherwise
+        conn = dataclasses.replace(conn, tls=True)
+        settings = dataclasses.replace(settings, connection=conn)
     if conn.use_tls:
         check_cert(conn.keys_dir, require_key=True)
     mode = "TLS" if conn.use_tls else "plain TCP"
@@ -54,9 +61,23 @@ def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int
     return EXIT_OK
 
 
+def _check_endpoint(settings: Any) -> None:
+    """Refuse plain TCP off loopback and a missing certificate before connecting.
+
+    Raises InsecureConnectionError, PasswordError or CertificateError (exit code 2 in the CLI).
+    """
+    from tm_dist.certs import check_cert
+
+    conn = settings.connection
+    conn.check_security()
+    if conn.use_tls:
+        check_cert(conn.keys_dir)
+
+
 def worker_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
     from tm_dist.roles import WorkerReport, run_worker
 
+    _check_endpoint(settings)
     name = settings.worker.name
     err.print(f"worker {name} → {settings.connection.host}:{settings.connection.port}")
 
@@ -118,6 +139,7 @@ def _run_trainer_live(settings: Any, args: argparse.Namespace, err: Console) -> 
 
 
 def trainer_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+    _check_endpoint(settings)
     ts = settings.trainer
     err.print(
         f"trainer: preset {ts.preset}, run dir {ts.run_dir} → "
@@ -127,6 +149,15 @@ def trainer_command(settings: Any, args: argparse.Namespace, err: Console) -> in
 
 
 # -- local -----------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when ``tm-dist local`` dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class _Child:

@@ -167,12 +167,17 @@ class Learner:
         """Take one chunk; returns the number of transitions that entered the buffer."""
         key = (chunk.worker, chunk.episode)
         pending = self._pending.get(key)
+        if pending is not None and chunk.chunk == 0:
+            # a new start for a key still in flight: the worker restarted under the same name
+            # (its episode counter began again) and the old episode will never be completed
+            del self._pending[key]
+            self.stats.dropped_episodes += 1
+            pending = None
         if pending is None:
             if chunk.chunk != 0:
                 # its start was lost (a restart of the server or of this trainer): drop it
                 self.stats.dropped_episodes += int(chunk.final)
                 return 0
-            pending = self._pending[key] = _Pending([], chunk.weights_version)
         elif chunk.chunk != len(pending.chunks):
             _log.warning(
                 "episode %d of %s: chunk %d after %d chunks; dropping the episode",
@@ -184,7 +189,16 @@ class Learner:
             del self._pending[key]
             self.stats.dropped_episodes += 1
             return 0
-        pending.chunks.append(self.decoder.decode(chunk.payload))
+        try:
+            part = self.decoder.decode(chunk.payload)
+        except Exception:
+            if pending is not None:  # the episode cannot be completed any more
+                del self._pending[key]
+                self.stats.dropped_episodes += 1
+            raise
+        if pending is None:
+            pending = self._pending[key] = _Pending([], chunk.weights_version)
+        pending.chunks.append(part)
         if not chunk.final:
             return 0
         del self._pending[key]
@@ -319,7 +333,9 @@ class Learner:
     # -- checkpoints -------------------------------------------------------------------------
 
     def maybe_checkpoint(self) -> Path | None:
-        if self.stats.env_steps - self._last_checkpoint < self.config.checkpoint_every:
+        """Checkpoint when ``checkpoint_every`` env steps passed since the last (0: never)."""
+        every = self.config.checkpoint_every
+        if every <= 0 or self.stats.env_steps - self._last_checkpoint < every:
             return None
         return self.checkpoint()
 

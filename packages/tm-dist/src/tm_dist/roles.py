@@ -238,9 +238,9 @@ def run_trainer(
     t0 = time.perf_counter()
     deadline = None if minutes is None else t0 + minutes * 60.0
     last_progress = 0.0
+    if own_link:
+        lk.connect()  # a wrong password or no relay raises here, before any checkpoint
     try:
-        if own_link:
-            lk.connect()
         lk.broadcast(WORKERS, encode_message(learner.weights()))
         while not stop.is_set() and not learner.done:
             if deadline is not None and time.perf_counter() >= deadline:

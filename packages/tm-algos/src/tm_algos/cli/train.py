@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "preset", nargs="?", default=DEFAULT_PRESET, help="preset name or TOML file (%(default)s)"
     )
-    p.add_argument("--run-dir", type=Path, help="run directory (default: runs/<preset>)")
+    p.add_argument(
+        "--run-dir", type=Path, help="run directory (default: runs/<preset>, -2, -3... if taken)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -177,6 +179,15 @@ def _summary(console: Console, result: Any) -> None:
     console.print(table)
 
 
+def _fresh_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : the first that holds no run yet."""
+    candidate, n = base, 1
+    while (candidate / "run.json").exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
@@ -193,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.env_id:
         overrides.append(f"env.id={json.dumps(args.env_id)}")
-    run_dir = args.run_dir or Path("runs") / Path(str(args.preset)).stem
+    default_dir = Path("runs") / Path(str(args.preset)).stem
+    run_dir = args.run_dir or (default_dir if args.resume else _fresh_run_dir(default_dir))
     config = TrainConfig(
         preset=args.preset,
         run_dir=run_dir,
