@@ -32,11 +32,49 @@ _WHERE = "policy bytes"
 
 
 def policy_to_bytes(
-    model: BaseAlgorithm, env_settings: Mapping[str, Any] | None = None
+    model: BaseAlgorithm,
+    env_settings: Mapping[str, Any] | None = None,
+    *,
+    only: str | None = None,
 ) -> tuple[bytes, str]:
-    """``(safetensors bytes, JSON text)`` describing ``model``'s policy."""
+    """``(safetensors bytes, JSON text)`` describing ``model``'s policy.
+
+    ``only``: keep just the tensors whose names start with it — ``"actor."`` for SAC-like
+    policies, whose actions need no critic (a fraction of the bytes). The receiver's other
+    parameters keep their values (freshly initialised ones, on a first build).
+    """
     config, tensors = describe_policy(model, env_settings)
+    if only is not None:
+        tensors = {k: v for k, v in tensors.items() if k.startswith(only)}
+        if not tensors:
+            raise PolicyFileError(f"only={only!r}: the policy has no tensor with that prefix")
+        config["weights_subset"] = only
     return save_tensors(tensors, metadata={"format": FORMAT}), json.dumps(config)
+
+
+def _load(policy: BasePolicy, weights: bytes, subset: Any) -> None:
+    tensors = _tensors(weights)
+    if subset is None:
+        set_weights(policy, tensors, _WHERE)
+        return
+    if not isinstance(subset, str):
+        raise PolicyFileError(f"{_WHERE}: weights_subset={subset!r}: expected a string")
+    full = policy.state_dict()
+    needed = {k for k in full if k.startswith(subset)}
+    missing = sorted(needed - set(tensors))
+    outside = sorted(set(tensors) - needed)
+    if missing or outside:
+        raise PolicyFileError(
+            f"{_WHERE}: weights for {subset!r} do not match the network: missing "
+            f"{missing[:5]}, unexpected {outside[:5]}; trainer and worker must use the same "
+            "tm-algos version and preset"
+        )
+    wrong = [k for k, v in tensors.items() if tuple(v.shape) != tuple(full[k].shape)]
+    if wrong:
+        raise PolicyFileError(f"{_WHERE}: wrong shapes for {wrong[:5]}; same preset needed")
+    # only the subset is loaded: a module shared with the rest (e.g. one encoder for actor and
+    # critics) takes the new values instead of being overwritten again by stale copies
+    policy.load_state_dict(tensors, strict=False)
 
 
 def _tensors(weights: bytes) -> dict[str, torch.Tensor]:
@@ -58,15 +96,20 @@ def policy_from_bytes(
         raise PolicyFileError(f"{_WHERE}: the description is not valid JSON ({e})") from e
     config = check_config(config, _WHERE)
     policy = build_policy(config, _WHERE)
-    set_weights(policy, _tensors(weights), _WHERE)
+    _load(policy, weights, config.get("weights_subset"))
     policy = policy.to(device)
     policy.set_training_mode(False)
     return LoadedPolicy(policy, config)
 
 
-def update_weights(policy: LoadedPolicy | BasePolicy, weights: bytes) -> None:
-    """Load new ``weights`` (same network) into an already built policy."""
+def update_weights(
+    policy: LoadedPolicy | BasePolicy, weights: bytes, *, subset: str | None = None
+) -> None:
+    """Load new ``weights`` (same network; only the ``subset`` prefix if given) into a policy."""
     target = policy.policy if isinstance(policy, LoadedPolicy) else policy
     device = next(target.parameters()).device
-    tensors = {k: v.to(device) for k, v in _tensors(weights).items()}
-    set_weights(target, tensors, _WHERE)
+    target.to("cpu")
+    try:
+        _load(target, weights, subset)
+    finally:
+        target.to(device)

@@ -318,7 +318,11 @@ class Learner:
             self.version += 1
         self._last_broadcast = self.stats.env_steps
         self._broadcast_version = self.version
-        data, policy_json = policy_to_bytes(self.model, dataclasses.asdict(self.settings))
+        data, policy_json = policy_to_bytes(
+            self.model,
+            dataclasses.asdict(self.settings),
+            only="actor." if self.off_policy else None,  # workers act: no critic needed
+        )
         config = {
             "policy": json.loads(policy_json),
             "env": {"id": self.preset.env.id, "kwargs": self.env_kwargs()},

@@ -38,6 +38,7 @@ class WeightsConfig:
     env_id: str
     env_kwargs: dict[str, Any]
     random_actions: bool
+    weights_subset: str | None = None
 
     @classmethod
     def parse(cls, config_json: str) -> WeightsConfig:
@@ -46,7 +47,9 @@ class WeightsConfig:
             env = data["env"]
             if not isinstance(env["id"], str) or not isinstance(env["kwargs"], dict):
                 raise TypeError("env.id must be a string and env.kwargs an object")
+            subset = data["policy"].get("weights_subset")
             return cls(
+                weights_subset=subset if isinstance(subset, str) else None,
                 policy_json=json.dumps(data["policy"]),
                 env_id=env["id"],
                 env_kwargs=dict(env["kwargs"]),
@@ -119,7 +122,7 @@ class Rollout:
             return
         config = WeightsConfig.parse(w.config_json)
         if self.policy is not None and config.policy_json == self._policy_json:
-            update_weights(self.policy, w.safetensors)
+            update_weights(self.policy, w.safetensors, subset=config.weights_subset)
         else:
             self.policy = policy_from_bytes(w.safetensors, config.policy_json, device=self.device)
             self._policy_json = config.policy_json

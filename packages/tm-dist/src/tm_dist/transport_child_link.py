@@ -37,7 +37,7 @@ class LinkProtocol(ClientProtocol):
             groups=client.groups,
         )
         self._link = client
-        self._buffer: bytes = b""
+        self._buffer = bytearray()  # appended in place: big frames arrive in many pieces
         self._greeted = False
         self._hello_stamp: int | None = None
         self._authenticated = False
@@ -83,7 +83,8 @@ class LinkProtocol(ClientProtocol):
             end = HEADER_SIZE + length
             if len(self._buffer) < end:
                 return
-            frame, self._buffer = self._buffer[:end], self._buffer[end:]
+            frame = bytes(self._buffer[:end])
+            del self._buffer[:end]
             try:
                 stamp, cmd, obj = self._link.deserializer(frame[HEADER_SIZE:])
             except Exception as exc:

@@ -71,6 +71,9 @@ class RelayProtocol(ServerProtocol):
         self._my_stamps: set[int] = set()
 
     def connectionMade(self) -> None:
+        # tlspyo appends each received piece to its buffer: a bytes buffer copies it all every
+        # time (quadratic in the frame size); a bytearray grows in place.
+        self._buffer = bytearray()
         self._relay.status.add(Slot.CONNECTIONS)
         enable_nodelay(self.transport, self._relay.status)
         super().connectionMade()
