@@ -20,12 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -192,7 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tm_dist.settings import SettingsError
     from tm_dist.transport import AuthenticationError, TransportError
 
-    restore = _interrupt_on_sigterm()
     try:
         return _dispatch(args, err)
     except (SettingsError, PasswordError, InsecureConnectionError, CertificateError) as e:
@@ -207,27 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
-    finally:
-        restore()
-
-
-def _interrupt_on_sigterm() -> Callable[[], None]:
-    """Make SIGTERM behave like Ctrl-C, so each role cleans up (the trainer checkpoints).
-
-    Only from the main thread (where Python runs signal handlers); returns the undo.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
-
-    return restore
 
 
 def _dispatch(args: argparse.Namespace, err: Console) -> int:

@@ -123,7 +123,7 @@ def enable_nodelay(transport: Any, status: StatusBoard) -> None:
         status.add(Slot.NODELAY)
 
 
-def parse_length(buffer: bytes, limit: int) -> int | None:
+def parse_length(buffer: bytes | bytearray, limit: int) -> int | None:
     """The payload length announced by a frame header, or None if it is malformed or too big."""
     try:
         length = int(buffer[:HEADER_SIZE])
