@@ -184,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("tlspyo").setLevel(logging.WARNING)
+    # tlspyo warns once per message while a link is down ("storing message"): the link's own
+    # reconnect log says it once
+    logging.getLogger("tlspyo").setLevel(logging.ERROR)
     from tm_dist.certs import CertificateError
     from tm_dist.settings import SettingsError
     from tm_dist.transport import AuthenticationError, TransportError

@@ -82,8 +82,12 @@ def worker_command(settings: Any, args: argparse.Namespace, err: Console) -> int
     err.print(f"worker {name} → {settings.connection.host}:{settings.connection.port}")
 
     def show(r: WorkerReport) -> None:
-        if r.last_test is not None and args.verbose:
-            err.print(f"[dim]{name}: {r.episodes} episodes, test {r.last_test}[/dim]")
+        if args.verbose:
+            test = f", last test {r.last_test}" if r.last_test is not None else ""
+            err.print(
+                f"[dim]{name}: {r.episodes} episodes, {r.steps:,} steps, "
+                f"weights v{r.weights_version}{test}[/dim]"
+            )
 
     report = run_worker(settings, max_episodes=args.episodes, on_episode=show)
     err.print(
@@ -112,6 +116,9 @@ def _progress_table(stats: Any, t0: float) -> Table:
         )
     if stats.best_test_lap is not None:
         table.add_row("best test lap", f"{stats.best_test_lap:.3f} s")
+    if stats.episodes_by_worker:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(stats.episodes_by_worker.items()))
+        table.add_row("by worker", per)
     if stats.dropped_episodes or stats.stale_episodes:
         table.add_row("dropped / stale", f"{stats.dropped_episodes} / {stats.stale_episodes}")
     return table
@@ -121,14 +128,33 @@ def _run_trainer_live(settings: Any, args: argparse.Namespace, err: Console) -> 
     from tm_dist.roles import run_trainer
 
     t0 = time.perf_counter()
-    with Live(console=err, refresh_per_second=2, transient=False) as live:
-        report = run_trainer(
-            settings,
-            minutes=args.minutes,
-            until_finish=args.until_finish,
-            resume=not args.fresh,
-            on_progress=lambda s: live.update(_progress_table(s, t0)),
-        )
+    last_line = [0.0]
+
+    def as_line(stats: Any) -> None:  # not a terminal (a log file, tm-dist local's pipe)
+        now = time.perf_counter()
+        if now - last_line[0] >= 10.0:
+            last_line[0] = now
+            lap = stats.best_test_lap
+            err.print(
+                f"{(now - t0) / 60:.1f} min: {stats.env_steps:,} env steps, "
+                f"{stats.train_steps:,} train steps, {stats.episodes:,} episodes "
+                f"{dict(stats.episodes_by_worker)}, best test lap "
+                f"{'—' if lap is None else f'{lap:.3f} s'}",
+                highlight=False,
+            )
+
+    kwargs: dict[str, Any] = {
+        "minutes": args.minutes,
+        "until_finish": args.until_finish,
+        "resume": not args.fresh,
+    }
+    if not err.is_terminal:
+        report = run_trainer(settings, on_progress=as_line, **kwargs)
+    else:
+        with Live(console=err, refresh_per_second=2, transient=False) as live:
+            report = run_trainer(
+                settings, on_progress=lambda s: live.update(_progress_table(s, t0)), **kwargs
+            )
     table = Table(title="tm-dist trainer: done", show_header=False)
     for key, value in vars(report).items():
         table.add_row(key.replace("_", " "), str(value))

@@ -102,12 +102,18 @@ class LearnerStats:
     last_return: float | None = None
     last_progress: float | None = None
     last_test: dict[str, Any] | None = None
+    episodes_by_worker: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class _Pending:
     chunks: list[Transitions]
     version: int
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+PENDING_TIMEOUT_S = 300.0
+"""A half-received episode with no new chunk for this long is dropped (its worker died)."""
 
 
 class Learner:
@@ -199,13 +205,28 @@ class Learner:
         if pending is None:
             pending = self._pending[key] = _Pending([], chunk.weights_version)
         pending.chunks.append(part)
+        pending.last_seen = time.monotonic()
         if not chunk.final:
+            self._evict_idle(pending.last_seen)
             return 0
         del self._pending[key]
         return self._commit(chunk, pending)
 
+    def _evict_idle(self, now: float) -> None:
+        idle = [k for k, p in self._pending.items() if now - p.last_seen > PENDING_TIMEOUT_S]
+        for key in idle:
+            _log.warning(
+                "episode %d of %s: no chunk for %.0f s; dropping it",
+                key[1],
+                key[0],
+                PENDING_TIMEOUT_S,
+            )
+            del self._pending[key]
+            self.stats.dropped_episodes += 1
+
     def _commit(self, chunk: EpisodeChunk, pending: _Pending) -> int:
         s = self.stats
+        s.episodes_by_worker[chunk.worker] = s.episodes_by_worker.get(chunk.worker, 0) + 1
         st = dict(chunk.stats)
         lap = _float(st.get("lap_time"))
         finished = bool(st.get("finished")) and lap is not None

@@ -145,6 +145,9 @@ def run_worker(
         t_next = time.perf_counter()
         while not stop.is_set() and (max_episodes is None or report.episodes < max_episodes):
             poll(0.0)
+            if not rollout.prepare():
+                poll(0.5)
+                continue
             for chunk in rollout.episode():
                 data = encode_message(chunk)
                 lk.send(TRAINERS, data)

@@ -104,6 +104,7 @@ class Rollout:
         self.version = -1
         self._newest: Weights | None = None
         self.episodes = 0
+        self.rejected_weights = 0
 
     # -- weights -----------------------------------------------------------------------------
 
@@ -120,12 +121,17 @@ class Rollout:
         w, self._newest = self._newest, None
         if w is None or (w.version == self.version and self.policy is not None):
             return
-        config = WeightsConfig.parse(w.config_json)
-        if self.policy is not None and config.policy_json == self._policy_json:
-            update_weights(self.policy, w.safetensors, subset=config.weights_subset)
-        else:
-            self.policy = policy_from_bytes(w.safetensors, config.policy_json, device=self.device)
-            self._policy_json = config.policy_json
+        try:
+            config = WeightsConfig.parse(w.config_json)
+            if self.policy is not None and config.policy_json == self._policy_json:
+                update_weights(self.policy, w.safetensors, subset=config.weights_subset)
+            else:
+                policy = policy_from_bytes(w.safetensors, config.policy_json, device=self.device)
+                self.policy, self._policy_json = policy, config.policy_json
+        except ValueError as e:  # PolicyFileError too: keep driving with what we had
+            self.rejected_weights += 1
+            _log.warning("ignored weights version %d: %s", w.version, e)
+            return
         spec = (config.env_id, json.dumps(config.env_kwargs, sort_keys=True))
         if spec != self._env_spec:
             if self.env is not None:
@@ -134,6 +140,11 @@ class Rollout:
             self._env_spec = spec
         self.config = config
         self.version = w.version
+
+    def prepare(self) -> bool:
+        """Put the newest weights to use; False while no usable policy has arrived."""
+        self._swap()
+        return self.policy is not None
 
     # -- episodes ----------------------------------------------------------------------------
 
