@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,20 @@ class EvalRecord:
             "wall_contacts": self.wall_contacts,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalRecord:
+        """The record that :meth:`to_dict` wrote (e.g. read back from ``evaluations.json``)."""
+        lap = data["lap_time"]
+        return cls(
+            timesteps=int(data["timesteps"]),
+            wall_s=float(data["wall_s"]),
+            episode_return=float(data["return"]),
+            progress=float(data["progress"]),
+            finished=bool(data["finished"]),
+            lap_time=None if lap is None else float(lap),
+            wall_contacts=int(data["wall_contacts"]),
+        )
+
 
 class EvalCallback(BaseCallback):
     """Every ``every`` steps, drives ``n_episodes`` deterministic episodes on ``env``.
@@ -163,6 +177,14 @@ class EvalCallback(BaseCallback):
     @staticmethod
     def _key(r: EvalRecord) -> tuple[int, float]:
         return (1, -(r.lap_time or 0.0)) if r.finished else (0, r.progress)
+
+    def restore(self, records: Sequence[EvalRecord]) -> None:
+        """Take ``records`` (those of an earlier part of a resumed run) as the history: they
+        count towards :attr:`best`, without calling ``on_new_best``."""
+        for rec in records:
+            self.records.append(rec)
+            if self.best is None or self._key(rec) > self._key(self.best):
+                self.best = rec
 
     def run_episode(self, index: int) -> EvalRecord:
         obs, info = self.env.reset(seed=self.seed + index)

@@ -259,6 +259,8 @@ class Trainer:
             on_new_best=self._on_new_best,
             stop_when_faster_than=cfg.stop_at_lap,
         )
+        if cfg.resume:
+            self.evaluator.restore(self._earlier_evaluations())
         cbs: list[BaseCallback] = [
             self.stats,
             self.evaluator,
@@ -268,6 +270,19 @@ class Trainer:
             cbs.append(_StopAfter(cfg.minutes * 60.0))
         cbs.extend(extra)
         return CallbackList(cbs)
+
+    def _earlier_evaluations(self) -> list[EvalRecord]:
+        """The evaluations of the run being resumed, so that ``best/`` is only replaced by a
+        better policy and ``evaluations.json`` keeps the whole history."""
+        path = self.run_dir / "evaluations.json"
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return [EvalRecord.from_dict(item) for item in data]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _log.warning("%s is unreadable (%s): the evaluation history restarts", path, exc)
+            return []
 
     def run(self, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
         """Train until the step budget, the time budget or Ctrl-C; always saves at the end."""
