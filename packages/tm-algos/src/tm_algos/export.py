@@ -353,9 +353,16 @@ def export_policy(
     lists or keyword arguments that JSON cannot hold.
     """
     config, tensors = describe_policy(model, env_settings)
+    return write_policy(config, tensors, path_dir)
+
+
+def write_policy(
+    config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], path_dir: str | Path
+) -> Path:
+    """Write what :func:`describe_policy` returned as a policy directory."""
     out = Path(path_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
+    save_file(dict(tensors), str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
     (out / JSON_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
 

@@ -33,7 +33,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tm_algos.export import export_policy
+from tm_algos.export import describe_policy, export_policy, write_policy
 from tm_algos.factory import env_kwargs_of, make_model
 from tm_algos.policy_bytes import policy_to_bytes
 from tm_algos.presets import Preset
@@ -150,6 +150,7 @@ class Learner:
         self.stats = LearnerStats()
         self.version = 0
         self._pending: dict[tuple[str, int], _Pending] = {}
+        self._history: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._last_broadcast = -(10**18)
         self._last_checkpoint = 0
         self._t0 = time.perf_counter()
@@ -233,6 +234,8 @@ class Learner:
         if chunk.test:
             s.test_episodes += 1
             s.last_test = st
+            if finished and lap is not None and (s.best_test_lap is None or lap < s.best_test_lap):
+                self._save_best(pending.version, st)
             if finished and lap is not None:
                 s.best_test_lap = lap if s.best_test_lap is None else min(s.best_test_lap, lap)
                 if s.first_finish_s is None:
@@ -339,6 +342,10 @@ class Learner:
             self.version += 1
         self._last_broadcast = self.stats.env_steps
         self._broadcast_version = self.version
+        config, tensors = describe_policy(self.model, dataclasses.asdict(self.settings))
+        self._history[self.version] = (config, tensors)  # to save the best test lap's weights
+        for old in sorted(self._history)[:-16]:
+            del self._history[old]
         data, policy_json = policy_to_bytes(
             self.model,
             dataclasses.asdict(self.settings),
@@ -351,6 +358,20 @@ class Learner:
             "env_steps": self.stats.env_steps,
         }
         return Weights(version=self.version, safetensors=data, config_json=json.dumps(config))
+
+    def _save_best(self, version: int, stats: Mapping[str, Any]) -> None:
+        """Write the weights that drove a new best test lap to RUN/best (if still known)."""
+        kept = self._history.get(version)
+        if kept is None:
+            _log.warning(
+                "best test lap with weights v%d, no longer kept: best/ not updated", version
+            )
+            return
+        config, tensors = kept
+        out = write_policy(config, tensors, self.run_dir / "best")
+        (out / "evaluation.json").write_text(
+            json.dumps({"weights_version": version, **dict(stats)}, indent=2) + "\n"
+        )
 
     def env_kwargs(self) -> dict[str, Any]:
         return env_kwargs_of(self.preset, self.config.env_kwargs)

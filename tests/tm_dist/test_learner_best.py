@@ -1,0 +1,74 @@
+"""The trainer keeps the weights that drove its best test lap (RUN/best, loadable policy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tm_algos.export import load_policy
+from tm_algos.presets import apply_overrides, load_preset
+
+from tm_dist.learner import Learner
+from tm_dist.rollout import Rollout
+from tm_dist.wire import EpisodeChunk
+
+TINY = [
+    "env.n_envs=1",
+    "env.kwargs.ep_max_length=20",
+    "algo.hyperparameters.learning_starts=20",
+    "algo.hyperparameters.batch_size=16",
+    "algo.hyperparameters.buffer_size=2000",
+    "policy.net_arch=[16, 16]",
+]
+
+
+def _as_test_lap(chunks: list[EpisodeChunk], lap: float) -> list[EpisodeChunk]:
+    """The same episode, reported as a deterministic test that finished in ``lap`` s."""
+    out = [dataclasses.replace(c, test=True) for c in chunks]
+    stats = {**out[-1].stats, "finished": True, "lap_time": lap, "progress": 1.0}
+    out[-1] = dataclasses.replace(out[-1], stats=stats)
+    return out
+
+
+def test_best_test_lap_saves_the_weights_that_drove_it(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    preset = apply_overrides(load_preset("lidar-sac"), TINY)
+    learner = Learner(preset, tmp_path, tensorboard=False, device="cpu", seed=0)
+    rollout = Rollout("w", test_every=10**6, chunk_steps=10, seed=0)
+    try:
+        rollout.offer(learner.weights())
+        v0_episode = list(rollout.episode())  # driven by version 0
+        while learner.stats.env_steps < 60:
+            for chunk in rollout.episode():
+                learner.ingest(chunk)
+        assert learner.train(max_steps=8) > 0
+        newer = learner.weights()  # version 1: different weights
+        assert newer.version == 1
+        rollout.offer(newer)
+        v1_episode = list(rollout.episode())
+    finally:
+        rollout.close()
+
+    for chunk in _as_test_lap(v0_episode, 45.0):
+        learner.ingest(chunk)
+    best = load_policy(tmp_path / "best")
+    assert json.loads((tmp_path / "best" / "evaluation.json").read_text())["weights_version"] == 0
+    obs = {k: v[0] for k, v in learner.decoder.decode(v0_episode[0].payload).obs.items()}
+    a_best = best.act(obs)
+
+    for chunk in _as_test_lap(v1_episode, 50.0):  # slower: best/ stays
+        learner.ingest(chunk)
+    assert json.loads((tmp_path / "best" / "evaluation.json").read_text())["lap_time"] == 45.0
+    np.testing.assert_allclose(load_policy(tmp_path / "best").act(obs), a_best)
+
+    for chunk in _as_test_lap(v1_episode, 41.0):  # faster: version 1's weights replace it
+        learner.ingest(chunk)
+    saved = json.loads((tmp_path / "best" / "evaluation.json").read_text())
+    assert (saved["weights_version"], saved["lap_time"]) == (1, 41.0)
+    now = learner.model.predict(obs, deterministic=True)[0]
+    np.testing.assert_allclose(load_policy(tmp_path / "best").act(obs), now, atol=1e-6)
+    assert not np.allclose(a_best, now)
+    assert learner.stats.best_test_lap == 41.0
