@@ -123,10 +123,20 @@ def plot(results: Sequence[dict[str, Any]], expert: float, target: float, out: P
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["lidar-sac"])
-    p.add_argument("--minutes", nargs="+", type=float, default=[30.0],
-                   help="budget per preset (one value for all, or one each)")
-    p.add_argument("--eval-every", nargs="+", type=int, default=[10_000],
-                   help="env steps between evaluation laps (one value for all, or one each)")
+    p.add_argument(
+        "--minutes",
+        nargs="+",
+        type=float,
+        default=[30.0],
+        help="budget per preset (one value for all, or one each)",
+    )
+    p.add_argument(
+        "--eval-every",
+        nargs="+",
+        type=int,
+        default=[10_000],
+        help="env steps between evaluation laps (one value for all, or one each)",
+    )
     p.add_argument("--target", type=float, default=1.10, help="lap-time ratio to the expert")
     p.add_argument("--no-stop-at-target", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -153,8 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold]{preset}[/bold]: up to {budget:g} min, evaluation every {every:,}")
         results.append(
             run_preset(
-                preset, budget, eval_every=every, target_lap=target,
-                stop=not args.no_stop_at_target, seed=args.seed,
+                preset,
+                budget,
+                eval_every=every,
+                target_lap=target,
+                stop=not args.no_stop_at_target,
+                seed=args.seed,
             )
         )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,8 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return "—" if v is None else format(v, spec)
 
     table = Table(title=f"learning on 'default' (expert {expert:.3f} s)")
-    for col in ("preset", "budget", "first finish", "steps", "first lap", "best lap",
-                "best / expert", f"≤ {args.target:.2f}× expert at"):
+    for col in (
+        "preset",
+        "budget",
+        "first finish",
+        "steps",
+        "first lap",
+        "best lap",
+        "best / expert",
+        f"≤ {args.target:.2f}× expert at",
+    ):
         table.add_column(col)
     for r in results:
         best = r["best_lap"]
