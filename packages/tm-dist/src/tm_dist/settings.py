@@ -137,9 +137,7 @@ _RULES: dict[str, dict[str, _Rule]] = {
         "overrides": _Rule("strs", pattern=r"[A-Za-z_][\w.-]*=.+", hint='items "dotted.key=value"'),
         "run_dir": _Rule("path"),
         "broadcast_every": _Rule("int", low=1, high=10**9, hint="env steps"),
-        "max_train_steps_per_env_step": _Rule(
-            "float", optional=True, low=0.001, high=1000, hint="none = the preset's ratio"
-        ),
+        "max_train_steps_per_env_step": _Rule("float", optional=True, low=0.001, high=1000),
         "checkpoint_every": _Rule("int", low=0, high=10**12, hint="0 = never"),
         "total_timesteps": _Rule("int", optional=True, low=1, high=10**12),
         "device": _DEVICE,
