@@ -243,6 +243,7 @@ def run_trainer(
     last_progress = 0.0
     if own_link:
         lk.connect()  # a wrong password or no relay raises here, before any checkpoint
+    wandb_run = _start_wandb(ts, preset) if ts.wandb else None
     try:
         lk.broadcast(WORKERS, encode_message(learner.weights()))
         while not stop.is_set() and not learner.done:
@@ -280,6 +281,8 @@ def run_trainer(
         ckpt = learner.checkpoint()
         if own_link:
             lk.stop()
+        if wandb_run is not None:
+            wandb_run.finish()
     s = learner.stats
     return TrainerReport(
         env_steps=s.env_steps,
@@ -293,4 +296,21 @@ def run_trainer(
         stale_episodes=s.stale_episodes,
         wall_s=time.perf_counter() - t0,
         checkpoint=str(ckpt),
+    )
+
+
+def _start_wandb(ts: Any, preset: Any) -> Any:
+    """A Weights & Biases run mirroring the trainer's TensorBoard logs (``trainer.wandb``)."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ValueError(
+            "trainer.wandb = true needs the wandb package: pip install wandb (then wandb login)"
+        ) from e
+    return wandb.init(
+        project="trackmaster",
+        name=f"dist-{ts.run_dir.name}",
+        config=preset.to_dict(),
+        sync_tensorboard=True,
+        dir=str(ts.run_dir),
     )

@@ -129,6 +129,7 @@ class RichProgress(BaseCallback):
         self.evaluator = evaluator
         self.task = progress.add_task("training", total=total, info="")
         self._last = 0.0
+        self._last_line = 0.0
         self._t0 = time.perf_counter()
         self._steps0 = 0
 
@@ -157,6 +158,12 @@ class RichProgress(BaseCallback):
                 f"eval lap {ev.lap_time:.3f} s" if ev.finished else f"eval {ev.progress:.0%}"
             )
         self.progress.update(self.task, completed=self.num_timesteps, info=" · ".join(parts))
+        console = self.progress.console
+        now = time.perf_counter()
+        if not console.is_terminal and now - self._last_line >= 30.0:
+            # a log file or a pipe shows no live bar: a line every 30 s instead
+            self._last_line = now
+            console.print(f"{self.num_timesteps:,} steps · " + " · ".join(parts), highlight=False)
 
 
 def _summary(console: Console, result: Any) -> None:
