@@ -34,7 +34,7 @@ def _nudge(module: torch.nn.Module) -> None:
             p.add_(0.05 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("name", ["lidar-sac", "images-sac"])
+@pytest.mark.parametrize("name", ["lidar-sac", "images-sac", "lidar-crossq"])
 def test_actor_only_weights_act_like_the_model_and_follow_updates(name: str) -> None:
     model, obs = _model(name)
     full, _ = policy_to_bytes(model)

@@ -21,6 +21,7 @@ SHIPPED = [
     "images-ppo",
     "images-sac",
     "images-vit-ppo",
+    "lidar-crossq",
     "lidar-redq",
     "lidar-sac",
     "lidar-tqc",

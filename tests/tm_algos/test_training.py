@@ -32,6 +32,7 @@ from tm_algos.callbacks import (
     EvalRecord,
 )
 from tm_algos.checkpoint import STATE_NAME, latest_checkpoint
+from tm_algos.crossq import DictCrossQ
 from tm_algos.evaluation import evaluate
 from tm_algos.export import load_policy
 from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
@@ -108,6 +109,7 @@ EXPECTED: dict[str, tuple[type, str, type]] = {
     "images-ppo": (PPO, "MultiInputActorCriticPolicy", TMCNNExtractor),
     "images-sac": (FastImageSAC, "FastSACPolicy", TMCNNExtractor),
     "images-vit-ppo": (PPO, "MultiInputActorCriticPolicy", TMViTExtractor),
+    "lidar-crossq": (DictCrossQ, "CrossQPolicy", TMLidarExtractor),
     "lidar-redq": (REDQ, "MultiInputPolicy", TMLidarExtractor),
     "lidar-sac": (SAC, "MultiInputPolicy", TMLidarExtractor),
     "lidar-tqc": (TQC, "MultiInputPolicy", TMLidarExtractor),
@@ -134,7 +136,7 @@ def test_every_preset_builds_its_model(name: str) -> None:
         assert type(model.policy).__name__ == policy_name
         extractors = [m for m in model.policy.modules() if isinstance(m, extractor)]
         assert extractors, f"{name}: no {extractor.__name__} in the policy"
-        if preset.algo.name in ("sac", "tqc", "redq", "fast_sac"):
+        if preset.algo.name in ("sac", "tqc", "redq", "fast_sac", "crossq"):
             buffer = cast(Any, model).replay_buffer
             assert isinstance(buffer, FrameStackReplayBuffer)
             assert buffer.frame_key == ("images" if preset.env.obs_type == "images" else "lidar")

@@ -9,6 +9,7 @@ Modules (import what you need; importing ``tm_algos`` itself loads nothing heavy
 * :mod:`tm_algos.export` — policies as safetensors + JSON, loaded without pickle.
 * :mod:`tm_algos.redq` — ``REDQ`` (REDQ-SAC: N critics, random-subset minimum target, several
   critic updates per actor update) as an SB3 algorithm.
+* :mod:`tm_algos.crossq` — ``DictCrossQ``: sb3-contrib's CrossQ on Dict observations.
 * :mod:`tm_algos.fast_sac` — ``FastImageSAC``: one CNN trained by the critics, ≈6× SB3's image SAC.
 * :mod:`tm_algos.presets` / :mod:`tm_algos.factory` — TOML presets and the models they build.
 * :mod:`tm_algos.training`, :mod:`tm_algos.callbacks` — what ``tm-train`` runs.

@@ -40,6 +40,7 @@ from sb3_contrib.common.recurrent.policies import (
     RecurrentActorCriticPolicy,
     RecurrentMultiInputActorCriticPolicy,
 )
+from sb3_contrib.crossq.policies import CrossQPolicy
 from sb3_contrib.tqc import policies as tqc_policies
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -59,6 +60,7 @@ from stable_baselines3.sac import policies as sac_policies
 from torch import nn
 
 from tm_algos import __version__
+from tm_algos.crossq import DictCrossQ
 from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
 from tm_algos.fast_sac import FastImageSAC, FastSACPolicy
 from tm_algos.loaded_policy import LoadedPolicy, PolicyFileError
@@ -88,13 +90,14 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "SAC": SAC,
     "REDQ": REDQ,
     "FastImageSAC": FastImageSAC,
+    "DictCrossQ": DictCrossQ,
     "TQC": TQC,
     "PPO": PPO,
     "RecurrentPPO": RecurrentPPO,
 }
 """Algorithms whose policies can be exported, by name."""
 
-SQUASHED_GAUSSIAN = {"SAC", "REDQ", "FastImageSAC", "TQC"}
+SQUASHED_GAUSSIAN = {"SAC", "REDQ", "FastImageSAC", "DictCrossQ", "TQC"}
 """Algorithms whose deterministic action is the tanh of the Gaussian mean."""
 
 POLICY_CLASSES: dict[str, dict[str, type[BasePolicy]]] = {
@@ -109,6 +112,7 @@ POLICY_CLASSES: dict[str, dict[str, type[BasePolicy]]] = {
         "MultiInputPolicy": sac_policies.MultiInputPolicy,
     },
     "FastImageSAC": {"FastSACPolicy": FastSACPolicy},
+    "DictCrossQ": {"CrossQPolicy": CrossQPolicy},
     "TQC": {
         "MlpPolicy": tqc_policies.MlpPolicy,
         "CnnPolicy": tqc_policies.CnnPolicy,

@@ -82,13 +82,17 @@ def algorithm_class(name: str) -> type[BaseAlgorithm]:
         from tm_algos.redq import REDQ
 
         return REDQ
+    if name == "crossq":
+        from tm_algos.crossq import DictCrossQ
+
+        return DictCrossQ
     if name == "fast_sac":
         from tm_algos.fast_sac import FastImageSAC
 
         return FastImageSAC
     raise PresetError(
         f"algorithm {name!r} is unknown; expected one of "
-        "['sac', 'tqc', 'redq', 'fast_sac', 'ppo', 'recurrent_ppo']"
+        "['sac', 'tqc', 'redq', 'fast_sac', 'crossq', 'ppo', 'recurrent_ppo']"
     )
 
 
@@ -180,10 +184,18 @@ def make_model(
     """A fresh, untrained model of ``preset`` on ``env``."""
     name = preset.algo.name
     cls = algorithm_class(name)
-    policy = "MultiInputLstmPolicy" if name == "recurrent_ppo" else "MultiInputPolicy"
+    policy: Any = "MultiInputLstmPolicy" if name == "recurrent_ppo" else "MultiInputPolicy"
     hyper = dict(preset.algo.hyperparameters)
     extra: dict[str, Any] = {}
-    if name in ("sac", "tqc", "redq", "fast_sac") and "replay_buffer_class" not in hyper:
+    if name == "crossq":  # CrossQ has no "MultiInputPolicy" name: its class takes Dict spaces
+        from sb3_contrib.crossq.policies import CrossQPolicy
+
+        from tm_algos.crossq import CrossQFrameStackReplayBuffer
+
+        policy = CrossQPolicy
+        extra["replay_buffer_class"] = CrossQFrameStackReplayBuffer
+        extra["replay_buffer_kwargs"] = {"frame_key": _FRAME_KEYS[preset.env.obs_type]}
+    elif name in ("sac", "tqc", "redq", "fast_sac") and "replay_buffer_class" not in hyper:
         frame_key = _FRAME_KEYS[preset.env.obs_type]
         extra["replay_buffer_class"] = FrameStackReplayBuffer
         extra["replay_buffer_kwargs"] = {"frame_key": frame_key}

@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "lidar-sac"
-ALGORITHMS = ("sac", "tqc", "redq", "fast_sac", "ppo", "recurrent_ppo")
+ALGORITHMS = ("sac", "tqc", "redq", "fast_sac", "crossq", "ppo", "recurrent_ppo")
 OBS_TYPES = ("images", "lidar", "lidar_progress")  # tm_gym.envs.settings.OBS_TYPES
-OFF_POLICY = ("sac", "tqc", "redq", "fast_sac")
+OFF_POLICY = ("sac", "tqc", "redq", "fast_sac", "crossq")
 
 
 class PresetError(ValueError):
@@ -106,6 +106,10 @@ _OFF_POLICY_HP: dict[str, tuple[Check, str]] = {
 _HYPERPARAMETERS: dict[str, dict[str, tuple[Check, str]]] = {
     "sac": _OFF_POLICY_HP,
     "fast_sac": _OFF_POLICY_HP,
+    "crossq": {  # no target networks, hence no tau
+        **{k: v for k, v in _OFF_POLICY_HP.items() if k not in ("tau", "target_update_interval")},
+        "policy_delay": (_int(1), "a positive integer (critic updates per actor update)"),
+    },
     "tqc": {
         **_OFF_POLICY_HP,
         "top_quantiles_to_drop_per_net": (_int(0), "an integer >= 0"),
@@ -147,6 +151,7 @@ _POLICY_KWARGS_OF: dict[str, tuple[str, ...]] = {
     "sac": ("n_critics", "share_features_extractor", "log_std_init", "use_sde"),
     "tqc": ("n_critics", "n_quantiles", "share_features_extractor", "log_std_init", "use_sde"),
     "redq": ("n_critics", "share_features_extractor", "log_std_init"),
+    "crossq": ("n_critics", "log_std_init"),
     "fast_sac": (
         "n_critics",
         "share_features_extractor",
