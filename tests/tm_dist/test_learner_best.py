@@ -49,6 +49,7 @@ def test_best_test_lap_saves_the_weights_that_drove_it(tmp_path: Path) -> None:
         assert newer.version == 1
         rollout.offer(newer)
         v1_episode = list(rollout.episode())
+        v1_again = list(rollout.episode())  # another episode with the same weights
     finally:
         rollout.close()
 
@@ -64,7 +65,7 @@ def test_best_test_lap_saves_the_weights_that_drove_it(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "best" / "evaluation.json").read_text())["lap_time"] == 45.0
     np.testing.assert_allclose(load_policy(tmp_path / "best").act(obs), a_best)
 
-    for chunk in _as_test_lap(v1_episode, 41.0):  # faster: version 1's weights replace it
+    for chunk in _as_test_lap(v1_again, 41.0):  # faster: version 1's weights replace it
         learner.ingest(chunk)
     saved = json.loads((tmp_path / "best" / "evaluation.json").read_text())
     assert (saved["weights_version"], saved["lap_time"]) == (1, 41.0)
@@ -72,3 +73,28 @@ def test_best_test_lap_saves_the_weights_that_drove_it(tmp_path: Path) -> None:
     np.testing.assert_allclose(load_policy(tmp_path / "best").act(obs), now, atol=1e-6)
     assert not np.allclose(a_best, now)
     assert learner.stats.best_test_lap == 41.0
+
+
+def test_resent_chunks_are_counted_once(tmp_path: Path) -> None:
+    """After a reconnection a link resends what the relay never acknowledged: no double data."""
+    torch.set_num_threads(1)
+    preset = apply_overrides(load_preset("lidar-sac"), TINY)
+    learner = Learner(preset, tmp_path, tensorboard=False, device="cpu", seed=0)
+    rollout = Rollout("w", test_every=10**6, chunk_steps=5, seed=1)
+    try:
+        rollout.offer(learner.weights())
+        first = list(rollout.episode())
+        second = list(rollout.episode())
+    finally:
+        rollout.close()
+    assert len(first) >= 3 and first[0].episode != second[0].episode
+    n_first = sum(c.n_steps for c in first)
+    # a chunk resent mid-episode, then the whole episode resent after it was complete
+    stream = [first[0], first[1], first[1], *first[2:], *first]
+    added = sum(learner.ingest(c) for c in stream)
+    assert added == n_first == learner.stats.env_steps
+    assert learner.stats.episodes == 1
+    assert learner.stats.duplicate_chunks == 1 + len(first)
+    assert learner.stats.dropped_episodes == 0
+    assert sum(learner.ingest(c) for c in second) == sum(c.n_steps for c in second)
+    assert learner.stats.episodes == 2

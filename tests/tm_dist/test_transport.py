@@ -294,6 +294,36 @@ def test_links_reconnect_after_relay_restart(closing: Callable[[Any], Any]) -> N
     assert worker.stats().authentications == 2
 
 
+def test_unacknowledged_messages_are_resent_after_a_relay_crash(
+    closing: Callable[[Any], Any],
+) -> None:
+    first = closing(RelayServer(PASSWORD, port=0, **PLAIN).start())
+    port, pid = first.port, first.pid
+    assert pid is not None
+    trainer = _link(closing, port, "trainers")
+    worker = _link(closing, port, "workers")
+    worker.send("trainers", "before")
+    assert trainer.receive(timeout=10) == "before"
+    os.kill(pid, signal.SIGSTOP)  # frozen: it takes the bytes in and acknowledges nothing
+    try:
+        sent = [f"episode chunk {i}" for i in range(20)]
+        for item in sent:
+            worker.send("trainers", item)
+        time.sleep(0.5)  # they have left the worker's process, unacknowledged
+    finally:
+        os.kill(pid, signal.SIGKILL)  # the relay dies with them
+    _wait_for(lambda: not worker.connected and not trainer.connected)
+    closing(RelayServer(PASSWORD, port=port, **PLAIN).start())
+    got: set[Any] = set()
+    deadline = time.monotonic() + 20
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        try:
+            got.add(trainer.receive(timeout=1))
+        except TimeoutError:
+            continue
+    assert got == set(sent)  # at least once each; the trainer drops duplicates itself
+
+
 # ------------------------------------------------------------------------------ TLS
 
 

@@ -103,6 +103,7 @@ class LearnerStats:
     last_progress: float | None = None
     last_test: dict[str, Any] | None = None
     episodes_by_worker: dict[str, int] = field(default_factory=dict)
+    duplicate_chunks: int = 0
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Learner:
         self.version = 0
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._history: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._done: dict[tuple[str, int], None] = {}  # recently completed episodes, in order
         self._last_broadcast = -(10**18)
         self._last_checkpoint = 0
         self._t0 = time.perf_counter()
@@ -173,13 +175,15 @@ class Learner:
     def ingest(self, chunk: EpisodeChunk) -> int:
         """Take one chunk; returns the number of transitions that entered the buffer."""
         key = (chunk.worker, chunk.episode)
+        if key in self._done:
+            self.stats.duplicate_chunks += 1  # resent after a reconnection: already have it
+            return 0
         pending = self._pending.get(key)
-        if pending is not None and chunk.chunk == 0:
-            # a new start for a key still in flight: the worker restarted under the same name
-            # (its episode counter began again) and the old episode will never be completed
-            del self._pending[key]
-            self.stats.dropped_episodes += 1
-            pending = None
+        if pending is not None and chunk.chunk < len(pending.chunks):
+            # a chunk we already have, resent after a reconnection (episode ids are unique per
+            # worker process, so this is never a new episode)
+            self.stats.duplicate_chunks += 1
+            return 0
         if pending is None:
             if chunk.chunk != 0:
                 # its start was lost (a restart of the server or of this trainer): drop it
@@ -211,6 +215,9 @@ class Learner:
             self._evict_idle(pending.last_seen)
             return 0
         del self._pending[key]
+        self._done[key] = None
+        while len(self._done) > 100_000:
+            self._done.pop(next(iter(self._done)))
         return self._commit(chunk, pending)
 
     def _evict_idle(self, now: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,9 @@ class Rollout:
         self._newest: Weights | None = None
         self.episodes = 0
         self.rejected_weights = 0
+        # episode ids unique to this process: a worker restarted under the same name never
+        # reuses the ids of episodes the trainer already has (it drops repeats as duplicates)
+        self._episode_base = secrets.randbits(30) << 32
 
     # -- weights -----------------------------------------------------------------------------
 
@@ -182,7 +186,8 @@ class Rollout:
             done = bool(terminated or truncated)
             payload = encoder.step(action, float(reward), bool(terminated), bool(truncated), obs)
             if payload is not None:
-                yield self._chunk(index, chunk_no, payload, steps, done, test, total, info)
+                episode_id = self._episode_base + index
+                yield self._chunk(episode_id, chunk_no, payload, steps, done, test, total, info)
                 chunk_no += 1
                 steps = 0
             if done:

@@ -61,9 +61,33 @@ class LinkProtocol(ClientProtocol):
             elif self._hello_stamp is not None and not self._authenticated:
                 status.add(Slot.PASSWORD_REJECTS)
                 status.note("the relay closed the connection right after receiving the password")
-        self._link.pending_acks.clear()  # they can never come on a new connection
+        self._requeue_unacknowledged()
         status.set(Slot.STATE, LinkState.DISCONNECTED)
         super().connectionLost(reason)
+
+    def _requeue_unacknowledged(self) -> None:
+        """Messages the relay never acknowledged go out again after the reconnection.
+
+        Their acknowledgements can never come on a new connection; the messages themselves may
+        or may not have reached the relay, so they are sent again (at least once: the trainer
+        drops the duplicates it gets).
+        """
+        pending = self._link.pending_acks
+        again: list[tuple[str, Any, Any]] = []
+        skip = HEADER_SIZE + len(self._link.password.encode("utf-8"))
+        for stamp in sorted(pending):
+            frame = pending[stamp][1]
+            try:
+                _stamp, cmd, dest, obj = self._link.deserializer(frame[skip:])
+            except Exception:  # our own frame: cannot happen, but never crash the reactor
+                logger.warning("link could not re-read an unacknowledged message; dropped")
+                continue
+            if cmd == "OBJ":  # HELLO and NTF are sent afresh on every connection
+                again.append((cmd, dest, obj))
+        pending.clear()
+        if again:
+            logger.info("link will resend %d unacknowledged message(s)", len(again))
+            self._link.store[:0] = again
 
     def _kill(self, why: str) -> None:
         self._link.status.add(Slot.FRAME_REJECTS)
