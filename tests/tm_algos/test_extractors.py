@@ -311,16 +311,19 @@ def _run(algo: str, obs_type: str, arch: str, kwargs: dict[str, Any], *marks: An
     return pytest.param(algo, obs_type, arch, kwargs, marks=marks, id=f"{algo}-{obs_type}-{arch}")
 
 
-RUNS = [
-    _run("SAC", "images", "small", {"features_dim": 64, "augment_shift": 4}),
-    _run("SAC", "lidar", "mlp", {"hidden": (64, 64)}),
+EXTRACTOR_CASES = [  # (obs_type, arch, kwargs): every extractor, kept tiny
+    ("lidar", "mlp", {"hidden": (64,)}),
+    ("images", "small", {"features_dim": 32}),
+    ("images", "tmrl", {"features_dim": 32}),
+    ("images", "vit", {"dim": 32, "depth": 1, "heads": 2}),
+]
+RUNS = [  # each extractor with each algorithm, plus two variants
+    _run(algo, obs_type, arch, kwargs)
+    for algo in ALGOS
+    for obs_type, arch, kwargs in EXTRACTOR_CASES
+] + [
+    _run("SAC", "images", "small", {"features_dim": 32, "augment_shift": 4}),
     _run("TQC", "lidar_progress", "mlp", {"hidden": (64,)}),
-    _run("TQC", "images", "small", {"features_dim": 64}),
-    _run("CrossQ", "lidar", "mlp", {"hidden": (64,)}),
-    _run("CrossQ", "images", "small", {"features_dim": 32}),
-    _run("PPO", "images", "vit", {"dim": 32, "depth": 1, "heads": 2}),
-    _run("PPO", "lidar", "mlp", {"hidden": (64,)}),
-    _run("RecurrentPPO", "images", "small", {"features_dim": 64}),
 ]
 
 
