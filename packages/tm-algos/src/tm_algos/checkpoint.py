@@ -15,13 +15,12 @@ deserializer, which executes whatever the file asks for. A checkpoint written by
   ``meta``, and the size and SHA-256 of each other file;
 * ``replay_buffer.npz`` (off-policy algorithms): every array of the replay buffer (SB3's
   ``ReplayBuffer``, ``DictReplayBuffer``, :class:`~tm_algos.buffers.FrameStackReplayBuffer` with
-  its frame ring and episode bookkeeping), plain numeric arrays only: object arrays are
-  refused when saving and when loading, before NumPy reads them (and NumPy's ``np.load``
-  refuses them too by default).
+  its frame ring and episode bookkeeping), numeric arrays only: object arrays are refused
+  when saving and loading, before NumPy reads them.
 
-The files are written into a hidden sibling directory, flushed to disk, then renamed into
-place, so a reader never sees half a checkpoint. :func:`load_checkpoint` restores into a model
-built with the same settings, and checks every file before changing anything.
+Files go into a hidden sibling directory, are flushed, then renamed into place: a reader
+never sees half a checkpoint. :func:`load_checkpoint` restores into a model built with the
+same settings, checking every file first; :func:`prune_checkpoints` keeps the newest ones.
 
 >>> from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 >>> save_checkpoint(model, "runs/sac/ckpt/step_0010000", meta={"run": "sac"})  # doctest: +SKIP
@@ -82,6 +81,7 @@ __all__ = [
     "CheckpointError",
     "latest_checkpoint",
     "load_checkpoint",
+    "prune_checkpoints",
     "save_checkpoint",
 ]
 
@@ -353,22 +353,28 @@ def _check_file(path: Path, name: str, expected: Any, *, hash_it: bool) -> None:
 
 
 def latest_checkpoint(root_dir: str | os.PathLike[str]) -> Path | None:
-    """The complete checkpoint directly under ``root_dir`` with the most timesteps (the most
-    recently saved among equals), or None when there is none (or ``root_dir`` does not exist).
+    """The complete checkpoint under ``root_dir`` with the most timesteps (the latest saved
+    among equals); None if there is none or ``root_dir`` does not exist."""
+    done = _complete(root_dir)
+    return done[-1] if done else None
 
-    Complete: ``state.json`` is readable and every file it names is there with its size
-    (SHA-256 sums are checked by :func:`load_checkpoint`). Hidden directories (the temporary
-    ones of a save in progress) are skipped.
-    """
+
+def prune_checkpoints(root_dir: str | os.PathLike[str], keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints under ``root_dir``."""
+    for old in _complete(root_dir)[: -keep if keep > 0 else None]:
+        shutil.rmtree(old)
+
+
+def _complete(root_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoints under ``root_dir`` whose files are all there with their sizes, oldest first."""
     root = Path(root_dir)
     if not root.exists():
-        return None
+        return []
     if not root.is_dir():
         raise CheckpointError(
             f"root_dir={str(root)!r} is a file; pass the directory holding checkpoint folders"
         )
-    best: tuple[Any, ...] | None = None
-    found: Path | None = None
+    found: list[tuple[tuple[Any, ...], Path]] = []
     for child in root.iterdir():
         if child.name.startswith(".") or not child.is_dir():
             continue
@@ -377,13 +383,10 @@ def latest_checkpoint(root_dir: str | os.PathLike[str]) -> Path | None:
             for name, expected in state["files"].items():
                 _check_file(child, str(name), expected, hash_it=False)
             steps = int(state["counters"]["num_timesteps"])
-            key = (steps, int(state.get("saved_at_ns", 0)), child.name)
+            found.append(((steps, int(state.get("saved_at_ns", 0)), child.name), child))
         except (CheckpointError, KeyError, TypeError, ValueError, OSError) as e:
             logger.debug("skipping %s: %s", child, e)
-            continue
-        if best is None or key > best:
-            best, found = key, child
-    return found
+    return [path for _, path in sorted(found)]
 
 
 def load_checkpoint(

@@ -37,7 +37,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from tm_algos.callbacks import CheckpointCallback, EpisodeStatsCallback, EvalCallback, EvalRecord
-from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tm_algos.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tm_algos.export import export_policy
 from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
 from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_dict
@@ -217,7 +222,7 @@ class Trainer:
                 self.run_dir / "evaluations.json",
                 [r.to_dict() for r in self.evaluator.records],
             )
-        self._prune_checkpoints(keep=3)
+        prune_checkpoints(self.run_dir / "checkpoints", keep=3)
         return ckpt
 
     def env_settings(self) -> dict[str, Any]:
@@ -234,14 +239,6 @@ class Trainer:
                 continue
             out[key] = value
         return out
-
-    def _prune_checkpoints(self, keep: int) -> None:
-        root = self.run_dir / "checkpoints"
-        done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-        for old in done[:-keep]:
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
 
     def _on_new_best(self, record: EvalRecord) -> None:
         export_policy(self.model, self.run_dir / "best", env_settings=self.env_settings())

@@ -32,7 +32,12 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tm_algos.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tm_algos.export import describe_policy, export_policy, write_policy
 from tm_algos.factory import env_kwargs_of, make_model
 from tm_algos.policy_bytes import policy_to_bytes
@@ -404,12 +409,7 @@ class Learner:
         export_policy(
             self.model, self.run_dir / "policy", env_settings=dataclasses.asdict(self.settings)
         )
-        root = self.run_dir / "checkpoints"
-        done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-        for old in done[:-2]:
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+        prune_checkpoints(self.run_dir / "checkpoints", keep=2)
         return path
 
     def _resume(self) -> None:
