@@ -36,17 +36,6 @@ __all__ = ["main"]
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
-def _kv(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
-    try:
-        parsed: Any = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key, parsed
-
-
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -85,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="env_kwargs",
         action="append",
         default=[],
-        type=_kv,
         metavar="KEY=VALUE",
         help="environment keyword argument, e.g. track=technical",
     )
@@ -206,7 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.add_row(name, load_preset(name).description)
         out.print(table)
         return EXIT_OK
+    from tm_algos.cli.eval import CLIError, parse_env_kwargs
     from tm_algos.training import RunDirError, TrainConfig, Trainer
+
+    try:
+        env_kwargs = parse_env_kwargs(args.env_kwargs)
+    except CLIError as exc:
+        err.print(f"[red]tm-train:[/red] {exc}")
+        return EXIT_USAGE
 
     overrides = list(args.overrides)
     if args.env_id:
@@ -217,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset=args.preset,
         run_dir=run_dir,
         overrides=tuple(overrides),
-        env_kwargs=dict(args.env_kwargs),
+        env_kwargs=env_kwargs,
         n_envs=args.n_envs,
         seed=args.seed,
         device=args.device,
