@@ -1,7 +1,9 @@
 """Exceptions raised by tm_gym.
 
 One flat hierarchy: every error the library raises on purpose derives from :class:`TMGymError`,
-so a caller can catch them all at once. Messages state the value received, what was expected and
+so a caller can catch them all at once. :class:`TrackMasterError` is one floor lower: the root of
+every error raised on purpose by any TrackMaster package (tm-gym, tm-algos, tm-dist), which is
+what the command-line tools catch. Messages state the value received, what was expected and
 how to fix it.
 """
 
@@ -16,13 +18,22 @@ __all__ = [
     "InvalidActionError",
     "RecordingFormatError",
     "TMGymError",
+    "TrackMasterError",
     "TelemetryError",
     "TrackFormatError",
     "TrajectoryFormatError",
 ]
 
 
-class TMGymError(Exception):
+class TrackMasterError(Exception):
+    """Root of every error raised on purpose by tm_gym, tm_algos and tm_dist.
+
+    Each package has its own base below it (:class:`TMGymError`, ``tm_algos.errors.TMAlgosError``,
+    ``tm_dist.errors.TMDistError``); catch this one to handle them all.
+    """
+
+
+class TMGymError(TrackMasterError):
     """Base class of every error raised on purpose by tm_gym."""
 
 
