@@ -178,8 +178,8 @@ class Rule:
         if kind == "bool":
             ok = isinstance(value, bool)
         elif kind in ("int", "float"):
-            types: tuple[type, ...] = (int,) if kind == "int" else (int, float)
-            ok = not isinstance(value, bool) and isinstance(value, types) and self._in_range(value)
+            number = isinstance(value, int) or (kind == "float" and isinstance(value, float))
+            ok = number and not isinstance(value, bool) and self._in_range(value)
             value = float(value) if ok and kind == "float" else value
         elif kind == "path":
             ok = isinstance(value, str | os.PathLike) and bool(str(value).strip())
@@ -360,7 +360,7 @@ def parse_value(text: str, where: str, error: type[ConfigError] = ConfigError) -
         if _BARE_WORD.fullmatch(t):
             return t
         raise error(
-            f"{where}: {text!r} is not a TOML value (e.g. 1e-4, 256, true, \"text\", [64, 64]); "
+            f'{where}: {text!r} is not a TOML value (e.g. 1e-4, 256, true, "text", [64, 64]); '
             "quote strings that contain spaces or symbols."
         ) from None
 
@@ -432,7 +432,9 @@ def env_layer(
             continue
         if name not in known:
             names = ", ".join([*reserved, *known])
-            raise error(f"unknown environment variable {name}; known: {names}. Unset it or fix its name.")
+            raise error(
+                f"unknown environment variable {name}; known: {names}. Unset it or fix its name."
+            )
         section, key = known[name]
         out[section][key] = sections[section][key].parse(
             env[name], f"{section}.{key} (from ${name})", error
