@@ -132,7 +132,7 @@ def test_overrides_are_typed() -> None:
             r"learning_rate = -1: expected a float in \(0, 1\]",
         ),
         ("algo.hyperparameters.batch_size=true", "batch_size = True: expected an integer >= 2"),
-        ("algo.hyperparameters.gamma=[1, 2", "the value is not TOML"),
+        ("algo.hyperparameters.gamma=[1, 2", "is not a TOML value"),
         (
             "algo.hyperparameters.ent_coef=automatic",
             "ent_coef = 'automatic': expected a positive float, 'auto'",
@@ -140,7 +140,7 @@ def test_overrides_are_typed() -> None:
         ("env.obs_type=pixels", "env.obs_type = 'pixels': expected one of"),
         ("envs.id=x", "'envs' is not a table of the preset"),
         ("policy.kwargs.lstm_hidden_size=8", "no key 'lstm_hidden_size' in policy.kwargs"),
-        ("no-equals-sign", "expected 'dotted.key=value'"),
+        ("no-equals-sign", "is not 'dotted.key=value'"),
     ],
 )
 def test_bad_overrides_are_explained(override: str, message: str) -> None:

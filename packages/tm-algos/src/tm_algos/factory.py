@@ -1,8 +1,9 @@
 """Environments and models built from a :class:`~tm_algos.presets.Preset`.
 
-A preset names its algorithm (``"sac"``, ``"tqc"``, ``"redq"``, ``"fast_sac"``, ``"ppo"``,
-``"recurrent_ppo"``) and its feature extractor by short names; this module turns them into an
-SB3 / sb3-contrib model with the matching policy, extractor and replay buffer:
+A preset names its algorithm (``"sac"``, ``"tqc"``, ``"redq"``, ``"fast_sac"``, ``"crossq"``,
+``"ppo"``, ``"recurrent_ppo"``) and its feature extractor by short names, all listed in
+:mod:`tm_algos.registry`; this module turns them into an SB3 / sb3-contrib model with the
+matching policy, extractor and replay buffer:
 
 >>> from tm_algos.factory import make_model, make_vec_env
 >>> from tm_algos.presets import load_preset
@@ -10,8 +11,9 @@ SB3 / sb3-contrib model with the matching policy, extractor and replay buffer:
 >>> env = make_vec_env(preset, seed=0)
 >>> model = make_model(preset, env, seed=0)
 
-Off-policy algorithms store transitions in :class:`~tm_algos.buffers.FrameStackReplayBuffer`
-(each frame or LIDAR scan once) unless the preset says otherwise.
+Off-policy algorithms store transitions in the replay buffer their registry entry names:
+:class:`~tm_algos.buffers.FrameStackReplayBuffer` (each frame or LIDAR scan once), or its
+CrossQ variant.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from torch import nn
 
-from tm_algos.buffers import FrameStackReplayBuffer
+from tm_algos.errors import InvalidValueError
 from tm_algos.extractors import policy_kwargs_for
 from tm_algos.presets import Preset, PresetError
+from tm_algos.registry import (
+    ACTIVATIONS,
+    ALGORITHMS,
+    EXTRACTORS,
+    AlgorithmSpec,
+    activation_class,
+)
 
 __all__ = [
     "EXTRACTORS",
@@ -39,61 +47,19 @@ __all__ = [
     "policy_kwargs_of",
 ]
 
-EXTRACTORS: Mapping[str, tuple[str, str]] = {
-    # preset name → (observation family, policy_kwargs_for arch)
-    "lidar-mlp": ("lidar", "mlp"),
-    "cnn-small": ("images", "small"),
-    "cnn-tmrl": ("images", "tmrl"),
-    "vit": ("images", "vit"),
-}
-"""Feature extractor names a preset may use."""
-
-_ACTIVATIONS: Mapping[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-}
-
 _FRAME_KEYS = {"images": "images", "lidar": "lidar", "lidar_progress": "lidar"}
+
+
+def _spec(name: str) -> AlgorithmSpec:
+    spec = ALGORITHMS.get(name)
+    if spec is None:
+        raise PresetError(f"algorithm {name!r} is unknown; expected one of {list(ALGORITHMS)}")
+    return spec
 
 
 def algorithm_class(name: str) -> type[BaseAlgorithm]:
     """The SB3 / sb3-contrib / tm-algos class of the algorithm ``name`` (imported lazily)."""
-    if name == "sac":
-        from stable_baselines3 import SAC
-
-        return SAC
-    if name == "ppo":
-        from stable_baselines3 import PPO
-
-        return PPO
-    if name == "tqc":
-        from sb3_contrib import TQC
-
-        return TQC
-    if name == "recurrent_ppo":
-        from sb3_contrib import RecurrentPPO
-
-        return RecurrentPPO
-    if name == "redq":
-        from tm_algos.redq import REDQ
-
-        return REDQ
-    if name == "crossq":
-        from tm_algos.crossq import DictCrossQ
-
-        return DictCrossQ
-    if name == "fast_sac":
-        from tm_algos.fast_sac import FastImageSAC
-
-        return FastImageSAC
-    raise PresetError(
-        f"algorithm {name!r} is unknown; expected one of "
-        "['sac', 'tqc', 'redq', 'fast_sac', 'crossq', 'ppo', 'recurrent_ppo']"
-    )
+    return _spec(name).load()
 
 
 def env_kwargs_of(preset: Preset, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -132,7 +98,7 @@ def make_vec_env(
 
     n = preset.env.n_envs if n_envs is None else n_envs
     if n < 1:
-        raise ValueError(f"n_envs={n!r}: expected a positive integer")
+        raise InvalidValueError(f"n_envs={n!r}: expected a positive integer")
     kwargs = env_kwargs_of(preset, env_kwargs)
     fns = [_env_factory(preset.env.id, kwargs, seed, i) for i in range(n)]
     if subprocess and n > 1:
@@ -155,10 +121,10 @@ def policy_kwargs_of(preset: Preset) -> dict[str, Any]:
             f"{preset.source}: policy.extractor = {pol.extractor!r} reads {family} "
             f"observations but env.obs_type = {obs_type!r}; pick a matching extractor"
         )
-    if pol.activation not in _ACTIVATIONS:
+    if pol.activation not in ACTIVATIONS:
         raise PresetError(
             f"{preset.source}: policy.activation = {pol.activation!r}; expected one of "
-            f"{sorted(_ACTIVATIONS)}"
+            f"{sorted(ACTIVATIONS)}"
         )
     kwargs = policy_kwargs_for(obs_type, arch, **dict(pol.extractor_kwargs))
     arch_spec = pol.net_arch
@@ -167,7 +133,7 @@ def policy_kwargs_of(preset: Preset) -> dict[str, Any]:
         if isinstance(arch_spec, tuple)
         else {k: list(v) for k, v in arch_spec.items()}
     )
-    kwargs["activation_fn"] = _ACTIVATIONS[pol.activation]
+    kwargs["activation_fn"] = activation_class(pol.activation)
     kwargs.update(dict(pol.kwargs))
     return kwargs
 
@@ -182,25 +148,15 @@ def make_model(
     verbose: int = 0,
 ) -> BaseAlgorithm:
     """A fresh, untrained model of ``preset`` on ``env``."""
-    name = preset.algo.name
-    cls = algorithm_class(name)
-    policy: Any = "MultiInputLstmPolicy" if name == "recurrent_ppo" else "MultiInputPolicy"
-    hyper = dict(preset.algo.hyperparameters)
+    spec = _spec(preset.algo.name)
+    cls = spec.load()
     extra: dict[str, Any] = {}
-    if name == "crossq":  # CrossQ has no "MultiInputPolicy" name: its class takes Dict spaces
-        from sb3_contrib.crossq.policies import CrossQPolicy
-
-        from tm_algos.crossq import CrossQFrameStackReplayBuffer
-
-        policy = CrossQPolicy
-        extra["replay_buffer_class"] = CrossQFrameStackReplayBuffer
+    buffer_class = spec.load_replay_buffer()
+    if buffer_class is not None:
+        extra["replay_buffer_class"] = buffer_class
         extra["replay_buffer_kwargs"] = {"frame_key": _FRAME_KEYS[preset.env.obs_type]}
-    elif name in ("sac", "tqc", "redq", "fast_sac") and "replay_buffer_class" not in hyper:
-        frame_key = _FRAME_KEYS[preset.env.obs_type]
-        extra["replay_buffer_class"] = FrameStackReplayBuffer
-        extra["replay_buffer_kwargs"] = {"frame_key": frame_key}
     return cls(
-        policy,
+        spec.load_policy(),
         env,
         policy_kwargs=policy_kwargs_of(preset),
         seed=seed,
@@ -208,5 +164,5 @@ def make_model(
         tensorboard_log=tensorboard_log,
         verbose=verbose,
         **extra,
-        **hyper,
+        **dict(preset.algo.hyperparameters),
     )

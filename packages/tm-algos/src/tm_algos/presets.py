@@ -15,10 +15,8 @@ True
 
 from __future__ import annotations
 
-import math
-import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,9 +28,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from tm_algos.errors import TMAlgosError
+from tm_algos.registry import ACTIVATIONS, ALGORITHMS, Check, algorithm
+from tm_gym.core.config import ConfigError, Rule, parse_assignment
+
+OBS_TYPES = ("images", "lidar", "lidar_progress")  # tm_gym.envs.settings.OBS_TYPES
+
 __all__ = [
-    "ALGORITHMS",
     "DEFAULT_PRESET",
+    "OBS_TYPES",
     "AlgoSpec",
     "EnvSpec",
     "PolicySpec",
@@ -45,132 +49,66 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "lidar-sac"
-ALGORITHMS = ("sac", "tqc", "redq", "fast_sac", "crossq", "ppo", "recurrent_ppo")
-OBS_TYPES = ("images", "lidar", "lidar_progress")  # tm_gym.envs.settings.OBS_TYPES
-OFF_POLICY = ("sac", "tqc", "redq", "fast_sac", "crossq")
 
 
-class PresetError(ValueError):
+class PresetError(TMAlgosError, ConfigError):
     """A preset file or an override is malformed; the message names the file and the key."""
 
 
-# -- value checks ----------------------------------------------------------------------------
-
-Check = Callable[[Any], bool]
+# -- the rules of the fixed keys --------------------------------------------------------------
 
 
-def _int(lo: int, hi: int | None = None) -> Check:
-    return lambda v: (
-        isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
-    )
+def _layer_table(value: Any) -> bool:
+    return bool(value) and all(_LAYERS.accepts(v)[0] for v in value.values())
 
 
-def _float(lo: float, hi: float, *, lo_open: bool = False) -> Check:
-    def check(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return False
-        return (v > lo if lo_open else v >= lo) and v <= hi
+_LAYERS = Check(Rule("ints", low=1), "a list of layer sizes")
+_TABLE = Check(Rule("table"), "a table")
+_POSITIVE = Check(Rule("int", low=1), "a positive integer")
 
-    return check
-
-
-def _ent_coef(v: Any) -> bool:
-    if isinstance(v, str):
-        return re.fullmatch(r"auto(_\d+(\.\d*)?(e-?\d+)?)?", v) is not None
-    return _float(0.0, math.inf, lo_open=True)(v)
-
-
-_BOOL: Check = lambda v: isinstance(v, bool)  # noqa: E731
-
-# name → (check, what is expected)
-_COMMON: dict[str, tuple[Check, str]] = {
-    "learning_rate": (_float(0.0, 1.0, lo_open=True), "a float in (0, 1]"),
-    "batch_size": (_int(2), "an integer >= 2"),
-    "gamma": (_float(0.0, 1.0, lo_open=True), "a float in (0, 1]"),
-    "max_grad_norm": (_float(0.0, math.inf, lo_open=True), "a positive float"),
-}
-_OFF_POLICY_HP: dict[str, tuple[Check, str]] = {
-    **_COMMON,
-    "buffer_size": (_int(1), "a positive integer"),
-    "tau": (_float(0.0, 1.0, lo_open=True), "a float in (0, 1]"),
-    "train_freq": (_int(1), "a positive integer (environment steps)"),
-    "gradient_steps": (lambda v: _int(1)(v) or v == -1, "a positive integer, or -1"),
-    "learning_starts": (_int(0), "an integer >= 0"),
-    "ent_coef": (_ent_coef, "a positive float, 'auto' or 'auto_<initial value>'"),
-    "target_entropy": (
-        lambda v: v == "auto" or _float(-math.inf, math.inf)(v),
-        "'auto' or a float",
-    ),
-    "target_update_interval": (_int(1), "a positive integer"),
-}
-_HYPERPARAMETERS: dict[str, dict[str, tuple[Check, str]]] = {
-    "sac": _OFF_POLICY_HP,
-    "fast_sac": _OFF_POLICY_HP,
-    "crossq": {  # no target networks, hence no tau
-        **{k: v for k, v in _OFF_POLICY_HP.items() if k not in ("tau", "target_update_interval")},
-        "policy_delay": (_int(1), "a positive integer (critic updates per actor update)"),
+_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
+    # section → key → (rule, required); tables are checked further by their own rules
+    "": {
+        "description": (Check(Rule("str"), "a string"), True),
+        "env": (_TABLE, True),
+        "algo": (_TABLE, True),
+        "policy": (_TABLE, True),
     },
-    "tqc": {
-        **_OFF_POLICY_HP,
-        "top_quantiles_to_drop_per_net": (_int(0), "an integer >= 0"),
+    "env": {
+        "id": (Check(Rule("str", check_fn=bool), "an env id"), True),
+        "obs_type": (Check(Rule("str", choices=OBS_TYPES), f"one of {list(OBS_TYPES)}"), True),
+        "n_envs": (_POSITIVE, False),
+        "kwargs": (_TABLE, False),
     },
-    "redq": {
-        **_OFF_POLICY_HP,
-        "subset_size": (_int(1), "a positive integer (critics sampled for the target)"),
-        "actor_update_interval": (_int(1), "a positive integer (critic updates per actor update)"),
+    "algo": {
+        "name": (Check(Rule("str", choices=tuple(ALGORITHMS)), f"one of {list(ALGORITHMS)}"), True),
+        "total_timesteps": (_POSITIVE, True),
+        "hyperparameters": (_TABLE, False),
     },
-    "ppo": {
-        **_COMMON,
-        "n_steps": (_int(1), "a positive integer (steps per environment per update)"),
-        "n_epochs": (_int(1), "a positive integer"),
-        "gae_lambda": (_float(0.0, 1.0), "a float in [0, 1]"),
-        "clip_range": (_float(0.0, 1.0, lo_open=True), "a float in (0, 1]"),
-        "ent_coef": (_float(0.0, math.inf), "a float >= 0"),
-        "vf_coef": (_float(0.0, math.inf), "a float >= 0"),
-        "target_kl": (_float(0.0, math.inf, lo_open=True), "a positive float"),
-        "normalize_advantage": (_BOOL, "true or false"),
+    "policy": {
+        "extractor": (
+            Check(
+                Rule("str", pattern=r"[a-z0-9][a-z0-9_-]*"),
+                "an extractor name such as 'lidar-mlp' or 'cnn-small'",
+            ),
+            True,
+        ),
+        "net_arch": (
+            Check(
+                _LAYERS.rule | Rule("table", check_fn=_layer_table),
+                "a list of layer sizes such as [256, 256], or a table of them such as "
+                "{pi = [64, 64], vf = [64, 64]}",
+            ),
+            True,
+        ),
+        "activation": (
+            Check(Rule("str", choices=tuple(ACTIVATIONS)), f"one of {list(ACTIVATIONS)}"),
+            False,
+        ),
+        "extractor_kwargs": (_TABLE, False),
+        "kwargs": (_TABLE, False),
     },
 }
-_HYPERPARAMETERS["recurrent_ppo"] = _HYPERPARAMETERS["ppo"]
-
-_POLICY_KWARGS: dict[str, tuple[Check, str]] = {
-    "n_critics": (_int(1), "a positive integer"),
-    "n_quantiles": (_int(1), "a positive integer"),
-    "share_features_extractor": (_BOOL, "true or false"),
-    "log_std_init": (_float(-math.inf, math.inf), "a float"),
-    "use_sde": (_BOOL, "true or false"),
-    "augment_shift": (_int(0), "an integer >= 0 (pixels of random shift)"),
-    "channels_last": (_BOOL, "true or false"),
-    "ortho_init": (_BOOL, "true or false"),
-    "lstm_hidden_size": (_int(1), "a positive integer"),
-    "n_lstm_layers": (_int(1), "a positive integer"),
-    "shared_lstm": (_BOOL, "true or false"),
-    "enable_critic_lstm": (_BOOL, "true or false"),
-}
-_POLICY_KWARGS_OF: dict[str, tuple[str, ...]] = {
-    "sac": ("n_critics", "share_features_extractor", "log_std_init", "use_sde"),
-    "tqc": ("n_critics", "n_quantiles", "share_features_extractor", "log_std_init", "use_sde"),
-    "redq": ("n_critics", "share_features_extractor", "log_std_init"),
-    "crossq": ("n_critics", "log_std_init"),
-    "fast_sac": (
-        "n_critics",
-        "share_features_extractor",
-        "log_std_init",
-        "augment_shift",
-        "channels_last",
-    ),
-    "ppo": ("share_features_extractor", "log_std_init", "use_sde", "ortho_init"),
-    "recurrent_ppo": (
-        "share_features_extractor",
-        "log_std_init",
-        "ortho_init",
-        "lstm_hidden_size",
-        "n_lstm_layers",
-        "shared_lstm",
-        "enable_critic_lstm",
-    ),
-}
-_ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
 
 
 # -- the dataclasses -------------------------------------------------------------------------
@@ -252,125 +190,107 @@ class Preset:
 
 # -- parsing and validation ------------------------------------------------------------------
 
-_SECTIONS: dict[str, tuple[set[str], set[str]]] = {
-    # section → (required keys, optional keys)
-    "": ({"description", "env", "algo", "policy"}, set()),
-    "env": ({"id", "obs_type"}, {"n_envs", "kwargs"}),
-    "algo": ({"name", "total_timesteps"}, {"hyperparameters"}),
-    "policy": ({"extractor", "net_arch"}, {"activation", "extractor_kwargs", "kwargs"}),
-}
+
+def _checked(check: Check, value: Any, key: str, source: str) -> Any:
+    """``value`` normalised by ``check``'s rule, or a :class:`PresetError` naming the source."""
+    ok, normalised = check.accepts(value)
+    if not ok:
+        raise PresetError(f"{source}: {key} = {value!r}: expected {check.expected}")
+    return normalised
 
 
-def _keys(table: Any, section: str, source: str) -> dict[str, Any]:
+def _section(table: Any, section: str, source: str) -> dict[str, Any]:
+    """The keys of ``[section]`` ("" for the top level), checked and normalised."""
     where = f"[{section}]" if section else "the top level"
-    if not isinstance(table, dict):
-        raise PresetError(f"{source}: {section} is {table!r}: expected a table")
-    required, optional = _SECTIONS[section]
-    unknown = sorted(set(table) - required - optional)
+    if not isinstance(table, Mapping):
+        raise PresetError(f"{source}: {where} is {table!r}: expected a table")
+    fields = _FIELDS[section]
+    unknown = sorted(set(table) - set(fields))
     if unknown:
         raise PresetError(
-            f"{source}: unknown key {unknown[0]!r} in {where}; "
-            f"expected keys {sorted(required | optional)}"
+            f"{source}: unknown key {unknown[0]!r} in {where}; expected keys {sorted(fields)}"
         )
-    missing = sorted(required - set(table))
+    missing = [key for key, (_, required) in fields.items() if required and key not in table]
     if missing:
-        raise PresetError(f"{source}: {where} has no {missing[0]!r}; add it")
-    return table
+        raise PresetError(f"{source}: {where} has no {sorted(missing)[0]!r}; add it")
+    prefix = f"{section}." if section else ""
+    return {
+        key: _checked(check, table[key], prefix + key, source)
+        for key, (check, _) in fields.items()
+        if key in table
+    }
 
 
-def _check(value: Any, ok: bool, key: str, expected: str, source: str) -> None:
-    if not ok:
-        raise PresetError(f"{source}: {key} = {value!r}: expected {expected}")
+def _free_table(
+    table: Mapping[str, Any], rules: Mapping[str, Check], section: str, algo: str, source: str
+) -> dict[str, Any]:
+    """A table whose keys depend on the algorithm (hyperparameters, policy kwargs), checked."""
+    out = {}
+    for key, value in table.items():
+        if key not in rules:
+            raise PresetError(
+                f"{source}: unknown key {key!r} in [{section}] for {algo}; "
+                f"expected one of {sorted(rules)}"
+            )
+        out[key] = _checked(rules[key], value, f"{section}.{key}", source)
+    return out
 
 
-def _table(value: Any, key: str, source: str) -> dict[str, Any]:
-    _check(value, isinstance(value, dict), key, "a table", source)
-    return dict(value)
+def _frozen_arch(arch: Any) -> tuple[int, ...] | Mapping[str, tuple[int, ...]]:
+    if isinstance(arch, Mapping):
+        return _frozen({k: tuple(v) for k, v in arch.items()})
+    return tuple(arch)
+
+
+def _env_spec(data: Any, source: str) -> EnvSpec:
+    env = _section(data, "env", source)
+    kwargs = dict(env.get("kwargs", {}))
+    if "obs_type" in kwargs:
+        raise PresetError(f"{source}: env.kwargs.obs_type duplicates env.obs_type; remove it")
+    return EnvSpec(env["id"], env["obs_type"], env.get("n_envs", 1), _frozen(kwargs))
+
+
+def _algo_spec(data: Any, source: str) -> AlgoSpec:
+    algo = _section(data, "algo", source)
+    name = algo["name"]
+    hps = _free_table(
+        algo.get("hyperparameters", {}),
+        algorithm(name).hyperparameters,
+        "algo.hyperparameters",
+        name,
+        source,
+    )
+    return AlgoSpec(name, algo["total_timesteps"], _frozen(hps))
+
+
+def _policy_spec(data: Any, algo: str, source: str) -> PolicySpec:
+    policy = _section(data, "policy", source)
+    kwargs = _free_table(
+        policy.get("kwargs", {}),
+        algorithm(algo).policy_kwarg_rules(),
+        "policy.kwargs",
+        algo,
+        source,
+    )
+    return PolicySpec(
+        policy["extractor"],
+        _frozen_arch(policy["net_arch"]),
+        policy.get("activation", "relu"),
+        _frozen(dict(policy.get("extractor_kwargs", {}))),
+        _frozen(kwargs),
+    )
 
 
 def _validated(name: str, data: Any, source: str) -> Preset:
-    top = _keys(data, "", source)
-    _check(
-        top["description"], isinstance(top["description"], str), "description", "a string", source
-    )
-
-    env = _keys(top["env"], "env", source)
-    _check(env["id"], isinstance(env["id"], str) and bool(env["id"]), "env.id", "an env id", source)
-    obs_type = env["obs_type"]
-    _check(obs_type, obs_type in OBS_TYPES, "env.obs_type", f"one of {list(OBS_TYPES)}", source)
-    n_envs = env.get("n_envs", 1)
-    _check(n_envs, _int(1)(n_envs), "env.n_envs", "a positive integer", source)
-    env_kwargs = _table(env.get("kwargs", {}), "env.kwargs", source)
-    if "obs_type" in env_kwargs:
-        raise PresetError(f"{source}: env.kwargs.obs_type duplicates env.obs_type; remove it")
-
-    algo = _keys(top["algo"], "algo", source)
-    algo_name = algo["name"]
-    _check(algo_name, algo_name in ALGORITHMS, "algo.name", f"one of {list(ALGORITHMS)}", source)
-    steps = algo["total_timesteps"]
-    _check(steps, _int(1)(steps), "algo.total_timesteps", "a positive integer", source)
-    hps = _table(algo.get("hyperparameters", {}), "algo.hyperparameters", source)
-    allowed = _HYPERPARAMETERS[algo_name]
-    for key, value in hps.items():
-        if key not in allowed:
-            raise PresetError(
-                f"{source}: unknown key {key!r} in [algo.hyperparameters] for {algo_name}; "
-                f"expected one of {sorted(allowed)}"
-            )
-        check, expected = allowed[key]
-        _check(value, check(value), f"algo.hyperparameters.{key}", expected, source)
-
-    policy = _keys(top["policy"], "policy", source)
-    extractor = policy["extractor"]
-    _check(
-        extractor,
-        isinstance(extractor, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", extractor) is not None,
-        "policy.extractor",
-        "an extractor name such as 'lidar-mlp' or 'cnn-small'",
-        source,
-    )
-    arch = policy["net_arch"]
-    layers = _int(1)
-    if isinstance(arch, list) and all(layers(n) for n in arch):
-        net_arch: tuple[int, ...] | Mapping[str, tuple[int, ...]] = tuple(arch)
-    elif (
-        isinstance(arch, dict)
-        and arch
-        and all(isinstance(v, list) and all(layers(n) for n in v) for v in arch.values())
-    ):
-        net_arch = _frozen({k: tuple(v) for k, v in arch.items()})
-    else:
-        raise PresetError(
-            f"{source}: policy.net_arch = {arch!r}: expected a list of layer sizes such as "
-            "[256, 256], or a table of them such as {pi = [64, 64], vf = [64, 64]}"
-        )
-    activation = policy.get("activation", "relu")
-    _check(
-        activation,
-        activation in _ACTIVATIONS,
-        "policy.activation",
-        f"one of {list(_ACTIVATIONS)}",
-        source,
-    )
-    extractor_kwargs = _table(policy.get("extractor_kwargs", {}), "policy.extractor_kwargs", source)
-    policy_kwargs = _table(policy.get("kwargs", {}), "policy.kwargs", source)
-    for key, value in policy_kwargs.items():
-        if key not in _POLICY_KWARGS_OF[algo_name]:
-            raise PresetError(
-                f"{source}: unknown key {key!r} in [policy.kwargs] for {algo_name}; "
-                f"expected one of {sorted(_POLICY_KWARGS_OF[algo_name])}"
-            )
-        check, expected = _POLICY_KWARGS[key]
-        _check(value, check(value), f"policy.kwargs.{key}", expected, source)
-
+    top = _section(data, "", source)
+    env = _env_spec(top["env"], source)
+    algo = _algo_spec(top["algo"], source)
     return Preset(
         name=name,
         description=top["description"],
-        env=EnvSpec(env["id"], obs_type, n_envs, _frozen(env_kwargs)),
-        algo=AlgoSpec(algo_name, steps, _frozen(hps)),
-        policy=PolicySpec(
-            extractor, net_arch, activation, _frozen(extractor_kwargs), _frozen(policy_kwargs)
-        ),
+        env=env,
+        algo=algo,
+        policy=_policy_spec(top["policy"], algo.name, source),
         source=source,
     )
 
@@ -413,39 +333,29 @@ def load_preset(name_or_path: str | Path = DEFAULT_PRESET) -> Preset:
 # -- overrides -------------------------------------------------------------------------------
 
 _FREE_TABLES = ("env.kwargs", "policy.extractor_kwargs")
-_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
-def _parse_value(text: str, key: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        if _BARE_WORD.fullmatch(text):
-            return text  # a bare word is a string: ent_coef=auto
-        raise PresetError(
-            f"override {key}={text!r}: the value is not TOML (e.g. 1e-4, 256, true, "
-            '"text", [64, 64]); quote strings that contain spaces or symbols'
-        ) from None
+def _known_leaf(data: Mapping[str, Any], table: Mapping[str, Any], parent: str, leaf: str) -> bool:
+    """Whether an override may set ``leaf`` in the table ``parent`` of a preset's data."""
+    if parent == "algo.hyperparameters":
+        return leaf in algorithm(str(data["algo"]["name"])).hyperparameters
+    if parent == "policy.kwargs":
+        return leaf in algorithm(str(data["algo"]["name"])).policy_kwargs
+    return leaf in table or parent in _FREE_TABLES
 
 
 def apply_overrides(preset: Preset, overrides: Sequence[str]) -> Preset:
     """A copy of ``preset`` with ``"dotted.key=value"`` overrides applied and re-validated.
 
     Values use TOML syntax (``1e-4``, ``256``, ``true``, ``[64, 64]``, ``"text"``; a bare word
-    is a string). Keys must exist in the preset's schema, e.g.
-    ``algo.hyperparameters.learning_rate``, ``env.kwargs.track``, ``policy.net_arch``.
+    is a string), read by :func:`tm_gym.core.config.parse_assignment`. Keys must exist in the
+    preset's schema, e.g. ``algo.hyperparameters.learning_rate``, ``env.kwargs.track``,
+    ``policy.net_arch``.
     """
     data = preset.to_dict()
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise PresetError(
-                f"override {item!r}: expected 'dotted.key=value', e.g. "
-                "'algo.hyperparameters.learning_rate=1e-4'"
-            )
-        value = _parse_value(text.strip(), key)
-        parts = key.split(".")
+        parts, value = parse_assignment(item, "override", PresetError)
+        key = ".".join(parts)
         table = data
         for i, part in enumerate(parts[:-1]):
             sub = table.get(part)
@@ -456,12 +366,7 @@ def apply_overrides(preset: Preset, overrides: Sequence[str]) -> Preset:
                 )
             table = sub
         leaf, parent = parts[-1], ".".join(parts[:-1])
-        known = leaf in table or parent in _FREE_TABLES
-        if parent == "algo.hyperparameters":
-            known = leaf in _HYPERPARAMETERS[str(data["algo"]["name"])]
-        elif parent == "policy.kwargs":
-            known = leaf in _POLICY_KWARGS_OF[str(data["algo"]["name"])]
-        if not known:
+        if not _known_leaf(data, table, parent, leaf):
             raise PresetError(
                 f"override {key!r}: the preset {preset.name!r} has no key {leaf!r} in "
                 f"{parent or 'the top level'}; keys there: {sorted(table)}"
