@@ -441,7 +441,7 @@ def broadcast_worker(transport: str, net: Net, index: int, results: Any, reps: i
     of a Linux machine)."""
     import torch
 
-    from tm_algos.policy_bytes import policy_from_bytes
+    from tm_algos.policy import policy_from_bytes
 
     torch.set_num_threads(1)
     endpoint = Endpoint(transport, net, WORKERS, sync_decode=True)

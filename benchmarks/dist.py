@@ -191,7 +191,7 @@ def _decoder(transport: str) -> Any:
 # -- broadcast --------------------------------------------------------------------------------
 def policy_bytes(overrides: list[str]) -> tuple[bytes, str]:
     from tm_algos.factory import make_model, make_vec_env
-    from tm_algos.policy_bytes import policy_to_bytes
+    from tm_algos.policy import policy_to_bytes
     from tm_algos.presets import apply_overrides, load_preset
 
     preset = apply_overrides(

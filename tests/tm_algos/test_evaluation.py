@@ -16,7 +16,7 @@ from stable_baselines3 import SAC
 import tm_gym  # noqa: F401  (registers the environments)
 from tm_algos.cli.eval import main, parse_env_kwargs, save_best_episode
 from tm_algos.evaluation import EpisodeResult, EvalReport, evaluate, policy_env_settings
-from tm_algos.export import JSON_NAME, export_policy, load_policy
+from tm_algos.policy import JSON_NAME, export_policy, load_policy
 
 EXPERT_LAP_S = 39.934  # the expert's own lap on the default track (tm-gym tracks)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

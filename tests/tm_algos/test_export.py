@@ -21,19 +21,19 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 import tm_gym  # noqa: F401  (registers the environments)
-from tm_algos import export
-from tm_algos.export import (
+from tm_algos.policy import (
     FEATURE_EXTRACTORS,
     JSON_NAME,
     WEIGHTS_NAME,
     PolicyFileError,
+    allow_lists,
     describe_space,
     export_policy,
     load_policy,
     register_extractor,
     space_from_description,
 )
-from tm_algos.spaces_json import SpaceFormatError
+from tm_algos.policy.spaces import SpaceFormatError
 
 Obs = dict[str, NDArray[Any]]
 
@@ -238,7 +238,7 @@ def test_registered_extractor_round_trips(
 
 
 def test_register_extractor_refuses_to_take_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export, "FEATURE_EXTRACTORS", dict(FEATURE_EXTRACTORS))
+    monkeypatch.setattr(allow_lists, "FEATURE_EXTRACTORS", dict(FEATURE_EXTRACTORS))
     with pytest.raises(PolicyFileError, match="already taken"):
         register_extractor("CombinedExtractor", TinyExtractor)
     with pytest.raises(TypeError, match="BaseFeaturesExtractor"):

@@ -15,7 +15,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.sac.policies import MultiInputPolicy
 
 import tm_gym  # noqa: F401  (registers the environments)
-from tm_algos import export
+from tm_algos import policy as policy_files
 from tm_algos.buffers import FrameStackReplayBuffer
 from tm_algos.extractors import TMCNNExtractor
 from tm_algos.fast_sac import FastImageSAC, FastSACPolicy
@@ -187,11 +187,11 @@ def test_export_and_load_policy_give_the_same_actions(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(export.ALGORITHMS, "FastImageSAC", FastImageSAC)
-    monkeypatch.setitem(export.POLICY_CLASSES, "FastImageSAC", {})
-    export.register_policy("FastImageSAC", FastSACPolicy)
-    out = export.export_policy(trained, tmp_path / "policy")
-    loaded = export.load_policy(out)
+    monkeypatch.setitem(policy_files.ALGORITHM_CLASSES, "FastImageSAC", FastImageSAC)
+    monkeypatch.setitem(policy_files.POLICY_CLASSES, "FastImageSAC", {})
+    policy_files.register_policy("FastImageSAC", FastSACPolicy)
+    out = policy_files.export_policy(trained, tmp_path / "policy")
+    loaded = policy_files.load_policy(out)
     assert isinstance(loaded.policy, FastSACPolicy)
     for obs in observations:
         expected, _ = trained.predict(obs, deterministic=True)

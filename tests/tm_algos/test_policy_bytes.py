@@ -1,4 +1,4 @@
-"""Policies as bytes (tm_algos.policy_bytes): full and actor-only round trips, bad input."""
+"""Policies as bytes (tm_algos.policy.as_bytes): full and actor-only round trips, bad input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from tm_algos.factory import make_model, make_vec_env
-from tm_algos.loaded_policy import PolicyFileError
-from tm_algos.policy_bytes import policy_from_bytes, policy_to_bytes, update_weights
+from tm_algos.policy import PolicyFileError, policy_from_bytes, policy_to_bytes, update_weights
 from tm_algos.presets import apply_overrides, load_preset
 
 

@@ -17,7 +17,7 @@ import torch
 from tm_algos.callbacks import EvalCallback, EvalRecord
 from tm_algos.checkpoint import BUFFER_NAME, STATE_NAME, WEIGHTS_NAME, latest_checkpoint
 from tm_algos.cli import train as train_cli
-from tm_algos.export import load_policy
+from tm_algos.policy import load_policy
 from tm_algos.presets import list_presets
 from tm_algos.training import RUN_FORMAT
 

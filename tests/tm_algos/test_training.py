@@ -34,10 +34,10 @@ from tm_algos.callbacks import (
 from tm_algos.checkpoint import STATE_NAME, latest_checkpoint
 from tm_algos.crossq import DictCrossQ
 from tm_algos.evaluation import evaluate
-from tm_algos.export import load_policy
 from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
 from tm_algos.factory import algorithm_class, make_model, make_vec_env, policy_kwargs_of
 from tm_algos.fast_sac import FastImageSAC
+from tm_algos.policy import load_policy
 from tm_algos.presets import Preset, PresetError, apply_overrides, list_presets, load_preset
 from tm_algos.redq import REDQ
 from tm_algos.training import TrainConfig, Trainer, TrainResult

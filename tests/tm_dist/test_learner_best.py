@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tm_algos.export import load_policy
+from tm_algos.policy import load_policy
 from tm_algos.presets import apply_overrides, load_preset
 from tm_dist.learner import Learner
 from tm_dist.rollout import Rollout

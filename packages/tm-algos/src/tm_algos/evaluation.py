@@ -8,7 +8,7 @@ which :func:`tm_algos.cli.eval.save_best_episode` turns into a video and a traje
 
 A policy is any of:
 
-* a :class:`~tm_algos.loaded_policy.LoadedPolicy` (from :func:`tm_algos.export.load_policy`); the
+* a :class:`~tm_algos.policy.LoadedPolicy` (from :func:`tm_algos.policy.load_policy`); the
   env settings it was trained with (``policy.json``'s ``env_settings``) are used by default, so
   its observations match;
 * a Stable-Baselines3 / sb3-contrib model (``BaseAlgorithm``), recurrent ones included; the
@@ -45,7 +45,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tm_algos.loaded_policy import LoadedPolicy
+from tm_algos.policy.loaded import LoadedPolicy
 
 __all__ = [
     "EpisodeResult",
@@ -240,7 +240,7 @@ class _Actor:
         else:
             raise TypeError(
                 f"policy={policy!r} ({type(policy).__name__}): expected a LoadedPolicy "
-                "(tm_algos.export.load_policy), a Stable-Baselines3 model, or a callable "
+                "(tm_algos.policy.load_policy), a Stable-Baselines3 model, or a callable "
                 "obs -> action"
             )
         self.policy = policy

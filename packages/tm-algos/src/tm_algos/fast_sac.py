@@ -26,7 +26,7 @@ back-propagates through the critics' CNN, into gradients that are then thrown aw
 Each of these is measured by ``benchmarks/train_throughput.py --ablations``.
 
 The policy is a :class:`FastSACPolicy`, an SB3 ``SACPolicy`` whose actor and critic hold the
-same encoder object: ``predict``, ``save``/``load`` and :func:`tm_algos.export.export_policy`
+same encoder object: ``predict``, ``save``/``load`` and :func:`tm_algos.policy.export_policy`
 work as for SB3's SAC. Without a ``replay_buffer_class`` the model uses
 :class:`~tm_algos.buffers.FrameStackReplayBuffer` for a tm-gym ``images`` observation.
 ``torch.set_num_threads`` is left to the caller.

@@ -43,8 +43,8 @@ from tm_algos.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tm_algos.export import export_policy
 from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
+from tm_algos.policy.export import export_policy
 from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_dict
 
 __all__ = ["RunDirError", "TrainConfig", "TrainResult", "Trainer"]

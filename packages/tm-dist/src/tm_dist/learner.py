@@ -38,9 +38,8 @@ from tm_algos.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tm_algos.export import describe_policy, export_policy, write_policy
 from tm_algos.factory import env_kwargs_of, make_model
-from tm_algos.policy_bytes import policy_to_bytes
+from tm_algos.policy import describe_policy, export_policy, policy_to_bytes, write_policy
 from tm_algos.presets import Preset
 from tm_dist.codec import EpisodeDecoder, Transitions
 from tm_dist.ppo_batch import PPOBatcher
@@ -66,7 +65,7 @@ class SpacesEnv(gym.Env[Any, Any]):
     def __init__(self, obs_space: spaces.Dict, act_space: spaces.Box, settings: Any) -> None:
         self.observation_space = obs_space
         self.action_space = act_space
-        self.settings = settings  # read by tm_algos.export for the policy file
+        self.settings = settings  # read by tm_algos.policy for the policy file
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

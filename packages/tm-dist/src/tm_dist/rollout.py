@@ -19,8 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from tm_algos.loaded_policy import LoadedPolicy
-from tm_algos.policy_bytes import policy_from_bytes, update_weights
+from tm_algos.policy import LoadedPolicy, policy_from_bytes, update_weights
 from tm_dist.codec import EpisodeEncoder
 from tm_dist.wire import EpisodeChunk, Weights
 

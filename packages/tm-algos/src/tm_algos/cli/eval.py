@@ -1,7 +1,7 @@
 """``tm-eval``: evaluate a trained policy and write its best lap as a video and a map.
 
 ``tm-eval POLICY`` loads a policy directory (``policy.safetensors`` + ``policy.json``, written by
-:func:`tm_algos.export.export_policy`) or a training run directory holding one in ``policy/``,
+:func:`tm_algos.policy.export_policy`) or a training run directory holding one in ``policy/``,
 drives ``--episodes`` episodes on the simulator with the env settings the policy was trained with
 (``--env-kwarg KEY=VALUE`` overrides them), and writes into ``--out DIR`` (default
 ``POLICY/eval``):
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_policy_dir(path: Path) -> Path:
     """The policy directory for ``path``: ``path`` itself or its ``policy/`` subdirectory."""
-    from tm_algos.export import JSON_NAME, WEIGHTS_NAME
+    from tm_algos.policy.format import JSON_NAME, WEIGHTS_NAME
 
     for candidate in (path, path / "policy"):
         if (candidate / JSON_NAME).is_file():
@@ -127,7 +127,7 @@ def resolve_policy_dir(path: Path) -> Path:
     what = "does not exist" if not path.exists() else f"holds no {JSON_NAME} (nor policy/)"
     raise CLIError(
         f"POLICY {str(path)!r} {what}: expected a directory with {JSON_NAME} and {WEIGHTS_NAME} "
-        "(written by tm_algos.export.export_policy) or a training run directory containing "
+        "(written by tm_algos.policy.export_policy) or a training run directory containing "
         "policy/; check the path"
     )
 
@@ -210,7 +210,7 @@ def save_best_episode(
 def _load(policy_dir: Path, device: str) -> Any:
     import torch
 
-    from tm_algos.export import load_policy
+    from tm_algos.policy.load import load_policy
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {device!r}: PyTorch sees no CUDA device here; use --device cpu")
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.logging import RichHandler
     from rich.markup import escape
 
-    from tm_algos.loaded_policy import PolicyFileError
+    from tm_algos.policy.format import PolicyFileError
     from tm_gym.error import TMGymError
 
     try:

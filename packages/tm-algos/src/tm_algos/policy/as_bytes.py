@@ -1,10 +1,10 @@
 """Policies as bytes: safetensors weights + a JSON description, for sending over a network.
 
-The same content as a policy directory (:func:`tm_algos.export.export_policy`), held in memory:
+The same content as a policy directory (:func:`tm_algos.policy.export_policy`), held in memory:
 tm-dist's trainer broadcasts it to its workers, which rebuild the policy from the allow-listed
 classes and load the weights with safetensors — nothing executable travels.
 
->>> from tm_algos.policy_bytes import policy_from_bytes, policy_to_bytes
+>>> from tm_algos.policy import policy_from_bytes, policy_to_bytes
 >>> weights, config_json = policy_to_bytes(model)  # doctest: +SKIP
 >>> policy = policy_from_bytes(weights, config_json)  # doctest: +SKIP
 >>> policy.act(obs)  # doctest: +SKIP
@@ -23,8 +23,10 @@ from safetensors.torch import save as save_tensors
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
-from tm_algos.export import FORMAT, build_policy, check_config, describe_policy, set_weights
-from tm_algos.loaded_policy import LoadedPolicy, PolicyFileError
+from tm_algos.policy.export import describe_policy
+from tm_algos.policy.format import FORMAT, PolicyFileError, check_config
+from tm_algos.policy.load import build_policy, set_weights
+from tm_algos.policy.loaded import LoadedPolicy
 
 __all__ = ["policy_from_bytes", "policy_to_bytes", "update_weights"]
 

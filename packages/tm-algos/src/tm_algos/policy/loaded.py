@@ -11,17 +11,13 @@ from numpy.typing import NDArray
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 
-from tm_algos.spaces_json import SpaceFormatError
+from tm_algos.policy.format import PolicyFileError
 
-__all__ = ["LoadedPolicy", "PolicyFileError"]
-
-
-class PolicyFileError(SpaceFormatError):
-    """A policy file (or an observation given to a loaded policy) is not what it must be."""
+__all__ = ["LoadedPolicy"]
 
 
 class LoadedPolicy:
-    """A policy loaded by :func:`load_policy`, giving actions for numpy observations.
+    """A policy loaded by :func:`~tm_algos.policy.load_policy`, giving actions for numpy observations.
 
     ``config`` is the content of ``policy.json``; ``policy`` is the SB3 policy object.
     """

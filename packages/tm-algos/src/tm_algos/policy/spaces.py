@@ -1,5 +1,10 @@
 """Gymnasium spaces as plain JSON (for policy files): describe a Box or Dict-of-Box space and
-rebuild it, with bounds written compactly (one number when every element shares it)."""
+rebuild it, with bounds written compactly (one number when every element shares it).
+
+>>> from gymnasium import spaces
+>>> describe_space(spaces.Box(-1.0, 1.0, (3,)))
+{'kind': 'Box', 'shape': [3], 'dtype': 'float32', 'low': -1.0, 'high': 1.0}
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from tm_algos.errors import TMAlgosError
+
 __all__ = ["SpaceFormatError", "describe_space", "space_from_description"]
 
 
-class SpaceFormatError(ValueError):
+class SpaceFormatError(TMAlgosError, ValueError):
     """A space cannot be described in JSON, or a description is malformed."""
 
 
