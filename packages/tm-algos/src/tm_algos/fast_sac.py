@@ -54,7 +54,7 @@ from stable_baselines3.common.distributions import StateDependentNoiseDistributi
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN, Actor, SACPolicy
 from torch import nn
@@ -333,6 +333,81 @@ class FastImageSAC(SAC):
                 out[key] = prepared
         return out
 
+    def _entropy_coef(self) -> th.Tensor:
+        """The temperature of this gradient step (detached)."""
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            return th.exp(self.log_ent_coef.detach())
+        return self.ent_coef_tensor
+
+    def _target_q(
+        self, data: ReplayBufferSamples, next_obs: PyTorchObs, ent_coef: th.Tensor
+    ) -> th.Tensor:
+        """The soft Bellman target (B, 1), from the target encoder's features of the next
+        observations (one CNN pass, or two when the next actions come from the online one)."""
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        policy = self.policy
+        with th.no_grad():
+            next_target = policy.target_encoder(next_obs)
+            if self.next_actions_from_target:
+                next_features = next_target
+            else:
+                next_features = policy.encoder(next_obs)
+            next_actions, next_log_prob = _actor_from_features(self.actor, next_features)
+            next_q = _q_values(self.critic_target, next_target, next_actions)
+            next_q = next_q.min(dim=1, keepdim=True)[0] - ent_coef * next_log_prob
+            return data.rewards + (1 - data.dones) * discounts * next_q
+
+    def _critic_step(
+        self, features: th.Tensor, actions: th.Tensor, target_q: th.Tensor
+    ) -> th.Tensor:
+        """One step of the critics and the shared encoder; the loss."""
+        critic = self.critic
+        current_q = _q_values(critic, features, actions)
+        loss = (
+            0.5
+            * F.mse_loss(current_q, target_q.expand_as(current_q), reduction="sum")
+            / len(target_q)
+        )
+        critic.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        critic.optimizer.step()
+        return loss
+
+    def _temperature_step(self, log_prob: th.Tensor) -> th.Tensor | None:
+        """One step of the learned temperature, if it is learned; the loss."""
+        if self.ent_coef_optimizer is None or self.log_ent_coef is None:
+            return None
+        assert isinstance(self.target_entropy, float)
+        loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach())
+        loss = loss.mean()
+        self.ent_coef_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.ent_coef_optimizer.step()
+        return loss
+
+    def _actor_step(
+        self,
+        features: th.Tensor,
+        actions: th.Tensor,
+        log_prob: th.Tensor,
+        ent_coef: th.Tensor,
+        head_params: list[nn.Parameter],
+    ) -> th.Tensor:
+        """One step of the actor on detached ``features``: the loss back-propagates into the
+        actions only (the critic heads' weights are frozen meanwhile); the loss."""
+        for p in head_params:
+            p.requires_grad_(False)
+        try:
+            q_pi = _q_values(self.critic, features, actions).min(dim=1, keepdim=True)[0]
+            loss = (ent_coef * log_prob - q_pi).mean()
+            self.actor.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            for p in head_params:
+                p.requires_grad_(True)
+        self.actor.optimizer.step()
+        return loss
+
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         policy = self.policy
         policy.set_training_mode(True)
@@ -341,7 +416,6 @@ class FastImageSAC(SAC):
         if self.ent_coef_optimizer is not None:
             optimizers.append(self.ent_coef_optimizer)
         self._update_learning_rate(optimizers)
-        encoder, target_encoder = policy.encoder, policy.target_encoder
         head_params = [p for q in critic.q_networks for p in q.parameters()]
         assert self.replay_buffer is not None
         buffer: ReplayBuffer = self.replay_buffer
@@ -349,62 +423,24 @@ class FastImageSAC(SAC):
         ent_coef_losses, ent_coefs, actor_losses, critic_losses = [], [], [], []
         for step in range(gradient_steps):
             data = buffer.sample(batch_size, env=self._vec_normalize_env)
-            discounts = data.discounts if data.discounts is not None else self.gamma
             if self.use_sde:
                 actor.reset_noise()
             obs = self._prepare(data.observations)
             next_obs = self._prepare(data.next_observations)
 
-            features = encoder(obs)
-            with th.no_grad():
-                next_target = target_encoder(next_obs)
-                if self.next_actions_from_target:
-                    next_features = next_target
-                else:
-                    next_features = encoder(next_obs)
-                next_actions, next_log_prob = _actor_from_features(actor, next_features)
-                if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                    ent_coef = th.exp(self.log_ent_coef.detach())
-                else:
-                    ent_coef = self.ent_coef_tensor
-                next_q = _q_values(target, next_target, next_actions).min(dim=1, keepdim=True)[0]
-                next_q = next_q - ent_coef * next_log_prob
-                target_q = data.rewards + (1 - data.dones) * discounts * next_q
-
-            # Critic (and encoder) step.
-            current_q = _q_values(critic, features, data.actions)
-            critic_loss = (
-                0.5
-                * F.mse_loss(current_q, target_q.expand_as(current_q), reduction="sum")
-                / len(target_q)
-            )
-            critic.optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            critic.optimizer.step()
+            features = policy.encoder(obs)
+            ent_coef = self._entropy_coef()
+            target_q = self._target_q(data, next_obs, ent_coef)
+            critic_loss = self._critic_step(features, data.actions, target_q)
 
             # Actor and temperature, on detached features.
-            actions_pi, log_prob = _actor_from_features(actor, features.detach())
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                assert isinstance(self.target_entropy, float)
-                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach())
-                ent_coef_loss = ent_coef_loss.mean()
-                self.ent_coef_optimizer.zero_grad(set_to_none=True)
-                ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
+            detached = features.detach()
+            actions_pi, log_prob = _actor_from_features(actor, detached)
+            ent_coef_loss = self._temperature_step(log_prob)
+            if ent_coef_loss is not None:
                 ent_coef_losses.append(ent_coef_loss.item())
             ent_coefs.append(float(ent_coef.item()))
-
-            for p in head_params:
-                p.requires_grad_(False)
-            try:
-                q_pi = _q_values(critic, features.detach(), actions_pi).min(dim=1, keepdim=True)[0]
-                actor_loss = (ent_coef * log_prob - q_pi).mean()
-                actor.optimizer.zero_grad(set_to_none=True)
-                actor_loss.backward()
-            finally:
-                for p in head_params:
-                    p.requires_grad_(True)
-            actor.optimizer.step()
+            actor_loss = self._actor_step(detached, actions_pi, log_prob, ent_coef, head_params)
 
             critic_losses.append(critic_loss.item())
             actor_losses.append(actor_loss.item())
