@@ -32,6 +32,8 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from tm_algos.errors import InvalidValueError
+
 __all__ = ["FrameStackReplayBuffer"]
 
 _RESAMPLE_ROUNDS = 8
@@ -90,17 +92,17 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         frame_capacity: int | None = None,
     ) -> None:
         if optimize_memory_usage:
-            raise ValueError(
+            raise InvalidValueError(
                 "optimize_memory_usage=True: FrameStackReplayBuffer already stores each frame "
                 "once; leave optimize_memory_usage=False (the default of SAC/TD3/DQN)"
             )
         if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(
+            raise InvalidValueError(
                 f"observation_space is {type(observation_space).__name__}; expected a "
                 "gymnasium.spaces.Dict (use SB3's ReplayBuffer for other spaces)"
             )
         if frame_key not in observation_space.spaces:
-            raise ValueError(
+            raise InvalidValueError(
                 f"frame_key={frame_key!r} is not in the observation space "
                 f"(keys {sorted(observation_space.spaces)}); pass the frame-stacked key, "
                 "e.g. replay_buffer_kwargs=dict(frame_key='lidar') for tm-gym's LIDAR envs"
@@ -108,14 +110,14 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         stack_space = observation_space.spaces[frame_key]
         fc: object = frame_channels
         if isinstance(fc, bool) or not isinstance(fc, int) or fc < 1:
-            raise ValueError(f"frame_channels={frame_channels!r}: expected an integer >= 1")
+            raise InvalidValueError(f"frame_channels={frame_channels!r}: expected an integer >= 1")
         if (
             not isinstance(stack_space, spaces.Box)
             or len(stack_space.shape) < 2
             or stack_space.shape[0] % frame_channels != 0
         ):
             shape = getattr(stack_space, "shape", None)
-            raise ValueError(
+            raise InvalidValueError(
                 f"observation_space[{frame_key!r}] is {stack_space} (shape {shape}); expected "
                 f"a Box stacking frames along axis 0, shape (H * frame_channels, ...) with "
                 f"frame_channels={frame_channels} and at least 2 dimensions, e.g. (4, 64, 64) "
@@ -138,7 +140,7 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         if cap is None:
             cap = self.buffer_size + -(-self.buffer_size // 16) + min_capacity
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < min_capacity:
-            raise ValueError(
+            raise InvalidValueError(
                 f"frame_capacity={cap!r}: expected an integer >= "
                 f"{min_capacity} (history length + 2), or None for the default"
             )
@@ -224,7 +226,7 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         bad = new & ~fresh
         if bad.any():
             e = int(np.flatnonzero(bad)[0])
-            raise ValueError(
+            raise InvalidValueError(
                 f"obs[{self.frame_key!r}] of env {e} is not a frame stack this buffer can "
                 f"rebuild: expected either {self.hist_len} copies of its newest frame (an "
                 "episode start) or the previous next_obs of that env shifted by one frame; "
@@ -239,7 +241,7 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         )
         if not shifted.all():
             e = int(np.flatnonzero(~shifted)[0])
-            raise ValueError(
+            raise InvalidValueError(
                 f"next_obs[{self.frame_key!r}] of env {e} is not obs[{self.frame_key!r}] "
                 "shifted by one frame (oldest dropped, one new frame appended); "
                 "FrameStackReplayBuffer needs consecutive observations of one episode "
@@ -263,7 +265,7 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         next_stack = np.asarray(next_obs[self.frame_key])
         for name, arr in (("obs", stack), ("next_obs", next_stack)):
             if arr.shape != shape:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{name}[{self.frame_key!r}] has shape {arr.shape}; expected {shape} "
                     f"(n_envs={n} stacks of {self.obs_shape[self.frame_key]})"
                 )
@@ -322,7 +324,9 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         """
         upper = self.buffer_size if self.full else self.pos
         if upper == 0:
-            raise ValueError("sample() called on an empty replay buffer; add transitions first")
+            raise InvalidValueError(
+                "sample() called on an empty replay buffer; add transitions first"
+            )
         # NumPy's global generator, as SB3's buffers use (SB3's set_random_seed seeds it)
         batch_inds = np.random.randint(0, upper, size=batch_size)  # noqa: NPY002
         env_indices = np.random.randint(0, high=self.n_envs, size=batch_size)  # noqa: NPY002

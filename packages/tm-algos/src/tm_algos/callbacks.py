@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from tm_algos.errors import InvalidValueError
+
 __all__ = [
     "CheckpointCallback",
     "EpisodeStats",
@@ -157,7 +159,7 @@ class EvalCallback(BaseCallback):
     ) -> None:
         super().__init__()
         if every < 1 or n_episodes < 1:
-            raise ValueError(f"every={every}, n_episodes={n_episodes}: expected >= 1")
+            raise InvalidValueError(f"every={every}, n_episodes={n_episodes}: expected >= 1")
         self.env = env
         self.every = every
         self.n_episodes = n_episodes
@@ -238,7 +240,7 @@ class CheckpointCallback(BaseCallback):
     def __init__(self, every: int, save: Callable[[], Path | None]) -> None:
         super().__init__()
         if every < 1:
-            raise ValueError(f"every={every}: expected >= 1")
+            raise InvalidValueError(f"every={every}: expected >= 1")
         self.every = every
         self.save = save
         self._next = every

@@ -25,6 +25,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from tm_algos.buffers import FrameStackReplayBuffer
+from tm_algos.errors import InvalidTypeError
 
 __all__ = ["CrossQFrameStackReplayBuffer", "DictCrossQ", "TensorDict"]
 
@@ -45,7 +46,7 @@ class TensorDict(dict[str, torch.Tensor]):
             parts = list(args[0])
             dim = kwargs.pop("dim", args[1] if len(args) > 1 else 0)
             if not all(isinstance(p, dict) and p.keys() == parts[0].keys() for p in parts):
-                raise TypeError("torch.cat of TensorDicts needs dicts with the same keys")
+                raise InvalidTypeError("torch.cat of TensorDicts needs dicts with the same keys")
             return cls({k: torch.cat([p[k] for p in parts], dim=dim) for k in parts[0]})
         return NotImplemented
 

@@ -45,6 +45,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from tm_algos.errors import InvalidTypeError, InvalidValueError
 from tm_algos.policy.loaded import LoadedPolicy
 
 __all__ = [
@@ -238,7 +239,7 @@ class _Actor:
         elif callable(policy):
             self.kind = "callable"
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"policy={policy!r} ({type(policy).__name__}): expected a LoadedPolicy "
                 "(tm_algos.policy.load_policy), a Stable-Baselines3 model, or a callable "
                 "obs -> action"
@@ -289,7 +290,7 @@ def _check_spaces(actor: _Actor, env: gym.Env[Any, Any], env_id: str, kwargs: An
         return
     want, got = _space_shapes(expected), _space_shapes(env.observation_space)
     if want != got:
-        raise ValueError(
+        raise InvalidValueError(
             f"the policy expects observations {want}, but {env_id} with env_kwargs={kwargs} "
             f"gives {got}; evaluate with the env settings the policy was trained with "
             "(e.g. the same obs_type, img_size, img_hist_len, act_buf_len)"
@@ -305,9 +306,9 @@ def _make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as e:
-        raise ValueError(f"cannot make env_id={env_id!r}: {e}") from e
+        raise InvalidValueError(f"cannot make env_id={env_id!r}: {e}") from e
     except TypeError as e:
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot make {env_id} with env_kwargs={kwargs}: {e}; check the argument names "
             "(see the environment's docstring)"
         ) from e
@@ -419,7 +420,7 @@ def evaluate(
     for name, value, low in (("n_episodes", n_episodes, 1), ("seed", seed, 0)):
         given: object = value  # checked at run time: callers may pass anything
         if isinstance(given, bool) or not isinstance(given, int) or given < low:
-            raise ValueError(f"{name}={value!r}: expected a whole number >= {low}")
+            raise InvalidValueError(f"{name}={value!r}: expected a whole number >= {low}")
     actor = _Actor(policy, deterministic)
     kwargs = {**policy_env_settings(policy), **dict(env_kwargs or {})}
     owned = env is None

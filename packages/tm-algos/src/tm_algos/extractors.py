@@ -40,6 +40,8 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from tm_algos.errors import InvalidValueError
+
 __all__ = [
     "ARCHS",
     "TELEMETRY_SCALES",
@@ -76,7 +78,7 @@ def _int_at_least(v: object, lo: int) -> bool:
 
 def _check_dict(space: spaces.Space[Any], who: str) -> spaces.Dict:
     if not isinstance(space, spaces.Dict):
-        raise ValueError(
+        raise InvalidValueError(
             f"{who} got a {type(space).__name__} observation space; expected the spaces.Dict of a "
             "tm-gym environment (gymnasium.make('TrackMania-Sim-v0', obs_type=...)); use "
             "'MultiInputPolicy' and do not flatten the observations"
@@ -86,13 +88,15 @@ def _check_dict(space: spaces.Space[Any], who: str) -> spaces.Dict:
 
 def _need(space: spaces.Dict, key: str, who: str, hint: str) -> spaces.Box:
     if key not in space.spaces:
-        raise ValueError(
+        raise InvalidValueError(
             f"{who} needs a {key!r} key in the observation space, got keys "
             f"{sorted(space.spaces)}; {hint}"
         )
     sub = space.spaces[key]
     if not isinstance(sub, spaces.Box):
-        raise ValueError(f"{who}: observation {key!r} is a {type(sub).__name__}; expected a Box")
+        raise InvalidValueError(
+            f"{who}: observation {key!r} is a {type(sub).__name__}; expected a Box"
+        )
     return sub
 
 
@@ -106,7 +110,7 @@ def _image_space(space: spaces.Space[Any], who: str) -> tuple[spaces.Dict, tuple
         "(policy_kwargs_for('lidar'))",
     )
     if len(box.shape) != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: 'images' has shape {box.shape}; expected channel-first (C, H, W) frames"
         )
     c, h, w = (int(n) for n in box.shape)
@@ -127,7 +131,7 @@ class TelemetryNorm(nn.Module):
         d = _check_dict(observation_space, "TelemetryNorm")
         unknown = sorted(set(d.spaces) - set(_ORDER) - {"images"})
         if unknown:
-            raise ValueError(
+            raise InvalidValueError(
                 f"TelemetryNorm: unknown observation keys {unknown}; expected keys among "
                 f"{[*_ORDER, 'images']} (a tm-gym observation); remove the key with a "
                 "gymnasium observation wrapper, or extend the extractor to scale it"
@@ -164,7 +168,7 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 def _check_shift(augment_shift: int, who: str) -> int:
     if not _int_at_least(augment_shift, 0):
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: augment_shift={augment_shift!r}; expected an integer >= 0 (pixels of "
             "padding for the random-shift augmentation, 4 as in DrQ; 0 turns it off)"
         )
@@ -180,7 +184,7 @@ def _conv_stack(arch: str, channels: int) -> nn.Sequential:
     elif arch == "small":  # lean and fast: about 5x fewer multiply-adds at 64x64
         layers = [(16, 8, 4), (32, 4, 2), (32, 3, 1)]
     else:
-        raise ValueError(f"TMCNNExtractor: arch={arch!r}; expected 'tmrl' or 'small'")
+        raise InvalidValueError(f"TMCNNExtractor: arch={arch!r}; expected 'tmrl' or 'small'")
     mods: list[nn.Module] = []
     c = channels
     for out, k, s in layers:
@@ -214,13 +218,15 @@ class TMCNNExtractor(BaseFeaturesExtractor):
         who = "TMCNNExtractor"
         d, (c, h, w) = _image_space(observation_space, who)
         if not _int_at_least(features_dim, 1):
-            raise ValueError(f"{who}: features_dim={features_dim!r}; expected an integer >= 1")
+            raise InvalidValueError(
+                f"{who}: features_dim={features_dim!r}; expected an integer >= 1"
+            )
         super().__init__(d, features_dim)
         self.augment_shift = _check_shift(augment_shift, who)
         self.arch = arch
         self.cnn = _conv_stack(arch, c)
         if min(h, w) < _MIN_SIZE[arch]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: frames of {h}x{w} are too small for arch={arch!r}, which needs at least "
                 f"{_MIN_SIZE[arch]}x{_MIN_SIZE[arch]}; use a larger img_size or "
                 f"{'arch=small' if arch == 'tmrl' else 'a different extractor'}"
@@ -264,14 +270,14 @@ class TMViTExtractor(BaseFeaturesExtractor):
         d, (c, h, w) = _image_space(observation_space, who)
         for name, v in (("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads)):
             if not _int_at_least(v, 1):
-                raise ValueError(f"{who}: {name}={v!r}; expected an integer >= 1")
+                raise InvalidValueError(f"{who}: {name}={v!r}; expected an integer >= 1")
         if h % patch or w % patch:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: patch={patch} does not divide the {h}x{w} frames; pick a divisor of the "
                 "image size (8 for img_size=64)"
             )
         if dim % heads:
-            raise ValueError(f"{who}: dim={dim} is not a multiple of heads={heads}")
+            raise InvalidValueError(f"{who}: dim={dim} is not a multiple of heads={heads}")
         super().__init__(d, dim)
         self.augment_shift = _check_shift(augment_shift, who)
         self.embed = nn.Conv2d(c, dim, kernel_size=patch, stride=patch)
@@ -323,13 +329,15 @@ class TMLidarExtractor(BaseFeaturesExtractor):
             "use TMCNNExtractor or TMViTExtractor (policy_kwargs_for('images'))",
         )
         if "images" in d.spaces:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: the observation space has 'images', which this MLP would ignore; use "
                 "TMCNNExtractor or TMViTExtractor (policy_kwargs_for('images'))"
             )
         widths = tuple(hidden)
         if any(not _int_at_least(n, 1) for n in widths):
-            raise ValueError(f"{who}: hidden={hidden!r}; expected a sequence of integers >= 1")
+            raise InvalidValueError(
+                f"{who}: hidden={hidden!r}; expected a sequence of integers >= 1"
+            )
         telemetry = TelemetryNorm(d)
         out = widths[-1] if widths else telemetry.out_dim
         super().__init__(d, out)
@@ -362,11 +370,11 @@ def policy_kwargs_for(
     {'arch': 'small', 'augment_shift': 4}
     """
     if obs_type not in ARCHS:
-        raise ValueError(f"obs_type={obs_type!r}: expected one of {list(ARCHS)}")
+        raise InvalidValueError(f"obs_type={obs_type!r}: expected one of {list(ARCHS)}")
     choices = ARCHS[obs_type]
     a = choices[0] if arch is None else arch
     if a not in choices:
-        raise ValueError(
+        raise InvalidValueError(
             f"arch={a!r} does not fit obs_type={obs_type!r}; expected one of {list(choices)}"
         )
     cls: type[BaseFeaturesExtractor]

@@ -61,6 +61,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tm_algos.buffers import FrameStackReplayBuffer
+from tm_algos.errors import InvalidTypeError, InvalidValueError
 from tm_algos.extractors import TMCNNExtractor, random_shift
 
 __all__ = ["FastImageSAC", "FastSACPolicy", "fused_adam_supported"]
@@ -84,7 +85,7 @@ def fused_adam_supported() -> bool:
 
 def _check_shift(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"augment_shift={value!r}: expected an integer >= 0 (pixels of padding for DrQ's "
             "random-shift augmentation of the sampled frames; 0 turns it off, 4 as in DrQ)"
         )
@@ -177,14 +178,14 @@ class FastSACPolicy(SACPolicy):
         channels_last: bool = True,
     ) -> None:
         if share_features_extractor is not True:
-            raise ValueError(
+            raise InvalidValueError(
                 f"FastSACPolicy: share_features_extractor={share_features_extractor!r}; this "
                 "policy always shares its encoder between actor and critics (trained by the "
                 "critic loss); for separate encoders use SB3's SAC with 'MultiInputPolicy'"
             )
         self.augment_shift = _check_shift(augment_shift)
         if not isinstance(channels_last, bool):
-            raise ValueError(f"channels_last={channels_last!r}: expected True or False")
+            raise InvalidValueError(f"channels_last={channels_last!r}: expected True or False")
         self.channels_last = channels_last
         if features_extractor_kwargs is None and features_extractor_class is TMCNNExtractor:
             features_extractor_kwargs = dict(_DEFAULT_EXTRACTOR_KWARGS)
@@ -309,7 +310,7 @@ class FastImageSAC(SAC):
             self.replay_buffer_class = FrameStackReplayBuffer
         super()._setup_model()
         if not isinstance(self.policy, FastSACPolicy):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"FastImageSAC needs a FastSACPolicy, got {type(self.policy).__name__}; pass "
                 "'MultiInputPolicy' (or FastSACPolicy) as the policy, or use SB3's SAC for "
                 "other policies"

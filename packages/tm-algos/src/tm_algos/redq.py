@@ -45,6 +45,8 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import SACPolicy
 from torch.nn import functional as F
 
+from tm_algos.errors import InvalidValueError
+
 __all__ = ["REDQ", "redq_target_q", "sample_critic_subset"]
 
 SelfREDQ = TypeVar("SelfREDQ", bound="REDQ")
@@ -59,7 +61,7 @@ def _is_int(value: object) -> bool:
 
 def _check_subset_size(subset_size: object, n_critics: int) -> int:
     if not _is_int(subset_size) or not 1 <= int(subset_size) <= n_critics:  # type: ignore[call-overload]
-        raise ValueError(
+        raise InvalidValueError(
             f"subset_size={subset_size!r}: expected an integer M with 1 <= M <= n_critics "
             f"(n_critics={n_critics}); the REDQ paper uses M=2 with n_critics=10"
         )
@@ -75,7 +77,7 @@ def sample_critic_subset(
     None). With ``subset_size == n_critics`` every index is returned and nothing is drawn.
     """
     if not _is_int(n_critics) or n_critics < 1:
-        raise ValueError(f"n_critics={n_critics!r}: expected an integer >= 1")
+        raise InvalidValueError(f"n_critics={n_critics!r}: expected an integer >= 1")
     m = _check_subset_size(subset_size, n_critics)
     if m == n_critics:
         return th.arange(n_critics)
@@ -98,7 +100,7 @@ def redq_target_q(
     given: object = next_q
     if not isinstance(given, th.Tensor) or given.ndim < 2 or given.shape[0] < 1:
         shape = tuple(given.shape) if isinstance(given, th.Tensor) else type(given).__name__
-        raise ValueError(
+        raise InvalidValueError(
             f"next_q has shape {shape}; expected a tensor (n_critics, batch, 1) with one row "
             "per critic, e.g. th.stack(critic_target(obs, actions))"
         )
@@ -185,7 +187,7 @@ class REDQ(SAC):
         self.subset_size = _check_subset_size(subset_size, n)
         self.actor_update_interval = _check_interval(actor_update_interval)
         if not _is_int(target_update_interval) or target_update_interval < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"target_update_interval={target_update_interval!r}: expected an integer >= 1 "
                 "(critic updates between two Polyak updates of the target critics)"
             )
@@ -363,9 +365,9 @@ class REDQ(SAC):
 def _resolve_n_critics(n_critics: object, from_kwargs: object) -> int:
     for name, value in (("n_critics", n_critics), ('policy_kwargs["n_critics"]', from_kwargs)):
         if value is not None and (not _is_int(value) or int(value) < 1):  # type: ignore[call-overload]
-            raise ValueError(f"{name}={value!r}: expected an integer >= 1 (REDQ uses 10)")
+            raise InvalidValueError(f"{name}={value!r}: expected an integer >= 1 (REDQ uses 10)")
     if n_critics is not None and from_kwargs is not None and n_critics != from_kwargs:
-        raise ValueError(
+        raise InvalidValueError(
             f"n_critics={n_critics!r} disagrees with policy_kwargs['n_critics']={from_kwargs!r}; "
             "give the ensemble size once (either argument) or the same value in both"
         )
@@ -377,7 +379,7 @@ def _check_interval(value: object) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or int(value) < 1:  # type: ignore[call-overload]
-        raise ValueError(
+        raise InvalidValueError(
             f"actor_update_interval={value!r}: expected None (one actor update per train() "
             "call, i.e. every gradient_steps critic updates) or an integer k >= 1 (one actor "
             "update every k critic updates)"

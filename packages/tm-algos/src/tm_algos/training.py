@@ -43,6 +43,7 @@ from tm_algos.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from tm_algos.errors import TMAlgosError
 from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
 from tm_algos.policy.export import export_policy
 from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_dict
@@ -53,7 +54,7 @@ _log = logging.getLogger(__name__)
 RUN_FORMAT = "tm-algos-run/1"
 
 
-class RunDirError(ValueError):
+class RunDirError(TMAlgosError, ValueError):
     """A run directory cannot be created or resumed; the message says why and what to do."""
 
 
