@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from tm_algos.version import __version__
 
 _EXPORTS: dict[str, str] = {
     # name → the module that defines it

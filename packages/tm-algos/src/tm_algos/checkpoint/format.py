@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tm_algos import __version__
 from tm_algos.errors import InvalidTypeError, TMAlgosError
+from tm_algos.version import __version__
 
 __all__ = [
     "BUFFER_NAME",

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import BaseBuffer
 
-from tm_algos.checkpoint import model_state
+import tm_algos.checkpoint.model_state as model_state
 from tm_algos.checkpoint.buffer_state import check_buffer, load_buffer
 from tm_algos.checkpoint.format import (
     BUFFER_NAME,

@@ -16,8 +16,7 @@ from safetensors.torch import save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import BaseBuffer
 
-from tm_algos import __version__
-from tm_algos.checkpoint import model_state
+import tm_algos.checkpoint.model_state as model_state
 from tm_algos.checkpoint.atomic import seal, write_directory, write_file
 from tm_algos.checkpoint.buffer_state import buffer_to_save, write_npz
 from tm_algos.checkpoint.format import (
@@ -30,6 +29,7 @@ from tm_algos.checkpoint.format import (
     plain,
 )
 from tm_algos.checkpoint.rng import rng_state
+from tm_algos.version import __version__
 
 __all__ = ["save_checkpoint"]
 

@@ -24,7 +24,7 @@ from stable_baselines3.common.torch_layers import (
 )
 from torch import nn
 
-from tm_algos import registry
+import tm_algos.registry as registry
 from tm_algos.errors import InvalidTypeError
 from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
 from tm_algos.policy.format import PolicyFileError

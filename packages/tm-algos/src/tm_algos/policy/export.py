@@ -27,8 +27,7 @@ from safetensors.torch import save_file
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tm_algos import __version__
-from tm_algos.policy import allow_lists
+import tm_algos.policy.allow_lists as allow_lists
 from tm_algos.policy.format import (
     FORMAT,
     JSON_NAME,
@@ -38,6 +37,7 @@ from tm_algos.policy.format import (
 )
 from tm_algos.policy.spaces import describe_space
 from tm_algos.registry import algorithm_by_class_name
+from tm_algos.version import __version__
 
 __all__ = ["describe_policy", "export_policy", "write_policy"]
 

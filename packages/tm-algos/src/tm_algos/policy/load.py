@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from stable_baselines3.common.policies import BasePolicy
 
-from tm_algos.policy import allow_lists
+import tm_algos.policy.allow_lists as allow_lists
 from tm_algos.policy.format import JSON_NAME, WEIGHTS_NAME, PolicyFileError, read_config
 from tm_algos.policy.loaded import LoadedPolicy
 from tm_algos.policy.spaces import space_from_description
