@@ -5,6 +5,11 @@ a comment saying why it was chosen. A preset names its feature extractor by a sh
 (``"lidar-mlp"``, ``"cnn-small"``, ...) that the training code resolves; this module imports
 no network code.
 
+Which algorithms exist, and which hyperparameters and policy arguments each takes with their
+rules, is :mod:`tm_algos.registry`'s; the rules are :class:`tm_gym.core.config.Rule` s of the
+configuration toolkit shared with tm-dist, which also reads ``--set`` overrides. Every error
+names the file (or ``+ overrides``) and the key.
+
 >>> from tm_algos.presets import apply_overrides, list_presets, load_preset
 >>> "lidar-sac" in list_presets()
 True
