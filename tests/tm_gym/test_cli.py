@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tm_gym.cli import play
-from tm_gym.cli.main import CLIError, build_parser, main
+from tm_gym.cli._common import CLIError
+from tm_gym.cli.main import build_parser, main
 from tm_gym.sim.track import builtin_track_names
 
 # --------------------------------------------------------------------------- parsing

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tm_gym.cli.main import EXIT_DNF, EXIT_OK, load_track_or_explain, positive_float, positive_int
+from tm_gym.cli._common import (
+    EXIT_DNF,
+    EXIT_OK,
+    load_track_or_explain,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console

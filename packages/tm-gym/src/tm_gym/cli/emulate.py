@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tm_gym.cli.main import EXIT_OK, load_track_or_explain, positive_float
+from tm_gym.cli._common import EXIT_OK, load_track_or_explain, positive_float
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +54,7 @@ def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> No
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from tm_gym.cli.main import CLIError
+    from tm_gym.cli._common import CLIError
     from tm_gym.emulator.app import EmulatorConfig, TkEmulator
 
     load_track_or_explain(args.track)  # a clear error before any window opens

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tm_gym.cli.main import EXIT_DNF, EXIT_OK, positive_float
+from tm_gym.cli._common import EXIT_DNF, EXIT_OK, positive_float
 
 if TYPE_CHECKING:
     from rich.console import Console

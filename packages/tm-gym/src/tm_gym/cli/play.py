@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 
 import numpy as np
 
-from tm_gym.cli.main import EXIT_OK, CLIError, load_track_or_explain, positive_int
+from tm_gym.cli._common import EXIT_OK, CLIError, load_track_or_explain, positive_int
 from tm_gym.error import DependencyNotInstalled
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tm_gym.cli.main import EXIT_OK
+from tm_gym.cli._common import EXIT_OK
 
 if TYPE_CHECKING:
     from rich.console import Console
