@@ -202,57 +202,112 @@ def _tls_probe(dep: Deployment, keys_dir: Path, role: str, timeout_s: float = 10
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def run_scenario(dep: Deployment, keys_dir: Path, tmp: Path) -> None:
-    env = _env()
-    run_dir = tmp / "run"
-    logs = tmp / "logs"
-    logs.mkdir()
-    trainer_argv = ["trainer", "-v", "--run-dir", str(run_dir), "--fresh", "--preset", "lidar-sac"]
-    for item in TRAINER_SET:
-        trainer_argv += ["--set", item]
+class Scenario:
+    """The relay, the trainer and two workers on ``dep``'s hosts, and what they have done.
 
-    def role(name: str, argv: list[str], host: str | None = None) -> Any:
-        prefix = dep.prefix.get(host or name, ())
-        return H.RoleProcess(argv, env, logs / f"{name}.log", prefix)
+    :meth:`run` starts them, checks TLS (and that plain TCP is refused where the deployment
+    says so), waits for both workers' episodes, then cuts and restores each of ``dep.cuts``.
+    """
 
-    server = role("server", [*dep.server_argv, "-v", "--keys-dir", str(keys_dir)])
-    trainer = role("trainer", [*trainer_argv, *dep.client_argv["trainer"]])
-    workers = {
-        w: role(w, ["worker", "-v", "--name", w, "--max-steps-per-s", STEPS_PER_S])
-        for w in (W1, W2)
-    }
-    for w, proc in workers.items():
-        proc.argv += dep.client_argv[w]
-    everyone = [server, trainer, *workers.values()]
-    notes: list[str] = []  # (trainer, worker 1, worker 2) episodes at each step, for failures
-    t0 = time.monotonic()
+    def __init__(self, dep: Deployment, keys_dir: Path, tmp: Path) -> None:
+        self.dep, self.keys_dir = dep, keys_dir
+        self.env = _env()
+        self.run_dir = tmp / "run"
+        self.logs = tmp / "logs"
+        self.logs.mkdir()
+        trainer_argv = ["trainer", "-v", "--run-dir", str(self.run_dir), "--fresh"]
+        trainer_argv += ["--preset", "lidar-sac"]
+        for item in TRAINER_SET:
+            trainer_argv += ["--set", item]
+        self.server = self.role("server", [*dep.server_argv, "-v", "--keys-dir", str(keys_dir)])
+        self.trainer = self.role("trainer", [*trainer_argv, *dep.client_argv["trainer"]])
+        self.workers = {
+            w: self.role(w, ["worker", "-v", "--name", w, "--max-steps-per-s", STEPS_PER_S])
+            for w in (W1, W2)
+        }
+        for w, proc in self.workers.items():
+            proc.argv += dep.client_argv[w]
+        self.everyone = [self.server, self.trainer, *self.workers.values()]
+        self.notes: list[str] = []  # (trainer, worker 1, worker 2) episodes at each step
+        self.t0 = time.monotonic()
 
-    def note(what: str) -> None:
-        notes.append(f"{time.monotonic() - t0:5.1f} s {what}: {counts()}")
+    def role(self, name: str, argv: list[str], host: str | None = None) -> Any:
+        prefix = self.dep.prefix.get(host or name, ())
+        return H.RoleProcess(argv, self.env, self.logs / f"{name}.log", prefix)
 
-    def report() -> str:
-        logs = "\n".join(f"--- {p.log.name} ---\n{p.text()[-3000:]}" for p in everyone)
-        return "\n".join(notes) + "\n" + logs
+    def note(self, what: str) -> None:
+        self.notes.append(f"{time.monotonic() - self.t0:5.1f} s {what}: {self.counts()}")
 
-    def counts() -> tuple[int, int, int]:
-        t = H.trainer_episodes(run_dir)  # first the trainer, then what the workers sent
-        w1 = H.worker_episodes(workers[W1].text(), W1) + 1
-        w2 = H.worker_episodes(workers[W2].text(), W2) + 1
+    def report(self) -> str:
+        logs = "\n".join(f"--- {p.log.name} ---\n{p.text()[-3000:]}" for p in self.everyone)
+        return "\n".join(self.notes) + "\n" + logs
+
+    def counts(self) -> tuple[int, int, int]:
+        t = H.trainer_episodes(self.run_dir)  # first the trainer, then what the workers sent
+        w1 = H.worker_episodes(self.workers[W1].text(), W1) + 1
+        w2 = H.worker_episodes(self.workers[W2].text(), W2) + 1
         return t, w1, w2
 
-    def cut_and_restore(cut: Cut) -> None:
+    def run(self) -> None:
+        try:
+            self.start_over_tls()
+            if self.dep.plaintext_refused:
+                self.check_plaintext_refused()
+            self.wait_for_both_workers()  # 1.
+            for cut in self.dep.cuts:  # 2. and 3.
+                self.cut_and_restore(cut)
+            alive = (self.server, self.trainer, *self.workers.values())
+            assert all(p.alive for p in alive), self.report()
+        finally:
+            for proc in self.everyone:
+                proc.interrupt()  # all at once, then wait for each
+            for proc in reversed(self.everyone):
+                proc.stop()
+
+    def start_over_tls(self) -> None:
+        for proc in self.everyone:  # the trainer and workers retry until the relay listens
+            proc.start()
+        server = self.server
+        H.wait_until(lambda: "relay listening" in server.text(), START_S, "the relay", self.report)
+        self.note("relay listening")
+        assert "(TLS)" in server.text(), self.report()
+        version = _tls_probe(self.dep, self.keys_dir, W2)
+        assert version is not None and version.startswith("TLSv1."), self.report()
+
+    def check_plaintext_refused(self) -> None:
+        plain = self.role("plain", ["worker", "--name", "plain", *self.dep.client_argv[W2]], W2)
+        plain.env["TM_DIST_CONNECTION_TLS"] = "false"
+        self.everyone.append(plain)
+        plain.start()
+        assert plain.wait(timeout=60) == 2, self.report()
+        assert "refusing plain TCP" in plain.text(), self.report()
+
+    def wait_for_both_workers(self) -> None:
+        """1. Both workers' episodes reach the trainer."""
+
+        def both_arrived() -> bool:
+            t, w1, w2 = self.counts()
+            return min(w1, w2) >= 3 and t >= max(w1, w2) + 2
+
+        H.wait_until(both_arrived, START_S, "episodes from both workers", self.report)
+        self.note("both arrived")
+        joined = self.trainer.text()
+        assert f"worker {W1} joined" in joined and f"worker {W2} joined" in joined, self.report()
+
+    def cut_and_restore(self, cut: Cut) -> None:
         """Worker 1's link goes down: worker 2's episodes still arrive, worker 1's do not,
         though it goes on driving and sending (into buffers, or lost with a reset). Then the
         link comes back and worker 1's episodes arrive again."""
+        report = self.report
         cut.cut()
-        w1_at_cut = counts()[1]  # read after the cut: covers every episode sent before it
-        t_at_cut, _, w2_at_cut = counts()
-        note(f"{cut.name}: cut")
-        probe = _tls_probe(dep, keys_dir, W1, timeout_s=2.0)
+        w1_at_cut = self.counts()[1]  # read after the cut: covers every episode sent before it
+        t_at_cut, _, w2_at_cut = self.counts()
+        self.note(f"{cut.name}: cut")
+        probe = _tls_probe(self.dep, self.keys_dir, W1, timeout_s=2.0)
         assert probe is None, f"{cut.name}: worker 1's host still reaches the relay"
 
         def cut_holds() -> bool:
-            t, w1, w2 = counts()
+            t, w1, w2 = self.counts()
             if t > w1_at_cut + w2:
                 raise AssertionError(
                     f"{cut.name}: the trainer has {t} episodes during the cut, more than "
@@ -262,54 +317,27 @@ def run_scenario(dep: Deployment, keys_dir: Path, tmp: Path) -> None:
             return t >= t_at_cut + CUT_EPISODES and min(w1 - w1_at_cut, w2 - w2_at_cut) >= 6
 
         H.wait_until(cut_holds, PHASE_S, f"worker 2's episodes during the {cut.name}", report)
-        note(f"{cut.name}: end of the cut")
-        assert workers[W1].alive, report()
+        self.note(f"{cut.name}: end of the cut")
+        assert self.workers[W1].alive, report()
 
         cut.restore()
-        H.wait_until(lambda: _tls_probe(dep, keys_dir, W1) is not None, PHASE_S, "the link", report)
+        H.wait_until(
+            lambda: _tls_probe(self.dep, self.keys_dir, W1) is not None,
+            PHASE_S,
+            "the link",
+            report,
+        )
 
         def w1_back() -> bool:
-            t, _, w2 = counts()
+            t, _, w2 = self.counts()
             return t >= w1_at_cut + w2 + 3
 
         H.wait_until(w1_back, PHASE_S, f"worker 1's episodes after the {cut.name}", report)
-        note(f"{cut.name}: restored")
+        self.note(f"{cut.name}: restored")
 
-    try:
-        for proc in everyone:  # the trainer and workers retry until the relay listens
-            proc.start()
-        H.wait_until(lambda: "relay listening" in server.text(), START_S, "the relay", report)
-        note("relay listening")
-        assert "(TLS)" in server.text(), report()
-        version = _tls_probe(dep, keys_dir, W2)
-        assert version is not None and version.startswith("TLSv1."), report()
 
-        if dep.plaintext_refused:
-            plain = role("plain", ["worker", "--name", "plain", *dep.client_argv[W2]], host=W2)
-            plain.env["TM_DIST_CONNECTION_TLS"] = "false"
-            everyone.append(plain)
-            plain.start()
-            assert plain.wait(timeout=60) == 2, report()
-            assert "refusing plain TCP" in plain.text(), report()
-
-        # 1. Both workers' episodes reach the trainer.
-        def both_arrived() -> bool:
-            t, w1, w2 = counts()
-            return min(w1, w2) >= 3 and t >= max(w1, w2) + 2
-
-        H.wait_until(both_arrived, START_S, "episodes from both workers", report)
-        note("both arrived")
-        joined = trainer.text()
-        assert f"worker {W1} joined" in joined and f"worker {W2} joined" in joined, report()
-
-        for cut in dep.cuts:  # 2. and 3.
-            cut_and_restore(cut)
-        assert all(p.alive for p in (server, trainer, *workers.values())), report()
-    finally:
-        for proc in everyone:
-            proc.interrupt()  # all at once, then wait for each
-        for proc in reversed(everyone):
-            proc.stop()
+def run_scenario(dep: Deployment, keys_dir: Path, tmp: Path) -> None:
+    Scenario(dep, keys_dir, tmp).run()
 
 
 # -- tests ------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tm_dist.errors import InvalidValueError, TMDistError
+
 __all__ = [
     "CERT_FILE_NAME",
     "DEFAULT_HOSTNAME",
@@ -69,7 +71,7 @@ _MAX_DAYS = 3650
 _EXPIRY_WARNING = dt.timedelta(days=30)
 
 
-class CertificateError(ValueError):
+class CertificateError(TMDistError, ValueError):
     """A certificate or key is missing, unreadable, expired or does not fit its partner."""
 
 
@@ -121,7 +123,9 @@ def make_cert(
         ValueError: ``hostname`` or ``days`` is out of range.
     """
     if not _is_whole(days) or not 1 <= days <= _MAX_DAYS:
-        raise ValueError(f"days={days!r}: expected a whole number of days from 1 to {_MAX_DAYS}.")
+        raise InvalidValueError(
+            f"days={days!r}: expected a whole number of days from 1 to {_MAX_DAYS}."
+        )
     alt_name = _alt_name(hostname)
     keys_dir = Path(keys_dir).expanduser()
     cert_path = keys_dir / CERT_FILE_NAME
@@ -281,7 +285,7 @@ def _is_whole(value: object) -> bool:
 
 def _alt_name(hostname: object) -> x509.GeneralName:
     if not isinstance(hostname, str) or not hostname or any(c.isspace() for c in hostname):
-        raise ValueError(
+        raise InvalidValueError(
             f"hostname={hostname!r}: expected a host name or IP address without spaces, "
             f"e.g. {DEFAULT_HOSTNAME!r} (what tlspyo endpoints check by default)."
         )

@@ -12,7 +12,8 @@ Commands::
 Settings: defaults < ``--config FILE`` (TOML) < ``TM_DIST_*`` variables < flags. The password
 comes from ``TM_DIST_PASSWORD``, a password file (``--password-file``) or a prompt: never from a
 flag. Exit codes: 0 done, 1 runtime failure (connection, authentication), 2 usage or settings
-error, 130 interrupted.
+error, 130 interrupted (Ctrl-C or SIGTERM); :func:`tm_gym.cli._common.run_cli` reports errors as
+one red line (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from tm_gym.cli._common import EXIT_DNF, EXIT_OK, parse_args, run_cli
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from rich.console import Console
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+__all__ = ["PROG", "build_parser", "main"]
+
+PROG = "tm-dist"
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
@@ -51,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file")
     common.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    common.add_argument(
+        "--debug", action="store_true", help="debug logs, and full tracebacks instead of one line"
+    )
     p = argparse.ArgumentParser(
-        prog="tm-dist",
+        prog=PROG,
         parents=[common],
         description="Distributed training for TrackMaster over TLS (see `tm-dist config --example`).",
     )
@@ -168,69 +175,74 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _exit_codes() -> dict[type[BaseException], int]:
+    """Runtime failures (the relay, the network, a wrong password) exit with 1; every other
+    error tm-dist raises on purpose (settings, password, certificate, TLS policy) with 2."""
+    from tm_dist.transport.errors import TransportError
+
+    return {TransportError: EXIT_DNF, ConnectionError: EXIT_DNF}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = Console(stderr=True)
-    from tm_dist.security import InsecureConnectionError, PasswordError, reject_password_arguments
+    from tm_dist.security import PasswordError, reject_password_arguments
 
     try:
-        reject_password_arguments(argv)
-    except PasswordError as e:
-        err.print(f"[red]tm-dist:[/red] {e}")
-        return EXIT_USAGE
-    args = build_parser().parse_args(argv)
+        reject_password_arguments(argv)  # before argparse, which would echo the value
+    except PasswordError as exc:
+        return run_cli(_raise, argparse.Namespace(error=exc), prog=PROG)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse explained
+        return args
     _sigterm_as_interrupt()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    return run_cli(
+        _dispatch,
+        args,
+        prog=PROG,
+        debug=args.debug,
+        verbose=args.verbose,
+        exit_codes=_exit_codes(),
     )
+
+
+def _raise(args: argparse.Namespace, out: Console, err: Console) -> int:
+    raise args.error
+
+
+def _dispatch(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import tm_dist.cli_roles as cli_roles
+
     # tlspyo warns once per message while a link is down ("storing message"): the link's own
     # reconnect log says it once
     logging.getLogger("tlspyo").setLevel(logging.ERROR)
-    from tm_dist.certs import CertificateError
-    from tm_dist.settings import SettingsError
-    from tm_dist.transport import AuthenticationError, TransportError
-
-    try:
-        return _dispatch(args, err)
-    except (SettingsError, PasswordError, InsecureConnectionError, CertificateError) as e:
-        err.print(f"[red]tm-dist:[/red] {e}")
-        return EXIT_USAGE
-    except AuthenticationError as e:
-        err.print(f"[red]tm-dist: wrong password.[/red] {e}")
-        return EXIT_FAIL
-    except (TransportError, ConnectionError) as e:
-        err.print(f"[red]tm-dist:[/red] {e}")
-        return EXIT_FAIL
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return EXIT_INTERRUPTED
-
-
-def _dispatch(args: argparse.Namespace, err: Console) -> int:
-    from tm_dist import cli_roles
-
     cmd = args.command
     if cmd == "config":
-        from tm_dist.settings import example_config
-
-        if args.example:
-            print(example_config(), end="")
-            return EXIT_OK
-        import json
-
-        print(json.dumps(_settings(args, need_password=False).as_dict(), indent=2, default=str))
-        return EXIT_OK
+        return _config_command(args)
     if cmd == "make-cert":
-        return cli_roles.make_cert_command(args, err)
+        return cli_roles.make_cert_command(args, out, err)
     if cmd == "local":
-        return cli_roles.local_command(args, err)
+        return cli_roles.local_command(args, out, err)
     settings = _settings(args)
     if cmd == "server":
         return cli_roles.server_command(settings, args, err)
     if cmd == "worker":
         return cli_roles.worker_command(settings, args, err)
-    return cli_roles.trainer_command(settings, args, err)
+    return cli_roles.trainer_command(settings, args, out, err)
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    """``tm-dist config``: the example file, or the merged settings as JSON (plain stdout, so
+    that it can be redirected into a file)."""
+    if args.example:
+        from tm_dist.settings import example_config
+
+        sys.stdout.write(example_config())
+        return EXIT_OK
+    import json
+
+    shown = _settings(args, need_password=False).as_dict()
+    sys.stdout.write(json.dumps(shown, indent=2, default=str) + "\n")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

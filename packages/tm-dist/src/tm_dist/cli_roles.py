@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from tm_gym.cli._common import EXIT_OK, CLIError
 
 
-def make_cert_command(args: argparse.Namespace, err: Console) -> int:
+def make_cert_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     from tm_dist.certs import make_cert
     from tm_dist.settings import default_keys_dir
 
@@ -29,7 +29,7 @@ def make_cert_command(args: argparse.Namespace, err: Console) -> int:
     table.add_row("private key", str(files.private_key))
     table.add_row("SHA-256", files.fingerprint)
     table.add_row("valid until", str(files.not_valid_after))
-    Console().print(table)
+    out.print(table)
     err.print(
         f"Copy {files.certificate.name} (never the key) to the same directory on every worker "
         "and trainer machine, or point them to it with --keys-dir; compare the SHA-256 there."
@@ -124,7 +124,7 @@ def _progress_table(stats: Any, t0: float) -> Table:
     return table
 
 
-def _run_trainer_live(settings: Any, args: argparse.Namespace, err: Console) -> int:
+def _run_trainer_live(settings: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
     from tm_dist.roles import run_trainer
 
     t0 = time.perf_counter()
@@ -158,20 +158,20 @@ def _run_trainer_live(settings: Any, args: argparse.Namespace, err: Console) -> 
     table = Table(title="tm-dist trainer: done", show_header=False)
     for key, value in vars(report).items():
         table.add_row(key.replace("_", " "), str(value))
-    Console().print(table)
+    out.print(table)
     if args.until_finish and report.best_test_lap is None:
         err.print("[yellow]stopped before a test episode finished the track[/yellow]")
     return EXIT_OK
 
 
-def trainer_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
+def trainer_command(settings: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
     _check_endpoint(settings)
     ts = settings.trainer
     err.print(
         f"trainer: preset {ts.preset}, run dir {ts.run_dir} → "
         f"{settings.connection.host}:{settings.connection.port}"
     )
-    return _run_trainer_live(settings, args, err)
+    return _run_trainer_live(settings, args, out, err)
 
 
 # -- local -----------------------------------------------------------------------------------
@@ -224,14 +224,13 @@ class _Child:
             self._log = None
 
 
-def local_command(args: argparse.Namespace, err: Console) -> int:
+def local_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     from tm_dist.security import PASSWORD_ENV, Secret
     from tm_dist.settings import load_settings
     from tm_dist.transport import free_local_port
 
     if args.workers < 1:
-        err.print(f"tm-dist local: --workers {args.workers}: expected at least 1")
-        return EXIT_USAGE
+        raise CLIError(f"--workers {args.workers}: expected at least 1 worker process")
     password = Secret.generate()
     port = free_local_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TM_DIST_")}
@@ -270,7 +269,7 @@ def local_command(args: argparse.Namespace, err: Console) -> int:
         for c in children:
             c.start()
         watcher.start()
-        code = _run_trainer_live(settings, args, err)
+        code = _run_trainer_live(settings, args, out, err)
     finally:
         stop_watch.set()
         if watcher.is_alive():

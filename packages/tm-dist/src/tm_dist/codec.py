@@ -51,6 +51,8 @@ import zstandard
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from tm_dist.errors import TMDistError
+
 __all__ = ["FORMAT_VERSION", "CodecError", "EpisodeDecoder", "EpisodeEncoder", "Transitions"]
 
 FORMAT_VERSION: Final = 1
@@ -63,7 +65,7 @@ _DIGEST: Final = 8
 _FIELDS: Final = 11  # entries of the packed chunk
 
 
-class CodecError(ValueError):
+class CodecError(TMDistError, ValueError):
     """An episode payload that cannot be built or decoded (says what was wrong)."""
 
 

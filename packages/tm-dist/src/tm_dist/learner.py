@@ -29,7 +29,6 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from tm_algos.checkpoint import (
@@ -41,10 +40,13 @@ from tm_algos.checkpoint import (
 from tm_algos.factory import env_kwargs_of, make_model
 from tm_algos.policy import describe_policy, export_policy, policy_to_bytes, write_policy
 from tm_algos.presets import Preset
+from tm_algos.registry import ALGORITHMS, algorithm
 from tm_dist.codec import EpisodeDecoder, Transitions
+from tm_dist.errors import InvalidValueError, StateError
 from tm_dist.ppo_batch import PPOBatcher
 from tm_dist.wire import EpisodeChunk, Weights
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.core.actions import action_space
+from tm_gym.core.settings import EnvSettings, observation_space
 
 __all__ = ["Learner", "LearnerConfig", "LearnerStats", "SpacesEnv", "spaces_of"]
 
@@ -74,7 +76,7 @@ class SpacesEnv(gym.Env[Any, Any]):
         return self.observation_space.sample(), {}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        raise RuntimeError("the trainer's placeholder environment cannot step: workers drive")
+        raise StateError("the trainer's placeholder environment cannot step: workers drive")
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,16 @@ class Learner:
         self.observation_space = obs_space
         self.settings = settings
         venv = DummyVecEnv([lambda: SpacesEnv(obs_space, act_space, settings)])
-        self.model: BaseAlgorithm = make_model(preset, venv, seed=seed, device=device)
-        self.off_policy = isinstance(self.model, OffPolicyAlgorithm)
-        if preset.algo.name == "recurrent_ppo":
-            raise ValueError(
-                "algo.name = 'recurrent_ppo': tm-dist trains SAC, TQC, REDQ, fast_sac and PPO; "
-                "train RecurrentPPO with tm-train"
+        spec = algorithm(preset.algo.name)
+        if spec.recurrent:
+            trainable = [s.name for s in ALGORITHMS.values() if not s.recurrent]
+            raise InvalidValueError(
+                f"algo.name = {spec.name!r}: tm-dist trains {', '.join(trainable)} (a recurrent "
+                f"policy's state does not travel with the episodes); train {spec.class_name} "
+                "with tm-train"
             )
+        self.model: BaseAlgorithm = make_model(preset, venv, seed=seed, device=device)
+        self.off_policy = spec.off_policy
         formats = ["tensorboard"] if tensorboard else []
         self.model.set_logger(configure(str(self.run_dir / "tb"), formats))
         self.decoder = EpisodeDecoder(obs_space, act_space)

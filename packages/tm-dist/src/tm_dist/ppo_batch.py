@@ -18,6 +18,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 
 from tm_dist.codec import Transitions
+from tm_dist.errors import InvalidTypeError
 
 __all__ = ["PPOBatcher"]
 
@@ -27,7 +28,7 @@ class PPOBatcher:
 
     def __init__(self, model: BaseAlgorithm) -> None:
         if not isinstance(model, PPO):
-            raise TypeError(f"PPOBatcher needs a PPO model, got {type(model).__name__}")
+            raise InvalidTypeError(f"PPOBatcher needs a PPO model, got {type(model).__name__}")
         self.model = model
         self.n_steps = model.n_steps
         self.parts: list[Transitions] = []

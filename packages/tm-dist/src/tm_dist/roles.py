@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tm_dist.codec import CodecError
-from tm_dist.settings import DistSettings
+from tm_dist.settings import DistSettings, SettingsError, TrainerSettings
 from tm_dist.transport import Link, RelayServer, TransportError
 from tm_dist.wire import (
     PROTOCOL_VERSION,
@@ -28,6 +28,11 @@ from tm_dist.wire import (
     decode_message,
     encode_message,
 )
+
+if TYPE_CHECKING:
+    from tm_algos.presets import Preset
+    from tm_dist.learner import Learner
+    from tm_dist.rollout import Rollout
 
 __all__ = [
     "TrainerReport",
@@ -119,55 +124,24 @@ def run_worker(
     )
     own_link = link is None
     lk = link or Link.from_settings(settings.connection, groups=(WORKERS,))
-    pace = 1.0 / ws.max_steps_per_s if ws.max_steps_per_s else 0.0
-
-    def poll(timeout: float) -> None:
-        items = lk.receive_all()
-        if not items and timeout > 0:
-            try:
-                items = [lk.receive(timeout=timeout)]
-            except TimeoutError:
-                return
-        for raw in items:
-            msg = _decode(raw, ws.name)
-            if isinstance(msg, Weights):
-                rollout.offer(msg)
-            elif msg is None:
-                report.dropped_messages += 1
-
+    inbox = _WorkerInbox(lk, rollout, report, ws.name)
+    pacer = _Pacer(ws.max_steps_per_s)
     try:
         if own_link:
             lk.connect()
         hello = Hello(role="worker", name=ws.name, protocol=PROTOCOL_VERSION, info={})
         lk.send(TRAINERS, encode_message(hello))
         while not rollout.has_weights and not stop.is_set():
-            poll(0.5)
-        t_next = time.perf_counter()
+            inbox.poll(0.5)
+        pacer.restart()
         while not stop.is_set() and (max_episodes is None or report.episodes < max_episodes):
-            poll(0.0)
+            inbox.poll(0.0)
             if not rollout.prepare():
-                poll(0.5)
+                inbox.poll(0.5)
                 continue
             for chunk in rollout.episode():
-                data = encode_message(chunk)
-                lk.send(TRAINERS, data)
-                report.chunks += 1
-                report.bytes_sent += len(data)
-                report.steps += chunk.n_steps
-                if pace:
-                    t_next += pace * chunk.n_steps
-                    delay = t_next - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    else:
-                        t_next = time.perf_counter()
-                if chunk.final:
-                    report.weights_version = chunk.weights_version
-                    if chunk.test:
-                        report.test_episodes += 1
-                        report.last_test = dict(chunk.stats)
-                    else:
-                        report.episodes += 1
+                _send_chunk(lk, chunk, report)
+                pacer.wait(chunk.n_steps)
             if on_episode is not None:
                 on_episode(report)
     finally:
@@ -175,6 +149,67 @@ def run_worker(
         if own_link:
             lk.stop()
     return report
+
+
+class _WorkerInbox:
+    """What the trainer sends a worker: its weights, offered to the rollout as they come."""
+
+    def __init__(self, link: Link, rollout: Rollout, report: WorkerReport, name: str) -> None:
+        self._link, self._rollout, self._report, self._name = link, rollout, report, name
+
+    def poll(self, timeout: float) -> None:
+        """Take every message waiting; with none, wait up to ``timeout`` s for one."""
+        items = self._link.receive_all()
+        if not items and timeout > 0:
+            try:
+                items = [self._link.receive(timeout=timeout)]
+            except TimeoutError:
+                return
+        for raw in items:
+            msg = _decode(raw, self._name)
+            if isinstance(msg, Weights):
+                self._rollout.offer(msg)
+            elif msg is None:
+                self._report.dropped_messages += 1
+
+
+class _Pacer:
+    """Holds a worker to ``steps_per_s`` (None: as fast as it runs), catching up after a late
+    chunk rather than sleeping it off."""
+
+    def __init__(self, steps_per_s: float | None) -> None:
+        self._period = 1.0 / steps_per_s if steps_per_s else 0.0
+        self._next = time.perf_counter()
+
+    def restart(self) -> None:
+        self._next = time.perf_counter()
+
+    def wait(self, steps: int) -> None:
+        """Sleep until ``steps`` more steps are due."""
+        if not self._period:
+            return
+        self._next += self._period * steps
+        delay = self._next - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            self._next = time.perf_counter()
+
+
+def _send_chunk(link: Link, chunk: EpisodeChunk, report: WorkerReport) -> None:
+    """Send one chunk to the trainers and count it (and its episode, when it is the last)."""
+    data = encode_message(chunk)
+    link.send(TRAINERS, data)
+    report.chunks += 1
+    report.bytes_sent += len(data)
+    report.steps += chunk.n_steps
+    if chunk.final:
+        report.weights_version = chunk.weights_version
+        if chunk.test:
+            report.test_episodes += 1
+            report.last_test = dict(chunk.stats)
+        else:
+            report.episodes += 1
 
 
 # -- trainer ---------------------------------------------------------------------------------
@@ -213,13 +248,43 @@ def run_trainer(
     ``until_finish`` at the first test episode that finishes the track. Always checkpoints at
     the end. ``resume``: continue from the run directory's last checkpoint when there is one.
     """
+    ts = settings.trainer
+    stop = stop or threading.Event()
+    learner, preset = _make_learner(ts, resume)
+    own_link = link is None
+    lk = link or Link.from_settings(settings.connection, groups=(TRAINERS,))
+    t0 = time.perf_counter()
+    deadline = None if minutes is None else t0 + minutes * 60.0
+    progress = _Throttle(on_progress, every_s=0.5)
+    malformed = 0
+    if own_link:
+        lk.connect()  # a wrong password or no relay raises here, before any checkpoint
+    wandb_run = _start_wandb(ts, preset) if ts.wandb else None
+    try:
+        lk.broadcast(WORKERS, encode_message(learner.weights()))
+        while not _trainer_should_stop(learner, stop, deadline, until_finish):
+            malformed += _ingest_messages(learner, _receive_some(lk, learner.off_policy))
+            learner.train(max_steps=8)
+            if learner.should_broadcast():
+                lk.broadcast(WORKERS, encode_message(learner.weights()))
+            learner.maybe_checkpoint()
+            progress(learner.stats)
+    finally:
+        ckpt = learner.checkpoint()
+        if own_link:
+            lk.stop()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return _trainer_report(learner, malformed, time.perf_counter() - t0, ckpt)
+
+
+def _make_learner(ts: TrainerSettings, resume: bool) -> tuple[Learner, Preset]:
+    """The learner of ``ts.preset`` (with its overrides) and the preset."""
     import torch
 
     from tm_algos.presets import apply_overrides, load_preset
     from tm_dist.learner import Learner, LearnerConfig
 
-    ts = settings.trainer
-    stop = stop or threading.Event()
     preset = apply_overrides(load_preset(ts.preset), ts.overrides)
     if preset.env.obs_type != "images" and ts.device in ("auto", "cpu"):
         torch.set_num_threads(1)
@@ -235,54 +300,63 @@ def run_trainer(
         device=ts.device,
         resume=resume,
     )
-    malformed = 0
-    own_link = link is None
-    lk = link or Link.from_settings(settings.connection, groups=(TRAINERS,))
-    t0 = time.perf_counter()
-    deadline = None if minutes is None else t0 + minutes * 60.0
-    last_progress = 0.0
-    if own_link:
-        lk.connect()  # a wrong password or no relay raises here, before any checkpoint
-    wandb_run = _start_wandb(ts, preset) if ts.wandb else None
+    return learner, preset
+
+
+def _trainer_should_stop(
+    learner: Learner, stop: threading.Event, deadline: float | None, until_finish: bool
+) -> bool:
+    if stop.is_set() or learner.done:
+        return True
+    if deadline is not None and time.perf_counter() >= deadline:
+        return True
+    return until_finish and learner.stats.best_test_lap is not None
+
+
+def _receive_some(link: Link, off_policy: bool) -> list[Any]:
+    """Every message waiting, or the next one within a short wait (shorter for off-policy
+    learners, which have gradient steps to take meanwhile)."""
+    items = link.receive_all()
+    if items:
+        return items
     try:
-        lk.broadcast(WORKERS, encode_message(learner.weights()))
-        while not stop.is_set() and not learner.done:
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-            if until_finish and learner.stats.best_test_lap is not None:
-                break
-            items = lk.receive_all()
-            if not items:
-                try:
-                    items = [lk.receive(timeout=0.002 if learner.off_policy else 0.05)]
-                except TimeoutError:
-                    items = []
-            for raw in items:
-                msg = _decode(raw, "trainer")
-                if msg is None:
-                    malformed += 1
-                elif isinstance(msg, EpisodeChunk):
-                    try:
-                        learner.ingest(msg)
-                    except (CodecError, ValueError) as e:
-                        malformed += 1
-                        _log.warning("dropped a chunk from %s: %s", msg.worker, e)
-                elif isinstance(msg, Hello):
-                    _log.info("%s %s joined (protocol %d)", msg.role, msg.name, msg.protocol)
-            learner.train(max_steps=8)
-            if learner.should_broadcast():
-                lk.broadcast(WORKERS, encode_message(learner.weights()))
-            learner.maybe_checkpoint()
-            now = time.perf_counter()
-            if on_progress is not None and now - last_progress > 0.5:
-                last_progress = now
-                on_progress(dataclasses.replace(learner.stats))
-    finally:
-        ckpt = learner.checkpoint()
-        if own_link:
-            lk.stop()
-        if wandb_run is not None:
-            wandb_run.finish()
+        return [link.receive(timeout=0.002 if off_policy else 0.05)]
+    except TimeoutError:
+        return []
+
+
+def _ingest_messages(learner: Learner, items: list[Any]) -> int:
+    """Hand the episode chunks to the learner, log the greetings; the number dropped."""
+    malformed = 0
+    for raw in items:
+        msg = _decode(raw, "trainer")
+        if msg is None:
+            malformed += 1
+        elif isinstance(msg, EpisodeChunk):
+            try:
+                learner.ingest(msg)
+            except (CodecError, ValueError) as e:
+                malformed += 1
+                _log.warning("dropped a chunk from %s: %s", msg.worker, e)
+        elif isinstance(msg, Hello):
+            _log.info("%s %s joined (protocol %d)", msg.role, msg.name, msg.protocol)
+    return malformed
+
+
+class _Throttle:
+    """Calls ``callback`` with a copy of the learner's stats at most every ``every_s`` s."""
+
+    def __init__(self, callback: Callable[[Any], None] | None, every_s: float) -> None:
+        self._callback, self._every_s, self._last = callback, every_s, 0.0
+
+    def __call__(self, stats: Any) -> None:
+        now = time.perf_counter()
+        if self._callback is not None and now - self._last > self._every_s:
+            self._last = now
+            self._callback(dataclasses.replace(stats))
+
+
+def _trainer_report(learner: Learner, malformed: int, wall_s: float, ckpt: Any) -> TrainerReport:
     s = learner.stats
     return TrainerReport(
         env_steps=s.env_steps,
@@ -294,7 +368,7 @@ def run_trainer(
         malformed_messages=malformed,
         dropped_episodes=s.dropped_episodes,
         stale_episodes=s.stale_episodes,
-        wall_s=time.perf_counter() - t0,
+        wall_s=wall_s,
         checkpoint=str(ckpt),
     )
 
@@ -304,7 +378,7 @@ def _start_wandb(ts: Any, preset: Any) -> Any:
     try:
         import wandb
     except ImportError as e:
-        raise ValueError(
+        raise SettingsError(
             "trainer.wandb = true needs the wandb package: pip install wandb (then wandb login)"
         ) from e
     return wandb.init(

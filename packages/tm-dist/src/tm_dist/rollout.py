@@ -21,6 +21,7 @@ import numpy as np
 
 from tm_algos.policy import LoadedPolicy, policy_from_bytes, update_weights
 from tm_dist.codec import EpisodeEncoder
+from tm_dist.errors import InvalidTypeError, InvalidValueError, StateError
 from tm_dist.wire import EpisodeChunk, Weights
 
 __all__ = ["Rollout", "WeightsConfig"]
@@ -46,7 +47,7 @@ class WeightsConfig:
             data = json.loads(config_json)
             env = data["env"]
             if not isinstance(env["id"], str) or not isinstance(env["kwargs"], dict):
-                raise TypeError("env.id must be a string and env.kwargs an object")
+                raise InvalidTypeError("env.id must be a string and env.kwargs an object")
             subset = data["policy"].get("weights_subset")
             return cls(
                 weights_subset=subset if isinstance(subset, str) else None,
@@ -56,7 +57,7 @@ class WeightsConfig:
                 random_actions=bool(data.get("random_actions", False)),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"weights config is not the trainer's format ({e})") from e
+            raise InvalidValueError(f"weights config is not the trainer's format ({e})") from e
 
 
 def _make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
@@ -87,7 +88,9 @@ class Rollout:
         device: str = "cpu",
     ) -> None:
         if test_every < 1 or chunk_steps < 1:
-            raise ValueError(f"test_every={test_every}, chunk_steps={chunk_steps}: expected >= 1")
+            raise InvalidValueError(
+                f"test_every={test_every}, chunk_steps={chunk_steps}: expected >= 1"
+            )
         self.name = name
         self.test_every = test_every
         self.chunk_steps = chunk_steps
@@ -155,7 +158,7 @@ class Rollout:
         """Drive one episode, yielding its chunks as they fill (the last has ``final=True``)."""
         self._swap()
         if self.policy is None or self.env is None or self.config is None:
-            raise RuntimeError("no weights yet: offer() the trainer's first Weights message")
+            raise StateError("no weights yet: offer() the trainer's first Weights message")
         env, policy = self.env, self.policy
         index = self.episodes
         self.episodes += 1

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tm_dist.errors import InvalidTypeError, TMDistError
+
 __all__ = [
     "PASSWORD_ENV",
     "PASSWORD_FILE_ENV",
@@ -50,11 +52,11 @@ _MAX_FILE_BYTES = 4096
 _PASSWORD_FLAGS = ("--password", "--passwd", "--pass", "--pw", "--pwd")
 
 
-class PasswordError(ValueError):
+class PasswordError(TMDistError, ValueError):
     """The password is missing, came from a forbidden place, or its file is unsafe."""
 
 
-class InsecureConnectionError(ValueError):
+class InsecureConnectionError(TMDistError, ValueError):
     """Plain TCP was requested towards a host that is not this machine."""
 
 
@@ -73,7 +75,7 @@ class Secret:
 
     def __init__(self, value: str = "") -> None:
         if not isinstance(value, str):
-            raise TypeError(f"Secret expects a str, got {type(value).__name__}")
+            raise InvalidTypeError(f"Secret expects a str, got {type(value).__name__}")
         self._value = value
 
     @classmethod
@@ -112,7 +114,9 @@ class Secret:
         return self
 
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        raise TypeError("a Secret cannot be serialized; pass secret.reveal() where it is needed")
+        raise InvalidTypeError(
+            "a Secret cannot be serialized; pass secret.reveal() where it is needed"
+        )
 
 
 def read_password_file(path: Path | str) -> Secret:

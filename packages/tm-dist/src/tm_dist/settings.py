@@ -1,7 +1,12 @@
 """Settings of tm-dist (connection, worker, trainer): defaults < TOML < environment < flags.
 
-Every value is checked (type, range, known key) and errors name where the value came from, e.g.
-``connection.port (in /home/me/tm-dist.toml): got 70000, expected a whole number from 1 to 65535``.
+Each setting is a field of a frozen dataclass carrying its rule and a one-line description
+(:func:`tm_gym.core.config.setting`), so the checks, the ``TM_DIST_*`` variables, the flags and
+the example file (:func:`example_config`) all read one table. Every value is checked (type,
+range, known key) and errors name where the value came from, e.g.
+``connection.port (in /home/me/tm-dist.toml): got 70000 (int), expected a whole number from 1
+to 65535.``
+
 The password comes only from ``TM_DIST_PASSWORD``, a password file or a prompt, and is held in a
 :class:`Secret` that prints as ``********``; see :mod:`tm_dist.security` (whose ``Secret``,
 ``PasswordError``, ``InsecureConnectionError`` and ``is_loopback`` are re-exported here).
@@ -13,22 +18,18 @@ The password comes only from ``TM_DIST_PASSWORD``, a password file or a prompt, 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
+from tm_dist.errors import InvalidTypeError, TMDistError
 from tm_dist.security import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
@@ -40,9 +41,11 @@ from tm_dist.security import (
     is_loopback,
     read_password_file,
 )
+from tm_gym.core.config import ConfigError, Rule, describe, env_layer, read_toml, setting, validate
 
 __all__ = [
     "DEFAULT_PORT",
+    "ENV_PREFIX",
     "ConnectionSettings",
     "DistSettings",
     "InsecureConnectionError",
@@ -65,8 +68,9 @@ ENV_PREFIX = "TM_DIST_"
 _MIB = 1 << 20
 
 
-class SettingsError(ValueError):
-    """A setting has an unknown name, a wrong type or a value out of range."""
+class SettingsError(ConfigError, TMDistError):
+    """A setting has an unknown name, a wrong type or a value out of range; the message starts
+    with where the value came from."""
 
 
 def default_keys_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -85,178 +89,56 @@ def default_worker_name() -> str:
     return f"{host[:48]}-{os.getpid()}"
 
 
-# -- field rules ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Rule:
-    kind: str  # "bool" | "int" | "float" | "str" | "path" | "strs"
-    optional: bool = False
-    low: float | None = None
-    high: float | None = None
-    pattern: str | None = None  # full match, for "str" and each item of "strs"
-    hint: str = ""
-
-    def expected(self) -> str:
-        what = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(
-            self.kind, {"path": "a path", "strs": "a list of strings"}.get(self.kind, "a string")
-        )
-        if self.low is not None:
-            what += f" from {self.low} to {self.high}"
-        what += f" ({self.hint})" if self.hint else ""
-        return what + (', or "none"/"auto" for the default' if self.optional else "")
-
-
-_DEVICE = _Rule("str", pattern=r"auto|cpu|mps|cuda(:\d+)?", hint="auto, cpu, mps, cuda or cuda:N")
-_RULES: dict[str, dict[str, _Rule]] = {
-    "connection": {
-        "host": _Rule(
-            "str",
-            pattern=r"(?![^:]*:[^:]*$)[^\s/]{1,253}",
-            hint="a host name or IP address, without scheme or :port",
-        ),
-        "port": _Rule("int", low=1, high=65535),
-        "tls": _Rule("bool", optional=True, hint="auto = TLS unless the host is loopback"),
-        "insecure": _Rule("bool"),
-        "keys_dir": _Rule("path"),
-        "password_file": _Rule("path", optional=True),
-        "max_message_bytes": _Rule("int", low=1024, high=2**31 - 1),
-        "connect_timeout_s": _Rule("float", low=0.1, high=3600),
-    },
-    "worker": {
-        "name": _Rule("str", pattern=r"\w[\w.-]{0,63}", hint="up to 64 letters, digits, ._-"),
-        "test_every": _Rule("int", low=0, high=10**6, hint="0 = never test"),
-        "chunk_steps": _Rule("int", low=1, high=1000, hint="the trainer decodes <= 1000"),
-        "max_steps_per_s": _Rule("float", optional=True, low=1.0, high=1e6, hint="none = no limit"),
-        "debug_codec": _Rule("bool"),
-        "device": _DEVICE,
-        "seed": _Rule("int", optional=True, low=0, high=2**32 - 1),
-    },
-    "trainer": {
-        "preset": _Rule("str", pattern=r"\S+", hint="a tm-algos preset name or .toml path"),
-        "overrides": _Rule("strs", pattern=r"[A-Za-z_][\w.-]*=.+", hint='items "dotted.key=value"'),
-        "run_dir": _Rule("path"),
-        "broadcast_every": _Rule("int", low=1, high=10**9, hint="env steps"),
-        "max_train_steps_per_env_step": _Rule("float", optional=True, low=0.001, high=1000),
-        "checkpoint_every": _Rule("int", low=0, high=10**12, hint="0 = never"),
-        "total_timesteps": _Rule("int", optional=True, low=1, high=10**12),
-        "device": _DEVICE,
-        "wandb": _Rule("bool"),
-    },
-}
-_SENTINELS = ("none", "auto")
-
-
-def _fail(where: str, value: Any, rule: _Rule) -> NoReturn:
-    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, str) else repr(value)
-    raise SettingsError(f"{where}: got {shown}, expected {rule.expected()}.")
-
-
-def _convert(value: Any, rule: _Rule, where: str) -> Any:
-    """Check a typed value (TOML, flags, constructor) and normalise it (int→float, str→Path)."""
-    if rule.optional and (
-        value is None or (isinstance(value, str) and value.strip().lower() in _SENTINELS)
-    ):
-        return None
-    kind = rule.kind
-    if kind == "bool":
-        if not isinstance(value, bool):
-            _fail(where, value, rule)
-        return value
-    if kind in ("int", "float"):
-        ok_types = (int,) if kind == "int" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_types):
-            _fail(where, value, rule)
-        low = -math.inf if rule.low is None else rule.low
-        high = math.inf if rule.high is None else rule.high
-        if not (math.isfinite(value) and low <= value <= high):
-            _fail(where, value, rule)
-        return float(value) if kind == "float" else value
-    if kind == "path":
-        if not isinstance(value, str | os.PathLike) or not str(value).strip():
-            _fail(where, value, rule)
-        return Path(value).expanduser()
-    items = value if kind == "strs" and isinstance(value, list | tuple) else [value]
-    for item in items:
-        if not isinstance(item, str) or (
-            rule.pattern is not None and re.fullmatch(rule.pattern, item) is None
-        ):
-            _fail(where, item, rule)
-    return tuple(items) if kind == "strs" else value
-
-
-def _parse_text(text: str, rule: _Rule, where: str) -> Any:
-    """Parse an environment variable or a flag given as text, then check it."""
-    t = text.strip()
-    if rule.optional and t.lower() in _SENTINELS:
-        return None
-    value: Any = t
-    if rule.kind == "bool":
-        words = {"1": True, "true": True, "yes": True, "on": True}
-        words |= {"0": False, "false": False, "no": False, "off": False}
-        value = words.get(t.lower(), text)
-    elif rule.kind in ("int", "float"):
-        try:
-            value = int(t) if rule.kind == "int" else float(t)
-        except ValueError:
-            value = text
-    elif rule.kind == "strs":
-        if t.startswith("["):
-            try:
-                value = tomllib.loads(f"v = {t}")["v"]
-            except tomllib.TOMLDecodeError as e:
-                raise SettingsError(
-                    f"{where}: {text!r} is not a TOML list of strings ({e})."
-                ) from e
-        else:
-            value = [part.strip() for part in t.split(",") if part.strip()]
-    return _convert(value, rule, where)
-
-
-def _rule(section: str, key: str, where: str) -> _Rule:
-    if section not in _RULES:
-        raise SettingsError(f"{where}: unknown section {section!r}; known: {', '.join(_RULES)}.")
-    if key == "password":
-        raise PasswordError(
-            f"{where}: there is no password setting (config files, variables named after "
-            "settings and flags leak too easily). " + PASSWORD_HINT
-        )
-    try:
-        return _RULES[section][key]
-    except KeyError:
-        known = ", ".join(_RULES[section])
-        raise SettingsError(
-            f"{where}: unknown key {key!r} in [{section}]; known: {known}."
-        ) from None
-
-
-def _validate(obj: Any, section: str) -> None:
-    for name, rule in _RULES[section].items():
-        value = _convert(getattr(obj, name), rule, f"{type(obj).__name__}.{name}")
-        object.__setattr__(obj, name, value)
-
-
 # -- settings classes -------------------------------------------------------------------------
+
+_DEVICE = Rule("str", pattern=r"auto|cpu|mps|cuda(:\d+)?", hint="auto, cpu, mps, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Where the relay (``tm-dist server``) is, and how to reach it safely."""
 
-    host: str = "127.0.0.1"  # relay address as seen from this machine
-    port: int = DEFAULT_PORT
-    tls: bool | None = None  # None = auto: TLS unless host is loopback
-    insecure: bool = False  # allow plain TCP to a remote host and an empty password
-    keys_dir: Path = field(default_factory=default_keys_dir)  # see tm_dist.certs
+    host: str = setting(
+        "127.0.0.1",
+        Rule(
+            "str",
+            pattern=r"(?![^:]*:[^:]*$)[^\s/]{1,253}",
+            hint="a host name or IP address, without scheme or :port",
+        ),
+        "relay (tm-dist server) address as seen from this machine",
+    )
+    port: int = setting(DEFAULT_PORT, Rule("int", low=1, high=65535), "the relay's TCP port")
+    tls: bool | None = setting(
+        None,
+        Rule("bool", optional=True, hint="auto = TLS unless the host is loopback"),
+        'true / false / "auto" (TLS unless host is loopback)',
+    )
+    insecure: bool = setting(
+        False, Rule("bool"), "allow plain TCP to a remote host and an empty password"
+    )
+    keys_dir: Path = setting(
+        rule=Rule("path"),
+        doc="certificate.pem (+ key.pem on the server)",
+        default_factory=default_keys_dir,
+    )
     password: Secret = field(default_factory=Secret)
-    password_file: Path | None = None  # where the password was read from, if a file
-    max_message_bytes: int = 64 * _MIB
-    connect_timeout_s: float = 10.0
+    """From ``TM_DIST_PASSWORD``, the password file or a prompt; never a setting."""
+    password_file: Path | None = setting(
+        None,
+        Rule("path", optional=True),
+        "a password file only you can read (chmod 600)",
+    )
+    max_message_bytes: int = setting(
+        64 * _MIB, Rule("int", low=1024, high=2**31 - 1), "largest message (64 MiB)"
+    )
+    connect_timeout_s: float = setting(
+        10.0, Rule("float", low=0.1, high=3600), "how long to wait for the relay's answer"
+    )
 
     def __post_init__(self) -> None:
-        _validate(self, "connection")
+        validate(self, error=SettingsError)
         if not isinstance(self.password, Secret):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"ConnectionSettings.password must be a Secret, got {type(self.password).__name__}"
                 "; wrap the text: Secret(text)."
             )
@@ -291,34 +173,84 @@ class ConnectionSettings:
 class WorkerSettings:
     """A rollout worker: drives one environment with the latest policy."""
 
-    name: str = field(default_factory=default_worker_name)
-    test_every: int = 10  # a deterministic test episode every N episodes (0: never)
-    chunk_steps: int = 100  # steps per experience message
-    max_steps_per_s: float | None = None  # pace a simulator worker (None: as fast as it runs)
-    debug_codec: bool = False
-    device: str = "cpu"
-    seed: int | None = None
+    name: str = setting(
+        rule=Rule("str", pattern=r"\w[\w.-]{0,63}", hint="up to 64 letters, digits, ._-"),
+        doc="shown in the trainer's logs",
+        default_factory=default_worker_name,
+    )
+    test_every: int = setting(
+        10,
+        Rule("int", low=0, high=10**6, hint="0 = never test"),
+        "a deterministic test episode every N episodes (0: never)",
+    )
+    chunk_steps: int = setting(
+        100,
+        Rule("int", low=1, high=1000, hint="the trainer decodes <= 1000"),
+        "steps per experience message",
+    )
+    max_steps_per_s: float | None = setting(
+        None,
+        Rule("float", optional=True, low=1.0, high=1e6, hint="none = no limit"),
+        "pace a simulator worker so the trainer keeps up (default: none)",
+    )
+    debug_codec: bool = setting(
+        False, Rule("bool"), "check every encoded chunk by decoding it (slow)"
+    )
+    device: str = setting("cpu", _DEVICE, "torch device of the worker's policy")
+    seed: int | None = setting(
+        None,
+        Rule("int", optional=True, low=0, high=2**32 - 1),
+        "an integer for reproducible rollouts",
+    )
 
     def __post_init__(self) -> None:
-        _validate(self, "worker")
+        validate(self, error=SettingsError)
 
 
 @dataclass(frozen=True)
 class TrainerSettings:
     """The trainer: a tm-algos model fed by the workers, broadcasting its weights."""
 
-    preset: str = "lidar-sac"
-    overrides: tuple[str, ...] = ()  # "dotted.key=value", value in TOML syntax
-    run_dir: Path = Path("runs/dist")
-    broadcast_every: int = 1000  # environment steps received between weight broadcasts
-    max_train_steps_per_env_step: float | None = None  # None: the preset's update-to-data ratio
-    checkpoint_every: int = 20_000
-    total_timesteps: int | None = None
-    device: str = "auto"
-    wandb: bool = False
+    preset: str = setting(
+        "lidar-sac",
+        Rule("str", pattern=r"\S+", hint="a tm-algos preset name or .toml path"),
+        "tm-algos preset name or path to a preset .toml",
+    )
+    overrides: tuple[str, ...] = setting(
+        (),
+        Rule("strs", pattern=r"[A-Za-z_][\w.-]*=.+", hint='items "dotted.key=value"'),
+        'e.g. ["algo.hyperparameters.gamma=0.99"]',
+    )
+    run_dir: Path = setting(
+        Path("runs/dist"),
+        Rule("path"),
+        "relative paths here are relative to this file",
+    )
+    broadcast_every: int = setting(
+        1000,
+        Rule("int", low=1, high=10**9, hint="env steps"),
+        "env steps between weight broadcasts",
+    )
+    max_train_steps_per_env_step: float | None = setting(
+        None,
+        Rule("float", optional=True, low=0.001, high=1000, hint="none = the preset's ratio"),
+        "none: the preset's ratio (gradient_steps / train_freq / n_envs)",
+    )
+    checkpoint_every: int = setting(
+        20_000,
+        Rule("int", low=0, high=10**12, hint="0 = never"),
+        "env steps between checkpoints (0: never)",
+    )
+    total_timesteps: int | None = setting(
+        None,
+        Rule("int", optional=True, low=1, high=10**12),
+        "stop after this many env steps (none: the preset's budget)",
+    )
+    device: str = setting("auto", _DEVICE, "torch device of the model")
+    wandb: bool = setting(False, Rule("bool"), "mirror the TensorBoard logs to Weights & Biases")
 
     def __post_init__(self) -> None:
-        _validate(self, "trainer")
+        validate(self, error=SettingsError)
 
 
 def _plain(value: Any) -> Any:
@@ -349,7 +281,132 @@ class DistSettings:
         }
 
 
-# -- loading ----------------------------------------------------------------------------------
+_SECTIONS: dict[str, type[Any]] = {
+    "connection": ConnectionSettings,
+    "worker": WorkerSettings,
+    "trainer": TrainerSettings,
+}
+"""The TOML tables (and ``TM_DIST_<SECTION>_*`` prefixes), in the order files list them."""
+
+_RULES: dict[str, dict[str, Rule]] = {
+    section: {name: rule for name, (rule, _doc) in describe(cls).items()}
+    for section, cls in _SECTIONS.items()
+}
+
+
+# -- the layers -------------------------------------------------------------------------------
+
+Layer = dict[str, dict[str, Any]]
+"""Checked values of one source, by section and key."""
+
+
+def _no_password_setting(where: str) -> PasswordError:
+    return PasswordError(
+        f"{where}: there is no password setting (config files, variables named after "
+        "settings and flags leak too easily). " + PASSWORD_HINT
+    )
+
+
+def _rule(section: str, key: str, where: str) -> Rule:
+    """The rule of ``section.key``; an unknown name or the password is an error naming ``where``."""
+    if section not in _RULES:
+        raise SettingsError(f"{where}: unknown section {section!r}; known: {', '.join(_RULES)}.")
+    if key == "password":
+        raise _no_password_setting(where)
+    rules = _RULES[section]
+    if key not in rules:
+        known = ", ".join(rules)
+        raise SettingsError(f"{where}: unknown key {key!r} in [{section}]; known: {known}.")
+    return rules[key]
+
+
+def _toml_layer(path: Path) -> Layer:
+    """The ``[connection]``, ``[worker]`` and ``[trainer]`` tables of ``path``, checked; relative
+    paths are made relative to the file's folder."""
+    if not path.exists():
+        raise SettingsError(
+            f"config file {path} does not exist; `tm-dist config --example > {path}` writes one."
+        )
+    data = read_toml(path, error=SettingsError)
+    tables = ", ".join(f"[{s}]" for s in _RULES)
+    layer: Layer = {section: {} for section in _RULES}
+    for section, table in data.items():
+        if section == "password":
+            raise _no_password_setting(f"{section} (in {path})")
+        if not isinstance(table, dict):
+            raise SettingsError(
+                f"{section} (in {path}): top-level keys are not allowed; put it under one of "
+                f"the tables {tables}."
+            )
+        if section not in _RULES:
+            raise SettingsError(f"[{section}] (in {path}): unknown table; known: {tables}.")
+        for key, raw in table.items():
+            where = f"{section}.{key} (in {path})"
+            value = _rule(section, key, where).check(raw, where, SettingsError)
+            if isinstance(value, Path) and not value.is_absolute():
+                value = path.parent / value
+            layer[section][key] = value
+    return layer
+
+
+def _env_layer(env: Mapping[str, str]) -> Layer:
+    """``TM_DIST_<SECTION>_<KEY>`` and ``TM_DIST_PASSWORD_FILE``; ``TM_DIST_PASSWORD`` is read
+    by :func:`_password`, a variable named like a password setting is refused."""
+    for section in _RULES:
+        name = f"{ENV_PREFIX}{section}_PASSWORD".upper()
+        if name in env:
+            raise _no_password_setting(f"{section}.password (from ${name})")
+    layer = env_layer(
+        env, ENV_PREFIX, _RULES, reserved=(PASSWORD_ENV, PASSWORD_FILE_ENV), error=SettingsError
+    )
+    if PASSWORD_FILE_ENV in env:
+        where = f"connection.password_file (from ${PASSWORD_FILE_ENV})"
+        rule = _RULES["connection"]["password_file"]
+        layer["connection"]["password_file"] = rule.parse(
+            env[PASSWORD_FILE_ENV], where, SettingsError
+        )
+    return layer
+
+
+def _flag_layer(overrides: Mapping[str, Any]) -> Layer:
+    """Flag values by dotted key; None (a flag not given) is skipped, text is parsed."""
+    layer: Layer = {section: {} for section in _RULES}
+    for dotted, raw in overrides.items():
+        if raw is None:
+            continue
+        section, _, key = dotted.partition(".")
+        where = f"{dotted} (from the command line)"
+        rule = _rule(section, key, where)
+        if isinstance(raw, str) and rule.kind not in ("str", "path"):
+            value = rule.parse(raw, where, SettingsError)
+        else:
+            value = rule.check(raw, where, SettingsError)
+        layer[section][key] = value
+    return layer
+
+
+def _password(
+    conn: dict[str, Any],
+    file_source: str | None,
+    env: Mapping[str, str],
+    prompt: Callable[[str], str] | None,
+) -> Secret:
+    """The password: ``TM_DIST_PASSWORD`` beats a password file from the TOML file, a file from
+    a flag beats the variable, a variable and a file variable together are an error, and the
+    prompt comes last. ``file_source`` names the layer that gave ``conn["password_file"]``."""
+    env_password = env.get(PASSWORD_ENV) or None
+    if env_password is not None and file_source == "env":
+        raise PasswordError(
+            f"both {PASSWORD_ENV} and a password file variable are set; unset one of them."
+        )
+    if env_password is not None and file_source != "flags":
+        conn["password_file"] = None
+        return Secret(env_password)
+    if conn.get("password_file") is not None:
+        return read_password_file(conn["password_file"])
+    if prompt is not None:
+        return Secret(prompt("tm-dist password: "))
+    return Secret()
 
 
 def load_settings(
@@ -370,62 +427,21 @@ def load_settings(
     variables. ``prompt`` (see ``tm_dist.security.tty_prompt``) asks for the password when no
     other source gives one. Raises SettingsError or PasswordError naming the source.
     """
-    values: dict[str, dict[str, Any]] = {section: {} for section in _RULES}
-    file_layer = 0  # which layer gave connection.password_file: 1 TOML, 2 env, 3 flags
+    layers: list[tuple[str, Layer]] = []
     if config_path is not None:
-        path = Path(config_path).expanduser()
-        for section, key, raw in _read_toml(path):
-            where = f"{section}.{key} (in {path})"
-            value = _convert(raw, _rule(section, key, where), where)
-            if isinstance(value, Path) and not value.is_absolute():
-                value = path.parent / value
-            values[section][key] = value
-            file_layer = 1 if key == "password_file" else file_layer
+        layers.append(("toml", _toml_layer(Path(config_path).expanduser())))
+    layers.append(("env", _env_layer(env)))
+    layers.append(("flags", _flag_layer(overrides or {})))
 
-    env_password = env.get(PASSWORD_ENV) or None
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name == PASSWORD_ENV:
-            continue
-        if name == PASSWORD_FILE_ENV:
-            section, key = "connection", "password_file"
-        else:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
-        where = f"{section}.{key} (from ${name})"
-        if section not in _RULES or (key not in _RULES[section] and key != "password"):
-            known = [f"{ENV_PREFIX}{s}_{k}".upper() for s in _RULES for k in _RULES[s]]
-            raise SettingsError(
-                f"unknown environment variable {name}; known: {PASSWORD_ENV}, "
-                f"{PASSWORD_FILE_ENV}, {', '.join(known)}. Unset it or fix its name."
-            )
-        values[section][key] = _parse_text(env[name], _rule(section, key, where), where)
-        file_layer = 2 if key == "password_file" else file_layer
-
-    for dotted, raw in (overrides or {}).items():
-        if raw is None:
-            continue
-        section, _, key = dotted.partition(".")
-        where = f"{dotted} (from the command line)"
-        rule = _rule(section, key, where)
-        if isinstance(raw, str) and rule.kind not in ("str", "path"):
-            values[section][key] = _parse_text(raw, rule, where)
-        else:
-            values[section][key] = _convert(raw, rule, where)
-        file_layer = 3 if key == "password_file" else file_layer
-
+    values: Layer = {section: {} for section in _RULES}
+    file_source = None
+    for source, layer in layers:
+        for section, items in layer.items():
+            values[section].update(items)
+        if "password_file" in layer["connection"]:
+            file_source = source
     conn = values["connection"]
-    if env_password is not None and file_layer == 2:
-        raise PasswordError(
-            f"both {PASSWORD_ENV} and a password file variable are set; unset one of them."
-        )
-    if env_password is not None and file_layer < 2:
-        conn["password_file"] = None
-        password = Secret(env_password)
-    elif conn.get("password_file") is not None:
-        password = read_password_file(conn["password_file"])
-    elif prompt is not None:
-        password = Secret(prompt("tm-dist password: "))
-    else:
-        password = Secret()
+    password = _password(conn, file_source, env, prompt)
     conn.setdefault("keys_dir", default_keys_dir(env))
     return DistSettings(
         connection=ConnectionSettings(**conn, password=password),
@@ -434,67 +450,53 @@ def load_settings(
     )
 
 
-def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(
-            f"config file {path} does not exist; `tm-dist config --example > {path}` writes one."
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(f"cannot read config file {path}: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"config file {path} is not valid TOML: {e}") from e
-    items = []
-    for section, table in data.items():
-        tables = ", ".join(f"[{s}]" for s in _RULES)
-        if section == "password":
-            _rule("connection", section, f"{section} (in {path})")  # raises PasswordError
-        if not isinstance(table, dict):
-            raise SettingsError(
-                f"{section} (in {path}): top-level keys are not allowed; put it under one of "
-                f"the tables {tables}."
-            )
-        if section not in _RULES:
-            raise SettingsError(f"[{section}] (in {path}): unknown table; known: {tables}.")
-        items += [(section, key, raw) for key, raw in table.items()]
-    return items
+# -- the example file -------------------------------------------------------------------------
+
+_EXAMPLE_VALUES: dict[str, tuple[str, bool]] = {
+    # "section.key" → (value written, commented out) where the default is not a plain value
+    "connection.tls": ('"auto"', False),
+    "connection.keys_dir": ('"~/.config/tm-dist/keys"', True),
+    "connection.password_file": ('"~/.config/tm-dist/password"', True),
+    "worker.name": ('"<hostname>-<pid>"', True),
+    "worker.max_steps_per_s": ("250", True),
+}
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _example_line(section: str, f: dataclasses.Field[Any], doc: str) -> str:
+    shown = _EXAMPLE_VALUES.get(f"{section}.{f.name}")
+    if shown is not None:
+        value, commented = shown
+    else:
+        value, commented = _toml_value(f.default), False
+    line = f"{'# ' if commented else ''}{f.name} = {value}"
+    return f"{line:<29} # {doc}" if doc else line
 
 
 def example_config() -> str:
-    """A commented TOML file with every key at its default (``tm-dist config --example``)."""
-    return f"""\
-# tm-dist settings. Precedence: defaults < this file < TM_DIST_<SECTION>_<KEY> env vars < flags.
-# The password is never written here: set {PASSWORD_ENV}, or point password_file at a file
-# only you can read (chmod 600), or type it when asked.
-
-[connection]
-host = "127.0.0.1"            # relay (tm-dist server) address as seen from this machine
-port = {DEFAULT_PORT}
-tls = "auto"                  # true / false / "auto" (TLS unless host is loopback)
-insecure = false              # allow plain TCP to a remote host and an empty password
-# keys_dir = "~/.config/tm-dist/keys"   # certificate.pem (+ key.pem on the server)
-# password_file = "~/.config/tm-dist/password"
-max_message_bytes = {64 * _MIB}    # 64 MiB
-connect_timeout_s = 10.0
-
-[worker]
-# name = "<hostname>-<pid>"   # shown in the trainer's logs
-test_every = 10               # a deterministic test episode every N episodes (0: never)
-chunk_steps = 100             # steps per experience message
-# max_steps_per_s = 250       # pace a simulator worker so the trainer keeps up (default: none)
-debug_codec = false           # check every encoded chunk by decoding it (slow)
-device = "cpu"                # auto, cpu, mps, cuda, cuda:N
-seed = "none"                 # an integer for reproducible rollouts
-
-[trainer]
-preset = "lidar-sac"          # tm-algos preset name or path to a preset .toml
-overrides = []                # e.g. ["algo.hyperparameters.gamma=0.99"]
-run_dir = "runs/dist"         # relative paths here are relative to this file
-broadcast_every = 1000        # env steps between weight broadcasts
-max_train_steps_per_env_step = "none"  # none: the preset's ratio (gradient_steps / train_freq / n_envs)
-checkpoint_every = 20000      # env steps between checkpoints (0: never)
-total_timesteps = "none"      # stop after this many env steps
-device = "auto"
-wandb = false
-"""
+    """A commented TOML file with every key at its default (``tm-dist config --example``),
+    written from the settings' own fields and descriptions."""
+    lines = [
+        "# tm-dist settings. Precedence: defaults < this file < TM_DIST_<SECTION>_<KEY> env vars "
+        "< flags.",
+        f"# The password is never written here: set {PASSWORD_ENV}, or point password_file at a "
+        "file",
+        "# only you can read (chmod 600), or type it when asked.",
+    ]
+    for section, cls in _SECTIONS.items():
+        summary = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "")
+        lines += ["", f"# {summary}", f"[{section}]"]
+        docs = describe(cls)
+        lines += [_example_line(section, f, docs[f.name][1]) for f in fields(cls) if f.name in docs]
+    return "\n".join(lines) + "\n"

@@ -27,6 +27,8 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+from tm_dist.errors import TMDistError
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_NESTING_DEPTH",
@@ -64,7 +66,7 @@ _TUPLE_EXT = 1  # msgpack extension code marking an array that was a tuple
 StatValue: TypeAlias = float | int | str | bool | None
 
 
-class MessageError(ValueError):
+class MessageError(TMDistError, ValueError):
     """A message or tlspyo frame that cannot be encoded or decoded (says what was wrong)."""
 
 

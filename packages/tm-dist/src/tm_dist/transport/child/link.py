@@ -1,4 +1,5 @@
-"""A link's child process: tlspyo's endpoint client, observed (see :mod:`tm_dist.transport_child`)."""
+"""A link's child process: tlspyo's endpoint client, observed (see
+:mod:`tm_dist.transport.child`)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,16 @@ from tlspyo.local_protocol_for_client import LocalProtocolForClient, LocalProtoc
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
 
-from tm_dist.transport_child import (
-    HEADER_SIZE,
-    STANDING_CREDIT,
-    Deserializer,
-    FailureKind,
-    LinkState,
-    Serializer,
-    Slot,
-    StatusBoard,
-    enable_nodelay,
-    parse_length,
-)
+from tm_dist.transport.child import enable_nodelay
+from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.status import FailureKind, LinkState, Slot, StatusBoard
+
+__all__ = ["LinkFactory", "LinkProcess", "LinkProtocol"]
 
 logger = logging.getLogger(__name__)
+
+STANDING_CREDIT = 1 << 40
+"""Consumables a link asks for on each (re)connection: in practice, all of them, as they come."""
 
 
 class LinkProtocol(ClientProtocol):

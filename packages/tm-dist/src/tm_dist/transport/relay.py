@@ -1,32 +1,5 @@
-"""Message transport between tm-dist processes, on top of tlspyo.
-
-A :class:`RelayServer` runs tlspyo's relay (in a child process with a Twisted reactor); each
-worker, trainer or server process opens a :class:`Link` to it, joins groups (``"workers"``,
-``"trainers"``, ``"server"``) and exchanges Python objects that the given serializer can carry
-(by default :func:`tm_dist.wire.tlspyo_serializer`, never the standard library's object
-serialization).
-
-What this adds to tlspyo:
-
-- ports chosen by the operating system: the relay listens on ``port=0`` if asked and reports
-  the port, and the local socket between a parent and its Twisted child is always OS-chosen, so
-  any number of relays and links share a machine without hand-picked ports;
-- ``TCP_NODELAY`` on every connection (both sides, TCP and TLS), confirmed with ``getsockopt``;
-- a wrong password raises :class:`AuthenticationError` instead of reconnecting forever, an
-  unreachable relay raises :class:`RelayUnreachableError`, a TLS failure
-  :class:`TLSHandshakeError`; the password never appears in logs or messages;
-- frames that are malformed, oversized or fail to decode are dropped and logged, and the
-  relay keeps serving everyone else;
-- plaintext to a host other than loopback is refused unless ``insecure=True``.
-
-Example:
-    >>> with RelayServer("s3cret", port=0, use_tls=False) as relay:  # doctest: +SKIP
-    ...     with Link("s3cret", port=relay.port, groups="trainers", use_tls=False) as trainer:
-    ...         with Link("s3cret", port=relay.port, groups="workers", use_tls=False) as worker:
-    ...             worker.send("trainers", b"episode")
-    ...             trainer.receive(timeout=5.0)
-    b'episode'
-"""
+"""The relay: :class:`RelayServer` runs tlspyo's relay in a child process (exported by
+:mod:`tm_dist.transport`)."""
 
 from __future__ import annotations
 
@@ -40,53 +13,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tm_dist.security import InsecureConnectionError, PasswordError
-from tm_dist.transport_base import (
+from tm_dist.errors import InvalidValueError
+from tm_dist.transport.child.relay import RelayProcess, ServerTLSContext
+from tm_dist.transport.errors import TransportError
+from tm_dist.transport.framing import FRAME_OVERHEAD, Deserializer, Serializer, default_codec
+from tm_dist.transport.options import (
     CERT_FILE,
     DEFAULT_GROUPS,
     DEFAULT_MAX_MESSAGE_BYTES,
-    FRAME_OVERHEAD,
     KEY_FILE,
-    AuthenticationError,
-    ChildProcess,
-    MessageTooLargeError,
-    RelayUnreachableError,
     SupportsReveal,
-    TLSHandshakeError,
-    TransportError,
     check_groups,
     check_security,
-    default_codec,
-    free_local_port,
     read_pem,
     reveal_password,
 )
-from tm_dist.transport_child import Deserializer, Serializer, Slot, StatusBoard
-from tm_dist.transport_child_relay import RelayProcess, ServerTLSContext
-from tm_dist.transport_link import Link, LinkStats
+from tm_dist.transport.process import ChildProcess
+from tm_dist.transport.status import Slot, StatusBoard
 
 if TYPE_CHECKING:
     from tm_dist.settings import ConnectionSettings
 
-logger = logging.getLogger(__name__)
+__all__ = ["RelayServer", "RelayStats"]
 
-__all__ = [
-    "DEFAULT_GROUPS",
-    "AuthenticationError",
-    "InsecureConnectionError",
-    "Link",
-    "LinkStats",
-    "MessageTooLargeError",
-    "PasswordError",
-    "RelayServer",
-    "RelayStats",
-    "RelayUnreachableError",
-    "SupportsReveal",
-    "TLSHandshakeError",
-    "TransportError",
-    "check_security",
-    "free_local_port",
-]
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,9 +84,9 @@ class RelayServer:
         start_method: str | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
-            raise ValueError(f"port must be in [0, 65535] (0: chosen by the OS), got {port}")
+            raise InvalidValueError(f"port must be in [0, 65535] (0: chosen by the OS), got {port}")
         if max_message_bytes <= FRAME_OVERHEAD:
-            raise ValueError(
+            raise InvalidValueError(
                 f"max_message_bytes must exceed {FRAME_OVERHEAD}, got {max_message_bytes}"
             )
         check_security(host, use_tls, insecure)
@@ -263,7 +213,7 @@ def _server_tls(keys_dir: str | Path | None) -> ServerTLSContext:
     try:
         tls.getContext()  # fail here, with a clear message, rather than in the child
     except Exception as exc:
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot use the TLS key and certificate in {keys_dir} ({type(exc).__name__}): "
             "expected matching PEM files key.pem (unencrypted) and certificate.pem; "
             "recreate them with `tm-dist make-cert`"

@@ -1,4 +1,5 @@
-"""The relay's child process: tlspyo's relay with our protocol (see :mod:`tm_dist.transport_child`)."""
+"""The relay's child process: tlspyo's relay with our protocol (see
+:mod:`tm_dist.transport.child`)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,17 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tm_dist.transport_child import (
-    HEADER_SIZE,
-    MAX_COPIES,
-    Deserializer,
-    Serializer,
-    Slot,
-    StatusBoard,
-    enable_nodelay,
-    parse_length,
-)
+from tm_dist.errors import InvalidValueError
+from tm_dist.transport.child import enable_nodelay
+from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.status import Slot, StatusBoard
+
+__all__ = ["RelayFactory", "RelayProcess", "RelayProtocol", "ServerTLSContext"]
 
 logger = logging.getLogger(__name__)
+
+MAX_COPIES = 16
+"""Largest copy count a destination may ask for; tlspyo would append that many copies."""
 
 
 @implementer(IOpenSSLContextFactory)
@@ -132,14 +132,14 @@ class RelayProtocol(ServerProtocol):
             isinstance(group, str) and isinstance(copies, int) and abs(copies) <= MAX_COPIES
             for group, copies in dest.items()
         ):
-            raise ValueError("destination must map group names to copy counts in [-16, 16]")
+            raise InvalidValueError("destination must map group names to copy counts in [-16, 16]")
         super().forward_obj_to_dest(obj=obj, dest=dest)
 
     def retrieve_consumables(self, groups: Any) -> None:
         if not isinstance(groups, dict) or not all(
             isinstance(group, str) and isinstance(count, int) for group, count in groups.items()
         ):
-            raise ValueError("a notification must map group names to counts")
+            raise InvalidValueError("a notification must map group names to counts")
         super().retrieve_consumables(groups=groups)
 
 

@@ -1,4 +1,4 @@
-"""A process's connection to the relay: :class:`Link` (re-exported by :mod:`tm_dist.transport`)."""
+"""A process's connection to the relay: :class:`Link` (exported by :mod:`tm_dist.transport`)."""
 
 from __future__ import annotations
 
@@ -13,38 +13,41 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tm_dist.errors import InvalidTypeError, InvalidValueError
 from tm_dist.security import PASSWORD_HINT
-from tm_dist.transport_base import (
+from tm_dist.transport.child.link import LinkProcess
+from tm_dist.transport.errors import (
+    AuthenticationError,
+    MessageTooLargeError,
+    ReceiveTimeoutError,
+    RelayUnreachableError,
+    TLSHandshakeError,
+    TransportError,
+)
+from tm_dist.transport.framing import (
+    FRAME_OVERHEAD,
+    HEADER_SIZE,
+    Deserializer,
+    Serializer,
+    default_codec,
+)
+from tm_dist.transport.options import (
     CERT_FILE,
     DEFAULT_GROUPS,
     DEFAULT_MAX_MESSAGE_BYTES,
-    FRAME_OVERHEAD,
-    AuthenticationError,
-    ChildProcess,
-    MessageTooLargeError,
-    RelayUnreachableError,
     SupportsReveal,
-    TLSHandshakeError,
-    TransportError,
     check_groups,
     check_security,
-    default_codec,
     read_pem,
     reveal_password,
 )
-from tm_dist.transport_child import (
-    HEADER_SIZE,
-    Deserializer,
-    FailureKind,
-    LinkState,
-    Serializer,
-    Slot,
-    StatusBoard,
-)
-from tm_dist.transport_child_link import LinkProcess
+from tm_dist.transport.process import ChildProcess
+from tm_dist.transport.status import FailureKind, LinkState, Slot, StatusBoard
 
 if TYPE_CHECKING:
     from tm_dist.settings import ConnectionSettings
+
+__all__ = ["Link", "LinkStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +117,15 @@ class Link:
         start_method: str | None = None,
     ) -> None:
         if not 1 <= port <= 65535:
-            raise ValueError(f"port must be in [1, 65535], got {port}")
+            raise InvalidValueError(f"port must be in [1, 65535], got {port}")
         if connect_timeout_s <= 0:
-            raise ValueError(f"connect_timeout_s must be positive, got {connect_timeout_s}")
+            raise InvalidValueError(f"connect_timeout_s must be positive, got {connect_timeout_s}")
         if max_message_bytes <= FRAME_OVERHEAD:
-            raise ValueError(
+            raise InvalidValueError(
                 f"max_message_bytes must exceed {FRAME_OVERHEAD}, got {max_message_bytes}"
             )
         if not 0 < reconnect_initial_delay_s <= reconnect_max_delay_s:
-            raise ValueError(
+            raise InvalidValueError(
                 "expected 0 < reconnect_initial_delay_s <= reconnect_max_delay_s, got "
                 f"{reconnect_initial_delay_s} and {reconnect_max_delay_s}"
             )
@@ -240,9 +243,9 @@ class Link:
         while status.get(Slot.AUTHENTICATED) == 0:
             if status.get(Slot.PASSWORD_REJECTS) > 0:
                 raise AuthenticationError(
-                    f"the relay at {self.address} was reached but closed the connection as soon "
-                    f"as it received this link's password: the password is wrong; give this machine "
-                    f"the server's password. {PASSWORD_HINT}"
+                    f"wrong password: the relay at {self.address} was reached but closed the "
+                    "connection as soon as it received this link's password: the password is "
+                    f"wrong; give this machine the server's password. {PASSWORD_HINT}"
                 )
             if status.get(Slot.TLS_FAILURES) > 0:
                 raise TLSHandshakeError(
@@ -308,7 +311,7 @@ class Link:
 
     def _send(self, group: str, copies: int, obj: Any) -> None:
         if group not in self._allowed_groups:
-            raise ValueError(
+            raise InvalidValueError(
                 f"unknown group {group!r}: expected one of {list(self._allowed_groups)}"
             )
         child = self._child
@@ -367,7 +370,7 @@ class Link:
             if cmd != "OBJ":
                 return
             if not isinstance(payload, bytes):
-                raise TypeError(f"payload is {type(payload).__name__}, expected bytes")
+                raise InvalidTypeError(f"payload is {type(payload).__name__}, expected bytes")
             obj = self._deserializer(payload)
         except Exception as exc:
             self._dropped += 1
@@ -384,12 +387,14 @@ class Link:
         """The oldest received object, waiting up to ``timeout`` seconds (None: forever).
 
         Raises:
-            TimeoutError: Nothing arrived in time.
+            ReceiveTimeoutError: Nothing arrived in time (a :class:`TimeoutError`).
         """
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"link {self.address} received nothing within {timeout} s") from None
+            raise ReceiveTimeoutError(
+                f"link {self.address} received nothing within {timeout} s"
+            ) from None
 
     def receive_all(self) -> list[Any]:
         """Every object received so far, oldest first (possibly empty); does not wait."""

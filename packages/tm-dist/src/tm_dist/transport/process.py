@@ -1,0 +1,94 @@
+"""The parent's handle on a transport child process, and the local socket that drives it.
+
+Each :class:`~tm_dist.transport.RelayServer` and :class:`~tm_dist.transport.Link` runs tlspyo in
+a child process (see :mod:`tm_dist.transport.child`); the parent listens on an OS-chosen
+loopback port, the child connects to it, and the two exchange frames
+(:mod:`tm_dist.transport.framing`) over that socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from tm_dist.transport.errors import TransportError
+from tm_dist.transport.framing import frame
+from tm_dist.transport.status import StatusBoard
+
+__all__ = ["ChildProcess"]
+
+logger = logging.getLogger(__name__)
+
+
+class ChildProcess:
+    """A Twisted child process and the local socket through which its parent drives it."""
+
+    def __init__(self, target: Callable[[], None], owner: Any, ctx: Any, name: str):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(1)
+        owner._local_com_port = self._listener.getsockname()[1]
+        self.process: BaseProcess = ctx.Process(target=target, name=name, daemon=True)
+        self.conn: socket.socket | None = None
+        self._send_lock = threading.Lock()
+
+    def start(self, timeout_s: float, status: StatusBoard, what: str) -> None:
+        self.process.start()
+        self._listener.settimeout(0.05)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while self.conn is None:
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    if not self.process.is_alive():
+                        note = status.last_note or f"exit code {self.process.exitcode}"
+                        raise TransportError(f"{what} failed to start: {note}") from None
+                    if time.monotonic() > deadline:
+                        raise TransportError(f"{what} did not start within {timeout_s} s") from None
+                    continue
+                conn.settimeout(None)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.conn = conn
+        except BaseException:
+            self.stop(timeout_s=1.0)
+            raise
+        finally:
+            self._listener.close()
+
+    def send(self, payload: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            raise TransportError("the transport is stopped: start it before sending")
+        try:
+            with self._send_lock:
+                conn.sendall(frame(payload))
+        except OSError as exc:
+            raise TransportError(
+                f"the transport's child process is gone (exit code {self.process.exitcode}, "
+                f"{exc}): stop this object and start a new one"
+            ) from exc
+
+    def stop(self, timeout_s: float, stop_frame: bytes | None = None) -> None:
+        """Ask the child to stop; terminate, then kill it if it does not."""
+        if stop_frame is not None and self.conn is not None and self.process.is_alive():
+            with contextlib.suppress(TransportError):
+                self.send(stop_frame)
+        if self.process.pid is not None:
+            self.process.join(timeout_s)
+            if self.process.is_alive():
+                logger.warning("transport child %s did not stop, terminating it", self.process.pid)
+                self.process.terminate()
+                self.process.join(2.0)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(2.0)
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RDWR)
