@@ -38,7 +38,10 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def make_policy() -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def make_policy() -> Policy:
     import torch
     from torch import nn
 
@@ -98,7 +101,7 @@ def instrument(env: Any) -> dict[str, list[float]]:
     return stats
 
 
-def run(env: Any, steps: int, act: Callable[[dict[str, np.ndarray]], np.ndarray]) -> dict[str, Any]:
+def run(env: Any, steps: int, act: Policy) -> dict[str, Any]:
     from rich.progress import Progress
 
     stats = instrument(env)
@@ -133,17 +136,85 @@ def run(env: Any, steps: int, act: Callable[[dict[str, np.ndarray]], np.ndarray]
     }
 
 
+def measure_sim(steps: int, act: Policy, common: dict[str, Any]) -> dict[str, Any]:
+    """The real-time simulator: ``TrackMania-Sim-v0`` paced at 20 Hz."""
+    import gymnasium as gym
+
+    env = gym.make("TrackMania-Sim-v0", realtime=True, **common)
+    try:
+        return run(env, steps, act)
+    finally:
+        env.close()
+
+
+def measure_emulator(
+    steps: int, act: Policy, common: dict[str, Any], ref_path: str
+) -> dict[str, Any]:
+    """The game path against the emulator: a window under Xvfb, TCP telemetry, xdotool keys."""
+    import gymnasium as gym
+
+    from tm_gym.testing import EmulatorProcess, VirtualDisplay
+
+    with VirtualDisplay() as display:
+        os.environ["DISPLAY"] = display.name
+        with EmulatorProcess(display=display.name, countdown=1.5) as emu:
+            env = gym.make(
+                "TrackMania-v0",
+                controller="keyboard",
+                telemetry_port=emu.port,
+                window_title=emu.title,
+                reward_trajectory=ref_path,
+                **common,
+            )
+            try:
+                return run(env, steps, act)
+            finally:
+                env.close()
+
+
+ROWS = [  # label, key in the results, format
+    ("period mean (ms)", "period_mean_ms", "{:.3f}"),
+    ("period std (ms)  \\[target <= 1]", "period_std_ms", "{:.3f}"),
+    ("period max (ms)", "period_max_ms", "{:.2f}"),
+    ("timeouts  \\[target 0]", "timeouts", "{}"),
+    ("grab (ms)", "grab_ms_mean", "{:.3f}"),
+    ("grab + preprocess mean (ms)  \\[target <= 2]", "grab_pre_ms_mean", "{:.3f}"),
+    ("grab + preprocess p99 (ms)", "grab_pre_ms_p99", "{:.3f}"),
+    ("telemetry age at capture mean (ms)", "telemetry_age_ms_mean", "{:.2f}"),
+    ("telemetry age at capture max (ms)", "telemetry_age_ms_max", "{:.2f}"),
+]
+
+
+def report(console: Any, results: dict[str, dict[str, Any]], steps: int) -> None:
+    """The results as one table (a column per backend), then the verdict on the targets."""
+    from rich.table import Table
+
+    table = Table(title=f"20 Hz real-time pacing, {steps} steps, CNN inference on CPU")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    for label, key, fmt in ROWS:
+        cells = []
+        for r in results.values():
+            v = r.get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        table.add_row(label, *cells)
+    console.print(table)
+    verdicts = []
+    for name, r in results.items():
+        ok = r["period_std_ms"] <= 1.0 and r["timeouts"] == 0 and r["grab_pre_ms_mean"] <= 2.0
+        verdicts.append(f"{name}: {'PASS' if ok else 'MISS'}")
+    console.print("targets: " + "; ".join(verdicts))
+
+
 def main() -> int:
     args = parse()
     try:
-        import gymnasium as gym
         from rich.console import Console
-        from rich.table import Table
 
         import tm_gym  # noqa: F401
         from tm_gym.envs.sim_core import default_reference
         from tm_gym.sim.track import load_track
-        from tm_gym.testing import EmulatorProcess, VirtualDisplay
     except ImportError as e:
         print(
             f"missing dependency: {e}; pip install './packages/tm-gym[game]' torch", file=sys.stderr
@@ -158,62 +229,17 @@ def main() -> int:
     common = {"obs_type": "images", "ep_max_length": 1000}
     try:
         if "sim" in backends:
-            env = gym.make("TrackMania-Sim-v0", realtime=True, **common)
-            try:
-                console.print("[bold]real-time simulator[/] …")
-                results["realtime sim"] = run(env, args.steps, act)
-            finally:
-                env.close()
+            console.print("[bold]real-time simulator[/] …")
+            results["realtime sim"] = measure_sim(args.steps, act, common)
         if "emulator" in backends:
             if not (shutil.which("Xvfb") and shutil.which("xdotool")):
                 console.print("[yellow]skipping the emulator: needs Xvfb and xdotool[/]")
             else:
-                with VirtualDisplay() as display:
-                    os.environ["DISPLAY"] = display.name
-                    with EmulatorProcess(display=display.name, countdown=1.5) as emu:
-                        env = gym.make(
-                            "TrackMania-v0",
-                            controller="keyboard",
-                            telemetry_port=emu.port,
-                            window_title=emu.title,
-                            reward_trajectory=ref_path,
-                            **common,
-                        )
-                        try:
-                            console.print("[bold]emulator[/] (window + TCP + xdotool) …")
-                            results["emulator"] = run(env, args.steps, act)
-                        finally:
-                            env.close()
+                console.print("[bold]emulator[/] (window + TCP + xdotool) …")
+                results["emulator"] = measure_emulator(args.steps, act, common, ref_path)
     finally:
         os.remove(ref_path)
-
-    table = Table(title=f"20 Hz real-time pacing, {args.steps} steps, CNN inference on CPU")
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    rows = [
-        ("period mean (ms)", "period_mean_ms", "{:.3f}"),
-        ("period std (ms)  \\[target <= 1]", "period_std_ms", "{:.3f}"),
-        ("period max (ms)", "period_max_ms", "{:.2f}"),
-        ("timeouts  \\[target 0]", "timeouts", "{}"),
-        ("grab (ms)", "grab_ms_mean", "{:.3f}"),
-        ("grab + preprocess mean (ms)  \\[target <= 2]", "grab_pre_ms_mean", "{:.3f}"),
-        ("grab + preprocess p99 (ms)", "grab_pre_ms_p99", "{:.3f}"),
-        ("telemetry age at capture mean (ms)", "telemetry_age_ms_mean", "{:.2f}"),
-        ("telemetry age at capture max (ms)", "telemetry_age_ms_max", "{:.2f}"),
-    ]
-    for label, key, fmt in rows:
-        cells = []
-        for r in results.values():
-            v = r.get(key)
-            cells.append("-" if v is None else fmt.format(v))
-        table.add_row(label, *cells)
-    console.print(table)
-    verdicts = []
-    for name, r in results.items():
-        ok = r["period_std_ms"] <= 1.0 and r["timeouts"] == 0 and r["grab_pre_ms_mean"] <= 2.0
-        verdicts.append(f"{name}: {'PASS' if ok else 'MISS'}")
-    console.print("targets: " + "; ".join(verdicts))
+    report(console, results, args.steps)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

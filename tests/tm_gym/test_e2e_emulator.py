@@ -5,11 +5,9 @@ over TCP, keys sent with xdotool — under a virtual display (Xvfb)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +24,18 @@ from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import load_track
 from tm_gym.testing import EmulatorProcess, VirtualDisplay
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("Xvfb") and shutil.which("xdotool") and shutil.which("xwininfo")),
-    reason="needs Xvfb, xdotool and xwininfo (apt install xvfb xdotool x11-utils; .ci/run does)",
-)
+pytestmark = pytest.mark.slow  # processes, a window and the wall clock
 
 GAS = np.array([1.0, 0.0, 0.0], np.float32)
 GAS_RIGHT = np.array([1.0, 0.0, 1.0], np.float32)
 COUNTDOWN = 0.3
 
 
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    with VirtualDisplay() as d:
-        yield d.name
-
-
 @pytest.fixture
-def on_display(display: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DISPLAY", display)
-    return display
+def on_display(virtual_display: VirtualDisplay) -> str:
+    """This test's own X server (tests/conftest.py; it skips without Xvfb, xdotool and
+    xwininfo), with DISPLAY pointing at it."""
+    return virtual_display.name
 
 
 @pytest.fixture(scope="module")

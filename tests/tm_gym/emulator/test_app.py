@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.emulator.app import EmulatorConfig, EmulatorCore, controls_from_keys
 from tm_gym.error import TelemetryError
 from tm_gym.game.record_reward import record_reference
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.game.telemetry_client import TelemetryClient
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.emulator.telemetry_server import TelemetryServer
 from tm_gym.error import TelemetryError
-from tm_gym.game.telemetry import MAGIC_V2, TelemetryRecord, decode_record, record_size
+from tm_gym.game.telemetry import MAGIC_V2, decode_record, record_size
 from tm_gym.game.telemetry_client import TelemetryClient
 
 

@@ -1,10 +1,13 @@
-"""Screen capture against a real X server: Xvfb, with Tk windows drawn by child processes."""
+"""Screen capture against a real X server: Xvfb, with Tk windows drawn by child processes.
+
+Each test that needs the screen gets its own X server (the ``virtual_display`` fixture of
+tests/conftest.py), so the tests pass in any order and beside other X servers on the machine.
+"""
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,13 +15,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from tm_gym.core.ports import FrameSource
 from tm_gym.error import CaptureError, DependencyNotInstalled
 from tm_gym.game.capture import ScreenCapture, WindowGeometry, find_window, window_geometry
-from tm_gym.ports import FrameSource
+from tm_gym.testing import VirtualDisplay
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="the capture tests run under Xvfb (Linux)"
@@ -59,46 +64,15 @@ def _read_line(stream: int, timeout: float, what: str) -> bytes:
     return os.read(stream, 256)
 
 
-@pytest.fixture(scope="module")
-def xvfb() -> Iterator[str]:
-    """A private X server on a free display number (Xvfb picks it: -displayfd)."""
-    for tool in ("Xvfb", "xdotool", "xwininfo"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install xvfb xdotool x11-utils)")
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        [
-            "Xvfb",
-            "-displayfd",
-            str(w),
-            "-screen",
-            "0",
-            "{}x{}x24".format(*SCREEN),
-            "-nolisten",
-            "tcp",
-        ],
-        pass_fds=(w,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(w)
-    try:
-        number = _read_line(r, 20.0, "Xvfb").decode().strip()
-        yield f":{number}"
-    finally:
-        os.close(r)
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+@pytest.fixture
+def display_options() -> dict[str, Any]:
+    return {"width": SCREEN[0], "height": SCREEN[1]}
 
 
 @pytest.fixture
-def display(xvfb: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DISPLAY", xvfb)
-    return xvfb
+def display(virtual_display: VirtualDisplay) -> str:
+    """This test's own X server (tests/conftest.py), with DISPLAY pointing at it."""
+    return virtual_display.name
 
 
 Window = Callable[..., "subprocess.Popen[bytes]"]

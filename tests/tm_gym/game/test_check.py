@@ -15,7 +15,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 from rich.console import Console
 
 from tm_gym.cli import game_commands
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import CaptureError, ControllerError
 from tm_gym.game import check
 from tm_gym.game.check import (
@@ -36,7 +36,7 @@ from tm_gym.game.check import (
     run_checks,
 )
 from tm_gym.game.install import PLUGIN_FILES, PLUGIN_FOLDER
-from tm_gym.game.telemetry import MAGIC_V2, TelemetryRecord, encode_record
+from tm_gym.game.telemetry import MAGIC_V2, encode_record
 
 RECORD = TelemetryRecord(
     speed_kmh=123.0,
@@ -423,19 +423,13 @@ def test_install_plugin_command(tmp_path: Path) -> None:
     assert "(Re)load plugin" in buf.getvalue()
 
 
-@pytest.fixture
-def cli_main_knows_game_commands() -> Iterator[None]:
-    """Skip the end-to-end CLI test until the lead wires add_parsers into cli/main.py."""
+def test_main_registers_the_game_commands() -> None:
     from tm_gym.cli.main import build_parser
 
-    try:
-        build_parser().parse_args(["check", "--json"])
-    except SystemExit:
-        pytest.skip("cli/main.py does not register the game commands yet")
-    yield
+    for argv in (["check", "--json"], ["install-plugin", "--dry-run"]):
+        assert build_parser().parse_args(argv).command == argv[0]
 
 
-@pytest.mark.usefixtures("cli_main_knows_game_commands")
 def test_main_runs_install_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tm_gym.cli.main import main
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tm_gym.core.ports import Controller
 from tm_gym.error import ControllerError, DependencyNotInstalled, InvalidActionError
 from tm_gym.game.gamepad import BUTTONS, GamepadController, GamepadState, gamepad_state
-from tm_gym.ports import Controller
 
 
 class FakePad:

@@ -1,15 +1,14 @@
 """Tests for the keyboard controller (tm_gym.game.keyboard).
 
-The xdotool backend is tested for real: an Xvfb server, a small Tk window that prints every
-KeyPress/KeyRelease it receives, and the controller sending keys to it. Those tests skip when
-Xvfb, xdotool or Tk are missing.
+The xdotool backend is tested for real: an Xvfb server of the test's own, a small Tk window that
+prints every KeyPress/KeyRelease it receives, and the controller sending keys to it. Those tests
+skip when Xvfb, xdotool or Tk are missing (and fail under CI, which installs them).
 """
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,10 +22,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tm_gym.core.ports import Controller
 from tm_gym.error import ControllerError, InvalidActionError
 from tm_gym.game import keyboard
 from tm_gym.game.keyboard import KEYS, KeyboardController, keys_for
-from tm_gym.ports import Controller
+from tm_gym.testing import VirtualDisplay
 
 # --------------------------------------------------------------------------- keys_for
 
@@ -170,14 +170,14 @@ def test_missing_xdotool_says_how_to_install(
         KeyboardController(backend="xdotool").open()
 
 
-@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed")
+@pytest.mark.usefixtures("x11_tools")
 def test_no_display_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     with pytest.raises(ControllerError, match="DISPLAY"):
         KeyboardController(backend="xdotool").open()
 
 
-@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed")
+@pytest.mark.usefixtures("x11_tools")
 def test_unreachable_display_is_explained() -> None:
     ctl = KeyboardController(backend="xdotool", display=":999")
     with pytest.raises(ControllerError, match="cannot reach the X display"):
@@ -252,32 +252,16 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             pipe.close()
 
 
-@pytest.fixture(scope="module")
-def xvfb() -> Iterator[str]:
-    """A private X server on a free display (Xvfb picks it and reports it on a pipe)."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt install xvfb)")
-    if shutil.which("xdotool") is None:
-        pytest.skip("xdotool is not installed (apt install xdotool)")
-    read_fd, write_fd = os.pipe()
+@pytest.fixture
+def display_options() -> dict[str, Any]:
     # -ardelay: no key autorepeat while a key is held during the test
-    args = ["-displayfd", str(write_fd), "-nolisten", "tcp", "-ardelay", "60000"]
-    proc = subprocess.Popen(
-        ["Xvfb", *args, "-screen", "0", "320x240x24"],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    try:
-        ready, _, _ = select.select([read_fd], [], [], 15.0)
-        number = os.read(read_fd, 64).decode().strip() if ready else ""
-        if not number.isdigit():
-            pytest.skip("Xvfb did not start")
-        yield f":{number}"
-    finally:
-        os.close(read_fd)
-        _stop(proc)
+    return {"width": 320, "height": 240, "args": ("-ardelay", "60000")}
+
+
+@pytest.fixture
+def xvfb(virtual_display: VirtualDisplay) -> str:
+    """This test's own X server (tests/conftest.py)."""
+    return virtual_display.name
 
 
 class KeyLog:
@@ -333,8 +317,7 @@ def keylog(xvfb: str, tmp_path: Path) -> Iterator[tuple[KeyLog, int]]:
     try:
         log = KeyLog(proc)
         first = log.take(1, timeout=15.0)
-        if first != ["ready"]:
-            pytest.skip(f"the Tk window did not start under Xvfb ({first})")
+        assert first == ["ready"], f"the Tk window did not start under Xvfb ({first})"
         # Like a user finding the game window: by title. This is Tk's top-level wrapper window,
         # the one that takes the keyboard focus.
         found = subprocess.run(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tm_gym.core.geometry import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE, CameraSpec
 from tm_gym.game.preprocess import (
     BORDER_THRESHOLD,
     DEFAULT_CAMERA,
@@ -21,8 +22,7 @@ from tm_gym.game.preprocess import (
     pixel_lidar,
     to_gray,
 )
-from tm_gym.sim.camera import CameraSpec, ray_table
-from tm_gym.sim.lidar import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE
+from tm_gym.sim.camera import ray_table
 from tm_gym.sim.raster import CLEARANCE_CELL, GRAY_PALETTE, PALETTE, TrackRaster
 from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import BORDER_WIDTH, Track

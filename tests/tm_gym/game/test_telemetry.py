@@ -19,18 +19,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tm_gym.core.ports import TelemetrySource
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import TelemetryError, TMGymError
 from tm_gym.game.telemetry import (
     MAGIC_V2,
     TMRL_FLOATS,
     V2_FLOATS,
-    TelemetryRecord,
     decode_record,
     encode_record,
     record_size,
 )
 from tm_gym.game.telemetry_client import TelemetryClient
-from tm_gym.ports import TelemetrySource
 
 TIMEOUT = 0.5
 RECONNECT = 0.05

@@ -14,11 +14,11 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from tm_gym.envs.settings import EnvSettings
+from tm_gym.core.settings import EnvSettings
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.envs.sim_core import default_reference
 from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.error import ControllerError, EnvStateError, TelemetryError
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.realtime.env import TrackManiaRealtimeEnv
 from tm_gym.realtime.interface import RealtimeBackend
 from tm_gym.realtime.sim_ports import (

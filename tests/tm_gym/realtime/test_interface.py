@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from tm_gym.envs.settings import EnvSettings, observation_space
+from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.envs.sim_core import default_reference
 from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.error import ControllerError, TelemetryError
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.realtime.interface import RealtimeBackend, TMRealtimeInterface
 from tm_gym.realtime.sim_ports import SimController, SimFrames, SimTelemetry, WallClockSim
 from tm_gym.reward import ReferenceTrajectory

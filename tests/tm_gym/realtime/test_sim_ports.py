@@ -8,8 +8,8 @@ from typing import cast
 import numpy as np
 import pytest
 
+from tm_gym.core.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.error import CaptureError, ControllerError, InvalidActionError, TelemetryError
-from tm_gym.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.realtime.interface import RealtimeBackend
 from tm_gym.realtime.sim_ports import (
     SimController,

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH
-from tm_gym.sim.lidar import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE, lidar
+from tm_gym.core.geometry import (
+    LIDAR_ANGLES_DEG,
+    LIDAR_BEAMS,
+    LIDAR_RANGE,
+    WINDOW_HEIGHT,
+    WINDOW_WIDTH,
+)
+from tm_gym.sim.lidar import lidar
 from tm_gym.sim.raster import GRAY_PALETTE, PALETTE
 from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import BORDER_WIDTH, Track, load_track

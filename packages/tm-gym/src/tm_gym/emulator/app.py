@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.emulator.telemetry_server import TelemetryServer
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import Track, load_track
 

@@ -25,8 +25,9 @@ import socket
 import threading
 from types import TracebackType
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import TelemetryError
-from tm_gym.game.telemetry import MAGIC_V2, TelemetryRecord, encode_record
+from tm_gym.game.telemetry import MAGIC_V2, encode_record
 
 __all__ = ["TelemetryServer"]
 

@@ -26,7 +26,7 @@ those of :class:`~tm_gym.envs.trackmania.TrackManiaEnv`, plus, for the real-time
 ``reward_trajectory``             path to the reference (``tm-gym record-reward``); required
                                   for the game
 ``respawn_wait``                  seconds waited after a respawn (1.5 for the start lights)
-``camera``                        :class:`~tm_gym.sim.camera.CameraSpec` of the game's camera,
+``camera``                        :class:`~tm_gym.core.geometry.CameraSpec` of the game's camera,
                                   for the LIDAR read from screenshots
 ``time_step_timeout_factor``      rtgym's (1.0)
 ================================  ===========================================================
@@ -42,11 +42,11 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings
-from tm_gym.envs.trackmania import BACKENDS, TrackManiaEnv
+from tm_gym.core.geometry import CameraSpec
+from tm_gym.core.settings import BACKENDS, EnvSettings
+from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.error import BackendUnavailableError
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
-from tm_gym.sim.camera import CameraSpec
 from tm_gym.sim.track import Track
 
 __all__ = ["KeyboardForWindow", "make_env"]

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings
+from tm_gym.core.geometry import LIDAR_BEAMS
+from tm_gym.core.info import batch_info
+from tm_gym.core.settings import EnvSettings
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
 from tm_gym.sim.camera import render_gray, render_rgb
 from tm_gym.sim.expert import ExpertDriver
-from tm_gym.sim.lidar import LIDAR_BEAMS, lidar
+from tm_gym.sim.lidar import lidar
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import PHYSICS_DT, Simulator
 from tm_gym.sim.track import Track, load_track
@@ -141,21 +143,20 @@ class SimCore:
         sim = self.sim
         sel: Any = slice(None) if idx is None else idx
         fin = sim.finished[sel]
-        n = len(fin)
-        return {
-            "race_time": np.round(sim.race_time[sel], 3),
-            "progress": self.reward.progress[sel],
-            "checkpoint": sim.checkpoint[sel].copy(),
-            "checkpoints_total": np.full(n, len(self.track.checkpoints_s)),
-            "finished": fin.copy(),
-            "lap_time": np.where(fin, np.round(sim.finish_time[sel], 3), np.nan),
-            "position": np.stack([sim.x[sel], np.zeros(n), sim.y[sel]], axis=1),
-            "speed_kmh": sim.speed_kmh[sel],
-            "gear": sim.gear[sel].copy(),
-            "rpm": sim.rpm[sel].copy(),
-            "wall_contacts": sim.contacts[sel].copy(),
-            "failed": self.pend_failed[sel].copy(),
-        }
+        return batch_info(
+            race_time=sim.race_time[sel],
+            progress=self.reward.progress[sel],
+            checkpoint=sim.checkpoint[sel].copy(),
+            checkpoints_total=len(self.track.checkpoints_s),
+            finished=fin.copy(),
+            finish_time=sim.finish_time[sel],
+            position=np.stack([sim.x[sel], np.zeros(len(fin)), sim.y[sel]], axis=1),
+            speed_kmh=sim.speed_kmh[sel],
+            gear=sim.gear[sel].copy(),
+            rpm=sim.rpm[sel].copy(),
+            wall_contacts=sim.contacts[sel].copy(),
+            failed=self.pend_failed[sel].copy(),
+        )
 
     # -- transitions -----------------------------------------------------------------------
     def reset(self, mask: NDArray[np.bool_]) -> tuple[Obs, dict[str, NDArray[Any]]]:

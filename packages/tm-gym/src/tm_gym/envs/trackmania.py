@@ -2,59 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, SupportsFloat
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.core.actions import action_space, check_actions
+from tm_gym.core.capture import Capture
+from tm_gym.core.info import step_info
+from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.envs.sim_core import SimCore
-from tm_gym.error import BackendUnavailableError, EnvStateError, InvalidActionError
-from tm_gym.game.telemetry import TelemetryRecord
+from tm_gym.error import BackendUnavailableError, EnvStateError
 from tm_gym.reward import RewardConfig
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.track import Track
 
-__all__ = ["BACKENDS", "Capture", "TrackManiaEnv", "check_actions"]
-
-BACKENDS = ("game", "sim", "replay")
-
-
-class Capture(NamedTuple):
-    """What an environment observed at one capture (kept for recordings, see
-    :mod:`tm_gym.recording`): the telemetry record the observation was built from, and the
-    picture and scan that went into it."""
-
-    record: TelemetryRecord
-    frame: NDArray[np.uint8] | None
-    """The frame the observation used: the agent's own frame (C, S, S) (``frame_kind="agent"``,
-    the synchronous simulator) or the game window's RGB screenshot (H, W, 3) (``"window"``)."""
-    lidar: NDArray[np.float32] | None
-    """The (19,) LIDAR scan pushed into the observation, when it has one."""
-    window: NDArray[np.uint8] | None = None
-    """The full-resolution window (H, W, 3), when asked for and different from ``frame``."""
-    position: NDArray[np.float64] | None = None
-    """The exact (x, y, z) position in game axes, when the backend has more precision than
-    the float32 telemetry (the simulators)."""
-
-
-def check_actions(action: Any, n: int) -> NDArray[np.float32]:
-    """Validate actions: shape (3,) for one car or (n, 3); finite; clipped to [-1, 1]."""
-    a = np.asarray(action, dtype=np.float32)
-    if a.shape not in ((3,), (n, 3)) or (a.shape == (3,) and n != 1):
-        raise InvalidActionError(
-            f"action has shape {a.shape}; expected "
-            f"{'(3,)' if n == 1 else f'({n}, 3)'} = [gas, brake, steer]"
-        )
-    a = a.reshape(n, 3)
-    if not np.all(np.isfinite(a)):
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise InvalidActionError(
-            f"action contains a non-finite value {float(a[bad])} at index {bad}; "
-            "check the policy's outputs (a NaN usually means training diverged)"
-        )
-    return np.clip(a, -1.0, 1.0)
+__all__ = ["TrackManiaEnv"]
 
 
 class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
@@ -195,21 +160,20 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     def _info(self) -> dict[str, Any]:
         sim = self.core.sim
-        fin = bool(sim.finished[0])
-        return {
-            "race_time": round(float(sim.race_time[0]), 3),
-            "progress": float(self.core.reward.progress[0]),
-            "checkpoint": int(sim.checkpoint[0]),
-            "checkpoints_total": self._n_cps,
-            "finished": fin,
-            "lap_time": round(float(sim.finish_time[0]), 3) if fin else None,
-            "position": np.array([sim.x[0], 0.0, sim.y[0]]),
-            "speed_kmh": float(sim.speed_kmh[0]),
-            "gear": int(sim.gear[0]),
-            "rpm": float(sim.rpm[0]),
-            "wall_contacts": int(sim.contacts[0]),
-            "failed": bool(self.core.pend_failed[0]),
-        }
+        return step_info(
+            race_time=float(sim.race_time[0]),
+            progress=float(self.core.reward.progress[0]),
+            checkpoint=int(sim.checkpoint[0]),
+            checkpoints_total=self._n_cps,
+            finished=bool(sim.finished[0]),
+            lap_time=float(sim.finish_time[0]),
+            position=np.array([sim.x[0], 0.0, sim.y[0]]),
+            speed_kmh=float(sim.speed_kmh[0]),
+            gear=int(sim.gear[0]),
+            rpm=float(sim.rpm[0]),
+            wall_contacts=int(sim.contacts[0]),
+            failed=bool(self.core.pend_failed[0]),
+        )
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -9,9 +9,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.core.actions import action_space, check_actions
+from tm_gym.core.settings import EnvSettings, observation_space
 from tm_gym.envs.sim_core import SimCore
-from tm_gym.envs.trackmania import check_actions
 from tm_gym.error import BackendUnavailableError, EnvStateError
 from tm_gym.reward import RewardConfig
 from tm_gym.sim.physics import CarParams

@@ -1,4 +1,4 @@
-"""Screen capture of the game window's client area: a :class:`~tm_gym.ports.FrameSource`.
+"""Screen capture of the game window's client area: a :class:`~tm_gym.core.ports.FrameSource`.
 
 :func:`find_window` locates a window by its exact title and returns the position and size of
 its client area (the picture without the title bar and borders) in screen coordinates:

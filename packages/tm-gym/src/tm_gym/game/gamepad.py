@@ -1,4 +1,4 @@
-"""A virtual Xbox 360 gamepad driving the car (:class:`~tm_gym.ports.Controller`).
+"""A virtual Xbox 360 gamepad driving the car (:class:`~tm_gym.core.ports.Controller`).
 
 The mapping is TMRL's: gas → right trigger, brake → left trigger (both analog, active above 0
 only), steer → left stick X (−1 full left … +1 full right); respawn = press B for
@@ -114,7 +114,7 @@ class Pad(Protocol):
 
 
 class GamepadController:
-    """Drives the car with a virtual Xbox 360 pad (implements :class:`~tm_gym.ports.Controller`).
+    """Drives the car with a virtual Xbox 360 pad (implements :class:`~tm_gym.core.ports.Controller`).
 
     Args:
         pad_factory: Makes the pad (no arguments). Default: ``vgamepad.VX360Gamepad``, imported

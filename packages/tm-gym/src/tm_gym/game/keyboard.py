@@ -1,4 +1,4 @@
-"""Keyboard control of the car (:class:`~tm_gym.ports.Controller`), TMRL's fallback.
+"""Keyboard control of the car (:class:`~tm_gym.core.ports.Controller`), TMRL's fallback.
 
 A keyboard is binary, so actions are thresholded with TMRL's rule (:func:`keys_for`): gas if
 ``a[0] > 0``, brake if ``a[1] > 0``, right if ``a[2] > 0.5``, left if ``a[2] < -0.5``.
@@ -120,7 +120,7 @@ class _Backend(Protocol):
 
 
 class KeyboardController:
-    """Drives the car with key presses (implements :class:`~tm_gym.ports.Controller`).
+    """Drives the car with key presses (implements :class:`~tm_gym.core.ports.Controller`).
 
     Args:
         backend: ``"xdotool"`` (Linux), ``"sendinput"`` (Windows) or ``"auto"`` (by platform).

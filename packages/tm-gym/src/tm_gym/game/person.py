@@ -13,7 +13,7 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.game.telemetry import TelemetryRecord
+from tm_gym.core.telemetry import TelemetryRecord
 
 __all__ = ["PersonController", "inputs_from_telemetry"]
 
@@ -33,7 +33,7 @@ def inputs_from_telemetry(rec: TelemetryRecord) -> NDArray[np.float32]:
 
 
 class PersonController:
-    """Implements :class:`~tm_gym.ports.Controller` without touching any input device."""
+    """Implements :class:`~tm_gym.core.ports.Controller` without touching any input device."""
 
     def __init__(self) -> None:
         self.respawns = 0

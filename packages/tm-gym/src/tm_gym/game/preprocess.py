@@ -1,7 +1,7 @@
 """From a game screenshot to what the agent sees: the agent's frame and the pixel LIDAR.
 
 Pure functions of an ``(H, W, 3)`` uint8 RGB screenshot of the game window's client area (what a
-:class:`~tm_gym.ports.FrameSource` returns):
+:class:`~tm_gym.core.ports.FrameSource` returns):
 
 * :func:`agent_frame` — the ``(C, size, size)`` uint8 frame of an image observation: ITU-R 601
   grayscale (the luma weights of OpenCV's ``BGR2GRAY``, as in TMRL), then an area-averaging
@@ -10,7 +10,7 @@ Pure functions of an ``(H, W, 3)`` uint8 RGB screenshot of the game window's cli
 * :func:`pixel_lidar` — the game-side LIDAR: 19 distances in metres to the black track borders,
   in the same units and beam order as the simulator's exact LIDAR (:mod:`tm_gym.sim.lidar`),
   found by inverse perspective. The ground is taken to be flat and the camera to be the chase
-  camera described by :class:`~tm_gym.sim.camera.CameraSpec`, so every ground point in the car's
+  camera described by :class:`~tm_gym.core.geometry.CameraSpec`, so every ground point in the car's
   frame maps to a fixed pixel: each beam's pixels are precomputed once per window size, and a
   scan only reads those pixels.
 """
@@ -26,8 +26,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from tm_gym.sim.camera import CameraSpec
-from tm_gym.sim.lidar import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE
+from tm_gym.core.geometry import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE, CameraSpec
 
 __all__ = [
     "BORDER_THRESHOLD",

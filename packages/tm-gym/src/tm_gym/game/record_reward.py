@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tm_gym.core.ports import TelemetrySource
 from tm_gym.error import TelemetryError
-from tm_gym.ports import TelemetrySource
 from tm_gym.reward import ReferenceTrajectory
 
 __all__ = ["RecordedLap", "record_reference"]

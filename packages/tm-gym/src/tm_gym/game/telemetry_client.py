@@ -1,6 +1,6 @@
 """A TCP client for the OpenPlanet telemetry stream (TMRL's plugin or ours).
 
-:class:`TelemetryClient` implements :class:`~tm_gym.ports.TelemetrySource`. Nothing happens in
+:class:`TelemetryClient` implements :class:`~tm_gym.core.ports.TelemetrySource`. Nothing happens in
 the constructor; :meth:`TelemetryClient.open` (or ``with``) starts one daemon reader thread that
 
 * connects to the plugin, retrying every ``reconnect_interval`` seconds while nothing listens;
@@ -37,8 +37,9 @@ import threading
 import time
 from types import TracebackType
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import TelemetryError
-from tm_gym.game.telemetry import MAGIC_V2, TelemetryRecord, decode_record, record_size
+from tm_gym.game.telemetry import MAGIC_V2, decode_record, record_size
 
 __all__ = ["TelemetryClient"]
 

@@ -12,8 +12,9 @@ from numpy.typing import NDArray
 from rtgym import DEFAULT_CONFIG_DICT
 from rtgym.envs import RealTimeEnvTS
 
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
-from tm_gym.envs.trackmania import Capture, check_actions
+from tm_gym.core.actions import action_space, check_actions
+from tm_gym.core.capture import Capture
+from tm_gym.core.settings import EnvSettings, observation_space
 from tm_gym.error import BackendUnavailableError, EnvStateError
 from tm_gym.realtime.interface import CAPTURE_KEY, RealtimeBackend, TMRealtimeInterface
 from tm_gym.reward import ReferenceTrajectory, RewardConfig

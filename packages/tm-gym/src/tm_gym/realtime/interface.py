@@ -1,6 +1,6 @@
 """The rtgym interface every real-time backend is driven through.
 
-A :class:`RealtimeBackend` bundles the three ports of :mod:`tm_gym.ports` (telemetry, frames,
+A :class:`RealtimeBackend` bundles the three ports of :mod:`tm_gym.core.ports` (telemetry, frames,
 controller) with what the interface must know about them: how long to wait after a respawn (the
 game's start lights: 1.5 s; the simulator: 0), and optionally an exact LIDAR, the number of
 checkpoints and a wall-contact counter.
@@ -19,7 +19,7 @@ returning it). What it does at each rtgym call:
 
 With ``record_captures`` set (what a recording needs), every capture also grabs the screenshot
 and the info returned to rtgym carries it under :data:`CAPTURE_KEY` (a
-:class:`~tm_gym.envs.trackmania.Capture`: record, screenshot, exact LIDAR scan, position);
+:class:`~tm_gym.core.capture.Capture`: record, screenshot, exact LIDAR scan, position);
 :class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv` takes it out of the info again.
 
 rtgym calls these from its own thread, where an exception would kill the thread and leave the
@@ -46,14 +46,16 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from rtgym import RealTimeGymInterface
 
-from tm_gym.envs.settings import EnvSettings, action_space
-from tm_gym.envs.trackmania import Capture
+from tm_gym.core.actions import action_space
+from tm_gym.core.capture import Capture
+from tm_gym.core.geometry import CameraSpec
+from tm_gym.core.info import RecordInfo
+from tm_gym.core.ports import Controller, FrameSource, TelemetrySource
+from tm_gym.core.settings import EnvSettings
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import CaptureError
-from tm_gym.game.telemetry import TelemetryRecord
-from tm_gym.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.realtime.observation import LidarSource, ObservationBuilder
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
-from tm_gym.sim.camera import CameraSpec
 
 __all__ = ["CAPTURE_KEY", "RealtimeBackend", "TMRealtimeInterface"]
 
@@ -149,7 +151,7 @@ class TMRealtimeInterface(RealTimeGymInterface):
     Args:
         backend: the ports; they must be open before rtgym calls ``reset``.
         settings: observation and timing settings (the spaces of
-            :func:`tm_gym.envs.settings.observation_space`, without the action buffer).
+            :func:`tm_gym.core.settings.observation_space`, without the action buffer).
         reference: the reward's reference trajectory: (K, 2) ground points ``(x, z)`` or
             (K, 3) game points ``(x, y, z)``; the car's position is matched column for column.
         reward_config: reward settings (TMRL's defaults).
@@ -189,7 +191,7 @@ class TMRealtimeInterface(RealTimeGymInterface):
         self._last_info: Info | None = None
         self._last_frame: NDArray[np.uint8] | None = None
         self._t_reset = time.perf_counter()
-        self._lap_time: float | None = None
+        self._infos = RecordInfo(backend.checkpoints_total)
 
     # -- rtgym API -----------------------------------------------------------------------
     def get_observation_space(self) -> spaces.Tuple:
@@ -265,7 +267,7 @@ class TMRealtimeInterface(RealTimeGymInterface):
             time.sleep(b.respawn_wait)
         self._t_reset = time.perf_counter()
         rec = b.telemetry.wait_fresh()
-        self._lap_time = None
+        self._infos.reset()
         rgb = self._grab()
         self._set_pos(rec)
         self.reward.reset(self._pos)
@@ -328,23 +330,12 @@ class TMRealtimeInterface(RealTimeGymInterface):
             self._pos[0] = (rec.x, rec.y, rec.z)
 
     def _info(self, rec: TelemetryRecord, *, failed: bool) -> Info:
-        race_time = rec.race_time
-        if not math.isfinite(race_time):  # TMRL's layout has no race time: estimate it
-            race_time = time.perf_counter() - self._t_reset
-        if rec.finished and self._lap_time is None:
-            self._lap_time = round(race_time, 3)
         contacts = self.backend.wall_contacts
-        return {
-            "race_time": round(race_time, 3),
-            "progress": float(self.reward.progress[0]),
-            "checkpoint": rec.checkpoint,
-            "checkpoints_total": self.backend.checkpoints_total,
-            "finished": rec.finished,
-            "lap_time": self._lap_time if rec.finished else None,
-            "position": np.array(rec.position, dtype=np.float64),
-            "speed_kmh": rec.speed_kmh,
-            "gear": rec.gear,
-            "rpm": rec.rpm,
-            "wall_contacts": -1 if contacts is None else int(contacts()),
-            "failed": failed,
-        }
+        return self._infos.info(
+            rec,
+            progress=float(self.reward.progress[0]),
+            failed=failed,
+            # TMRL's layout has no race time: estimate it
+            elapsed=lambda: time.perf_counter() - self._t_reset,
+            wall_contacts=-1 if contacts is None else int(contacts()),
+        )

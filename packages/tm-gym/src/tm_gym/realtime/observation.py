@@ -1,7 +1,7 @@
 """From one capture (a telemetry record and a screenshot) to the parts of an observation.
 
 :class:`ObservationBuilder` keeps the history of frames or LIDAR scans of one episode and returns
-the observation *parts* — every entry of :func:`tm_gym.envs.settings.observation_space` except
+the observation *parts* — every entry of :func:`tm_gym.core.settings.observation_space` except
 ``"actions"``, in the order of :attr:`ObservationBuilder.keys` (rtgym appends the action buffer
 itself):
 
@@ -25,12 +25,11 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH, EnvSettings, observation_space
+from tm_gym.core.geometry import LIDAR_BEAMS, LIDAR_RANGE, CameraSpec
+from tm_gym.core.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH, EnvSettings, observation_space
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import CaptureError
 from tm_gym.game.preprocess import agent_frame, pixel_lidar
-from tm_gym.game.telemetry import TelemetryRecord
-from tm_gym.sim.camera import CameraSpec
-from tm_gym.sim.lidar import LIDAR_BEAMS, LIDAR_RANGE
 
 __all__ = ["LidarSource", "ObservationBuilder"]
 

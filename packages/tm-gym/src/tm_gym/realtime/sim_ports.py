@@ -8,10 +8,10 @@ progress. All of it happens under one lock, so rtgym's thread and the caller's t
 together. Given the same clock readings it computes the same thing, which is how it is tested
 (with a fake clock).
 
-Three ports adapt it to :mod:`tm_gym.ports` (each a context manager; none holds a real
+Three ports adapt it to :mod:`tm_gym.core.ports` (each a context manager; none holds a real
 resource, but they follow the ports' open/close discipline):
 
-* :class:`SimTelemetry` — :class:`~tm_gym.game.telemetry.TelemetryRecord` in game axes
+* :class:`SimTelemetry` — :class:`~tm_gym.core.telemetry.TelemetryRecord` in game axes
   (x, y = 0 up, z = the simulator's y), with the v2 fields (race time, checkpoint, velocity,
   yaw) filled; a record is *fresh* when the physics advanced since the previous read;
 * :class:`SimFrames` — the 256×128 RGB driver's view (what the game window shows);
@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import (
     CaptureError,
     ControllerError,
@@ -45,7 +46,6 @@ from tm_gym.error import (
     TelemetryError,
     TMGymError,
 )
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.realtime.interface import RealtimeBackend
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import PHYSICS_DT, Simulator
@@ -232,7 +232,7 @@ class _SimPort:
 
 
 class SimTelemetry(_SimPort):
-    """:class:`~tm_gym.ports.TelemetrySource` over a :class:`WallClockSim`.
+    """:class:`~tm_gym.core.ports.TelemetrySource` over a :class:`WallClockSim`.
 
     Args:
         sim: the simulated car.
@@ -284,7 +284,7 @@ class SimTelemetry(_SimPort):
 
 
 class SimFrames(_SimPort):
-    """:class:`~tm_gym.ports.FrameSource` over a :class:`WallClockSim` (the 256×128 window)."""
+    """:class:`~tm_gym.core.ports.FrameSource` over a :class:`WallClockSim` (the 256×128 window)."""
 
     _what = "frame source"
     _error = CaptureError
@@ -295,7 +295,7 @@ class SimFrames(_SimPort):
 
 
 class SimController(_SimPort):
-    """:class:`~tm_gym.ports.Controller` over a :class:`WallClockSim`."""
+    """:class:`~tm_gym.core.ports.Controller` over a :class:`WallClockSim`."""
 
     _what = "controller"
     _error = ControllerError

@@ -8,7 +8,7 @@ each step — and every step between captures. With ``C`` captures and ``T`` ste
 array                shape / dtype        meaning
 ===================  ==================  ===================================================
 ``telemetry``        (C, 19) float32      the telemetry record of each capture, in the order of
-                                          :class:`~tm_gym.game.telemetry.TelemetryRecord`
+                                          :class:`~tm_gym.core.telemetry.TelemetryRecord`
 ``frames``           (C, H, W[, 3]) u8    the frame of each capture: the game window's RGB
                                           screenshot (``frame_kind="window"``) or the agent's
                                           own frame (``"agent"``: (C, 1|3, S, S))
@@ -36,7 +36,7 @@ simulator without full frames): ``frames`` is then (C, 0, 0).
 Each frame is stored once (never once per position in a frame stack), and the file is
 compressed. ``meta`` holds ``format`` (``"tm-gym-recording/1"``), ``tm_gym_version``,
 ``created`` (ISO 8601), ``backend``, ``track``, ``frame_kind``, ``settings`` (the
-:class:`~tm_gym.envs.settings.EnvSettings` fields), ``reward_config`` (the
+:class:`~tm_gym.core.settings.EnvSettings` fields), ``reward_config`` (the
 :class:`~tm_gym.reward.RewardConfig` fields), ``observation_space`` (a description),
 ``env_id`` and free-form ``notes``.
 """
@@ -55,13 +55,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.core.telemetry import ROW_SIZE
 from tm_gym.error import RecordingFormatError
 
 __all__ = ["FORMAT", "FRAME_KINDS", "Recording", "load_recording", "save_recording"]
 
 FORMAT = "tm-gym-recording/1"
 FRAME_KINDS = ("window", "agent", "none")
-TELEMETRY_FIELDS = 19
 
 _REQUIRED = (
     "telemetry",
@@ -134,7 +134,7 @@ def validate(r: Recording) -> None:
     src = r.source
     c = r.telemetry.shape[0] if r.telemetry.ndim == 2 else -1
     checks: list[tuple[str, NDArray[Any], tuple[int, ...], type]] = [
-        ("telemetry", r.telemetry, (c, TELEMETRY_FIELDS), np.float32),
+        ("telemetry", r.telemetry, (c, ROW_SIZE), np.float32),
         ("capture_time", r.capture_time, (c,), np.float64),
         ("capture_episode", r.capture_episode, (c,), np.int32),
     ]

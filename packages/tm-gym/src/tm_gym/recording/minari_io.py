@@ -55,13 +55,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
+from tm_gym.core.actions import action_space
+from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.telemetry import ROW_FIELDS, ROW_SIZE, TelemetryRecord
 from tm_gym.error import DependencyNotInstalled, RecordingFormatError
-from tm_gym.game.telemetry import V2_FLOATS, TelemetryRecord
 from tm_gym.realtime.observation import ObservationBuilder
 from tm_gym.recording.format import (
     FORMAT,
-    TELEMETRY_FIELDS,
     Recording,
     load_recording,
     save_recording,
@@ -73,8 +73,7 @@ logger = logging.getLogger(__name__)
 
 META_KEY = "tm_gym_meta"
 INSTALL_HINT = "pip install 'tm-gym[minari]'"
-_TEL_NAMES = [f.name for f in fields(TelemetryRecord)][:V2_FLOATS]
-_TEL = {name: i for i, name in enumerate(_TEL_NAMES)}
+_TEL = {name: i for i, name in enumerate(ROW_FIELDS)}
 
 
 def _minari() -> Any:
@@ -103,15 +102,6 @@ def _datasets_path(data_path: str | Path | None) -> Iterator[None]:
             os.environ.pop("MINARI_DATASETS_PATH", None)
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
-
-
-def _telemetry_record(row: NDArray[np.float32]) -> TelemetryRecord:
-    kw: dict[str, Any] = {name: float(row[i]) for i, name in enumerate(_TEL_NAMES)}
-    kw["finished"] = bool(row[_TEL["finished"]] > 0.5)
-    kw["gear"] = round(float(row[_TEL["gear"]]))
-    cp = float(row[_TEL["checkpoint"]])
-    kw["checkpoint"] = round(cp) if np.isfinite(cp) else -1
-    return TelemetryRecord(**kw)
 
 
 class _StoredFrameBuilder(ObservationBuilder):
@@ -210,7 +200,7 @@ def episode_arrays(rec: Recording, *, obs_type: str | None = None) -> list[Episo
         ) -> list[NDArray[Any]]:
             cur[0] = i
             rgb = stored[i] if frame else None
-            tel = _telemetry_record(rec.telemetry[i])
+            tel = TelemetryRecord.from_row(rec.telemetry[i])
             return b_.reset(tel, rgb) if first else b_.update(tel, rgb)
 
         keys = builder.keys
@@ -386,7 +376,7 @@ def import_minari(
     for e, ep in enumerate(ds.iterate_episodes()):
         obs, infos = ep.observations, ep.infos or {}
         n = len(ep.rewards) + 1
-        tel = np.zeros((n, TELEMETRY_FIELDS), np.float32)
+        tel = np.zeros((n, ROW_SIZE), np.float32)
         tel[:, 11:] = np.nan
         tel[:, _TEL["speed_kmh"]] = np.asarray(obs["speed"])[:, 0]
         for name in ("gear", "rpm"):

@@ -44,7 +44,8 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.trackmania import Capture
+from tm_gym.core.capture import Capture
+from tm_gym.core.telemetry import ROW_SIZE
 from tm_gym.recording.format import FORMAT, Recording, save_recording
 
 __all__ = ["RecordEpisodes", "make_builtin_recordings", "record_episodes"]
@@ -60,34 +61,6 @@ def _version() -> str:
 
 def _stack(arrays: list[Any]) -> NDArray[Any]:
     return np.stack(arrays)
-
-
-def _record_row(c: Capture) -> NDArray[np.float32]:
-    r = c.record
-    return np.array(
-        [
-            r.speed_kmh,
-            r.distance,
-            r.x,
-            r.y,
-            r.z,
-            r.steer,
-            r.gas,
-            r.brake,
-            1.0 if r.finished else 0.0,
-            float(r.gear),
-            r.rpm,
-            r.race_time,
-            float(r.checkpoint),
-            r.vx,
-            r.vy,
-            r.vz,
-            r.yaw,
-            r.pitch,
-            r.roll,
-        ],
-        dtype=np.float32,
-    )
 
 
 class RecordEpisodes(gym.Wrapper[Any, Any, Any, Any]):
@@ -292,7 +265,9 @@ class RecordEpisodes(gym.Wrapper[Any, Any, Any, Any]):
         }
         return Recording(
             telemetry=(
-                np.stack([_record_row(cp) for cp in caps]) if c else np.zeros((0, 19), np.float32)
+                np.stack([cp.record.to_row() for cp in caps])
+                if c
+                else np.zeros((0, ROW_SIZE), np.float32)
             ),
             frames=frames,
             capture_time=np.asarray(self._times, dtype=np.float64),

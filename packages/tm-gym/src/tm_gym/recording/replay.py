@@ -31,7 +31,6 @@ own fast rendering, not a preprocessed screenshot: they are stacked as stored.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, SupportsFloat
 
@@ -39,14 +38,15 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.envs.settings import EnvSettings, action_space, observation_space
-from tm_gym.envs.trackmania import check_actions
+from tm_gym.core.actions import action_space, check_actions
+from tm_gym.core.geometry import CameraSpec
+from tm_gym.core.info import RecordInfo
+from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import EnvStateError, RecordingFormatError
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.realtime.observation import ObservationBuilder
 from tm_gym.recording.format import Recording, load_recording
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
-from tm_gym.sim.camera import CameraSpec
 
 __all__ = [
     "MODES",
@@ -61,31 +61,11 @@ _OVERRIDABLE = ("obs_type", "img_size", "img_hist_len", "grayscale", "act_buf_le
 
 def record_of(rec: Recording, j: int) -> TelemetryRecord:
     """The :class:`TelemetryRecord` of capture ``j`` (exact positions when recorded)."""
-    v = rec.telemetry[j].astype(np.float64)
-    pos = rec.position[j] if rec.position is not None else v[2:5]
-    version = 2 if math.isfinite(v[11]) else 1
-    return TelemetryRecord(
-        speed_kmh=float(v[0]),
-        distance=float(v[1]),
-        x=float(pos[0]),
-        y=float(pos[1]),
-        z=float(pos[2]),
-        steer=float(v[5]),
-        gas=float(v[6]),
-        brake=float(v[7]),
-        finished=bool(v[8] > 0.5),
-        gear=round(v[9]),
-        rpm=float(v[10]),
-        race_time=float(v[11]),
-        checkpoint=round(v[12]) if math.isfinite(v[12]) else -1,
-        vx=float(v[13]),
-        vy=float(v[14]),
-        vz=float(v[15]),
-        yaw=float(v[16]),
-        pitch=float(v[17]),
-        roll=float(v[18]),
-        version=version,
-    )
+    r = TelemetryRecord.from_row(rec.telemetry[j])
+    if rec.position is None:
+        return r
+    x, y, z = (float(v) for v in rec.position[j])
+    return dataclasses.replace(r, x=x, y=y, z=z)
 
 
 def _load(recording: str | Path | Recording) -> Recording:
@@ -260,12 +240,11 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self._episodes = _episodes(rec)
         self._pipe = _Pipeline(rec, self.settings, self.reward_config)
         self._keys = self._pipe.builder.keys
-        self._n_cps = int(rec.meta.get("checkpoints_total", -1) or -1)
+        self._infos = RecordInfo(int(rec.meta.get("checkpoints_total", -1) or -1))
         self.episode = -1
         self._k = 0  # steps taken in the episode
         self._j = 0  # current capture
         self._running = False
-        self._lap: float | None = None
         self._act_buf = np.zeros((self.settings.act_buf_len, 3), np.float32)
 
     @property
@@ -279,27 +258,15 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     def _info(self, r: TelemetryRecord, failed: bool) -> dict[str, Any]:
         rec = self.recording
-        race_time = r.race_time
-        if not math.isfinite(race_time):
-            first = self._episodes[self.episode][0]
-            race_time = float(rec.capture_time[self._j] - rec.capture_time[first])
-        if r.finished and self._lap is None:
-            self._lap = round(race_time, 3)
-        return {
-            "race_time": round(race_time, 3),
-            "progress": float(self._pipe.reward.progress[0]),
-            "checkpoint": r.checkpoint,
-            "checkpoints_total": self._n_cps,
-            "finished": r.finished,
-            "lap_time": self._lap if r.finished else None,
-            "position": np.array(r.position, dtype=np.float64),
-            "speed_kmh": r.speed_kmh,
-            "gear": r.gear,
-            "rpm": r.rpm,
-            "wall_contacts": -1,
-            "failed": failed,
-            "recording_episode": self.episode,
-        }
+        first = self._episodes[self.episode][0]
+        info = self._infos.info(
+            r,
+            progress=float(self._pipe.reward.progress[0]),
+            failed=failed,
+            elapsed=lambda: float(rec.capture_time[self._j] - rec.capture_time[first]),
+        )
+        info["recording_episode"] = self.episode
+        return info
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -314,7 +281,7 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.episode = ep
         self._j = self._episodes[ep][0]
         self._k = 0
-        self._lap = None
+        self._infos.reset()
         self._act_buf[:] = 0.0
         r, parts = self._pipe.first(self._j)
         self._running = True

@@ -18,8 +18,9 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.core.geometry import CameraSpec
+from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import EnvStateError
-from tm_gym.game.telemetry import TelemetryRecord
 from tm_gym.recording.format import Recording
 from tm_gym.recording.replay import (
     _episodes,
@@ -30,14 +31,13 @@ from tm_gym.recording.replay import (
     replay_settings,
 )
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
-from tm_gym.sim.camera import CameraSpec
 
 __all__ = ["ReplayState", "make_realtime_replay_env"]
 
 
 class ReplayState:
     """The replay ports of one recording (telemetry, frames, controller in one object, each
-    protocol of :mod:`tm_gym.ports` satisfied by a view: :attr:`telemetry`, :attr:`frames`,
+    protocol of :mod:`tm_gym.core.ports` satisfied by a view: :attr:`telemetry`, :attr:`frames`,
     :attr:`controller`).
 
     ``respawn()`` moves to the next recorded episode and restarts the clock; reads serve the

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from tm_gym.core.geometry import WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec
 from tm_gym.sim.raster import (
     GRAY_PALETTE,
     M_CAR_BODY,
@@ -31,29 +32,11 @@ from tm_gym.sim.raster import (
     TrackRaster,
 )
 
-__all__ = ["WINDOW_HEIGHT", "WINDOW_WIDTH", "CameraSpec", "RayTable", "render_gray", "render_rgb"]
+__all__ = ["RayTable", "ray_table", "render_gray", "render_rgb"]
 
-WINDOW_WIDTH = 256
-WINDOW_HEIGHT = 128
+_DEFAULT_CAMERA = CameraSpec()
 _SKY = -1
 _NO_CAR = -1
-
-
-@dataclass(frozen=True)
-class CameraSpec:
-    """Chase camera placement (metres, degrees), relative to the car.
-
-    The field of view is that of the game window (``window_aspect`` = width / height); frames of
-    another shape are the window squashed, as when TMRL resizes 256×128 to 64×64.
-    """
-
-    height: float = 2.6
-    behind: float = 5.5
-    pitch_deg: float = 9.0
-    hfov_deg: float = 90.0
-    window_aspect: float = WINDOW_WIDTH / WINDOW_HEIGHT
-    far: float = 350.0
-    draw_car: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,7 +209,7 @@ def render_gray(
     psi: NDArray[np.float64],
     width: int,
     height: int,
-    spec: CameraSpec = CameraSpec(),
+    spec: CameraSpec = _DEFAULT_CAMERA,
     out: NDArray[np.uint8] | None = None,
 ) -> NDArray[np.uint8]:
     """Grayscale frames (N, height, width) uint8 of N cars at poses (x, y, psi)."""
@@ -257,7 +240,7 @@ def render_rgb(
     psi: NDArray[np.float64],
     width: int = WINDOW_WIDTH,
     height: int = WINDOW_HEIGHT,
-    spec: CameraSpec = CameraSpec(),
+    spec: CameraSpec = _DEFAULT_CAMERA,
     out: NDArray[np.uint8] | None = None,
 ) -> NDArray[np.uint8]:
     """Colour frames (N, height, width, 3) uint8 of N cars at poses (x, y, psi)."""

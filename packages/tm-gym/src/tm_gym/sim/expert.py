@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH
+from tm_gym.core.geometry import WINDOW_HEIGHT, WINDOW_WIDTH
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import SAMPLE_SPACING, Track, load_track

@@ -19,13 +19,11 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from tm_gym.core.geometry import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE
 from tm_gym.sim.raster import CLEARANCE_CELL, TrackRaster
 
-__all__ = ["LIDAR_ANGLES_DEG", "LIDAR_BEAMS", "LIDAR_RANGE", "lidar"]
+__all__ = ["lidar"]
 
-LIDAR_BEAMS = 19
-LIDAR_RANGE = 150.0
-LIDAR_ANGLES_DEG: NDArray[np.float64] = 90.0 - 10.0 * np.arange(LIDAR_BEAMS, dtype=np.float64)
 _MIN_STEP = 0.4
 # Off-road regions between two stretches of road are at least 1.6 m wide (two border bands), so a
 # 0.4 m step can never jump over one: a step that lands past the border is bisected back.

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.game.telemetry import TelemetryRecord
-from tm_gym.sim.camera import WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec, render_gray, render_rgb
-from tm_gym.sim.lidar import LIDAR_RANGE, lidar
+from tm_gym.core.geometry import LIDAR_RANGE, WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec
+from tm_gym.core.telemetry import TelemetryRecord
+from tm_gym.sim.camera import render_gray, render_rgb
+from tm_gym.sim.lidar import lidar
 from tm_gym.sim.physics import IDLE_RPM, CarParams, advance_split
 from tm_gym.sim.raster import TrackRaster, build_raster
 from tm_gym.sim.track import Track, load_track

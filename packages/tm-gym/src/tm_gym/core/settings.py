@@ -1,20 +1,57 @@
-"""Settings shared by every backend, and the observation/action spaces they imply."""
+"""Settings shared by every backend, the names they go by, and the observation space they imply.
+
+* :class:`EnvSettings` — observation and timing settings, validated on construction;
+* the choices a caller spells as strings, each a ``Literal`` type for type checkers and a tuple
+  for run-time checks: :data:`ObsType` / :data:`OBS_TYPES`, :data:`Backend` / :data:`BACKENDS`,
+  :data:`ControllerKind` / :data:`CONTROLLERS`;
+* the environments' keyword arguments that are settings (:data:`SETTING_NAMES`) and those a
+  replay may change (:data:`OBSERVATION_SETTINGS`), read from :class:`EnvSettings` itself;
+* :func:`observation_space` — the Dict space of a :class:`EnvSettings` (the action space is in
+  :mod:`tm_gym.core.actions`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
 
-from tm_gym.sim.lidar import LIDAR_BEAMS, LIDAR_RANGE
+from tm_gym.core.geometry import LIDAR_BEAMS, LIDAR_RANGE
 
-__all__ = ["OBS_TYPES", "EnvSettings", "ObsType", "action_space", "observation_space"]
+__all__ = [
+    "BACKENDS",
+    "CONTROLLERS",
+    "MAX_GEAR",
+    "MAX_RPM",
+    "MAX_SPEED_KMH",
+    "OBSERVATION_SETTINGS",
+    "OBS_TYPES",
+    "SETTING_NAMES",
+    "Backend",
+    "ControllerKind",
+    "EnvSettings",
+    "ObsType",
+    "observation_space",
+    "settings_from",
+]
 
 ObsType = Literal["images", "lidar", "lidar_progress"]
-OBS_TYPES: tuple[str, ...] = ("images", "lidar", "lidar_progress")
+OBS_TYPES: tuple[ObsType, ...] = ("images", "lidar", "lidar_progress")
+"""``images``: speed, gear, rpm and frames; ``lidar``: speed and LIDAR scans; ``lidar_progress``:
+the same plus the fraction of the reference covered."""
+Backend = Literal["game", "sim", "replay"]
+BACKENDS: tuple[Backend, ...] = ("game", "sim", "replay")
+"""What ``make_env(backend=...)`` drives: the live game (or the emulator), the simulator, a
+recording."""
+ControllerKind = Literal["gamepad", "keyboard", "none"]
+CONTROLLERS: tuple[ControllerKind, ...] = ("gamepad", "keyboard", "none")
+"""How a real-time game backend sends inputs: a virtual gamepad, the keyboard, or nothing (a
+person drives)."""
 MAX_SPEED_KMH = 1000.0
 MAX_RPM = 12000.0
 MAX_GEAR = 5.0
@@ -63,9 +100,17 @@ class EnvSettings:
         return self.img_hist_len * (1 if self.grayscale else 3)
 
 
-def action_space() -> spaces.Box:
-    """[gas, brake, steer] in [-1, 1]; gas and brake act above 0, steer +1 is full right."""
-    return spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EnvSettings))
+"""The environments' keyword arguments that make up an :class:`EnvSettings`."""
+OBSERVATION_SETTINGS: tuple[str, ...] = tuple(
+    n for n in SETTING_NAMES if n not in ("time_step_duration", "start_obs_capture")
+)
+"""The settings a replay may change: what the observation is built of, not the recorded timing."""
+
+
+def settings_from(kwargs: Mapping[str, Any]) -> EnvSettings:
+    """The :class:`EnvSettings` of the setting names in ``kwargs`` (other keys are ignored)."""
+    return EnvSettings(**{k: v for k, v in kwargs.items() if k in SETTING_NAMES})
 
 
 def _scalar(lo: float, hi: float) -> spaces.Box:

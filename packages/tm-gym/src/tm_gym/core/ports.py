@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from tm_gym.game.telemetry import TelemetryRecord
+from tm_gym.core.telemetry import TelemetryRecord
 
 __all__ = ["Controller", "FrameSource", "Port", "TelemetrySource"]
 
