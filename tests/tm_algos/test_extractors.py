@@ -24,8 +24,8 @@ from tm_algos.extractors import (
     policy_kwargs_for,
     random_shift,
 )
-from tm_gym.envs.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH
-from tm_gym.sim.lidar import LIDAR_RANGE
+from tm_gym.core.geometry import LIDAR_RANGE
+from tm_gym.core.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH
 
 BATCH = 6
 

@@ -83,7 +83,7 @@ def test_presets_are_frozen() -> None:
 
 
 def test_obs_types_agree_with_tm_gym() -> None:
-    from tm_gym.envs.settings import OBS_TYPES as TM_GYM_OBS_TYPES
+    from tm_gym.core.settings import OBS_TYPES as TM_GYM_OBS_TYPES
 
     assert OBS_TYPES == TM_GYM_OBS_TYPES
 

@@ -41,6 +41,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from tm_algos.errors import InvalidValueError
+from tm_gym.core.geometry import LIDAR_RANGE
+from tm_gym.core.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH
 
 __all__ = [
     "ARCHS",
@@ -54,10 +56,10 @@ __all__ = [
 ]
 
 TELEMETRY_SCALES: Mapping[str, float] = {
-    "speed": 1000.0,  # km/h; tm-gym's bound (TMRL's speed / 1000)
-    "gear": 5.0,  # tm-gym's top gear
-    "rpm": 12000.0,  # tm-gym's rpm bound
-    "lidar": 150.0,  # metres; tm-gym's LIDAR range
+    "speed": MAX_SPEED_KMH,  # km/h; tm-gym's bound (TMRL's speed / 1000)
+    "gear": MAX_GEAR,  # tm-gym's top gear
+    "rpm": MAX_RPM,  # tm-gym's rpm bound
+    "lidar": LIDAR_RANGE,  # metres; tm-gym's LIDAR range
     "progress": 1.0,  # already a fraction
     "actions": 1.0,  # already in [-1, 1]
 }

@@ -36,8 +36,7 @@ else:  # pragma: no cover - Python 3.10
 from tm_algos.errors import TMAlgosError
 from tm_algos.registry import ACTIVATIONS, ALGORITHMS, Check, algorithm
 from tm_gym.core.config import ConfigError, Rule, parse_assignment
-
-OBS_TYPES = ("images", "lidar", "lidar_progress")  # tm_gym.envs.settings.OBS_TYPES
+from tm_gym.core.settings import OBS_TYPES
 
 __all__ = [
     "DEFAULT_PRESET",

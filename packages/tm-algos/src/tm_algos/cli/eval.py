@@ -26,6 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tm_algos.evaluation import EpisodeResult, EvalReport
+from tm_gym.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    CLIError,
+    parse_args,
+    positive_int,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,26 +50,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
-
-class CLIError(Exception):
-    """A problem with what the user asked for, reported as one line with exit code 2."""
-
-
-def _whole(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return value
-
-    return parse
+def _seed(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "true, null) and as text otherwise (track=gen:7). Overrides the policy's env settings",
     )
     parser.add_argument(
-        "--episodes", type=_whole(1), default=5, metavar="N", help="default: %(default)s"
+        "--episodes", type=positive_int, default=5, metavar="N", help="default: %(default)s"
     )
     parser.add_argument(
         "--seed",
-        type=_whole(0),
+        type=_seed,
         default=0,
         metavar="S",
         help="episode i is reset with seed S+i (default: %(default)s)",
@@ -330,38 +328,17 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tm-eval`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    from rich.console import Console
-    from rich.logging import RichHandler
-    from rich.markup import escape
-
-    from tm_algos.policy.format import PolicyFileError
-    from tm_gym.error import TMGymError
-
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse has already explained
-        if exc.code is None:
-            return EXIT_OK
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    out = Console()
-    err = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=args.debug)],
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse has already explained
+        return args
+    # a bad env keyword or value can surface as any ValueError, an output folder as an OSError
+    return run_cli(
+        run,
+        args,
+        prog="tm-eval",
+        debug=args.debug,
+        exit_codes={ValueError: EXIT_ERROR, OSError: EXIT_ERROR},
     )
-    try:
-        return run(args, out, err)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        err.print("[yellow]interrupted[/]")
-        return EXIT_INTERRUPTED
-    except (CLIError, PolicyFileError, TMGymError, ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        err.print(f"[bold red]error:[/] [red]{escape(str(exc))}[/]", soft_wrap=True)
-        return EXIT_ERROR
 
 
 if __name__ == "__main__":

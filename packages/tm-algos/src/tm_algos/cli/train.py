@@ -16,37 +16,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
 
-from tm_algos.presets import DEFAULT_PRESET, PresetError, list_presets, load_preset
+from tm_algos.presets import DEFAULT_PRESET, list_presets, load_preset
+from tm_gym.cli._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CLIError,
+    parse_args,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from tm_gym.error import TrackMasterError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+    from tm_algos.training import TrainConfig, Trainer
 
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-        if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
-        return v
-
-    return parse
+__all__ = ["main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,19 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment keyword argument, e.g. track=technical",
     )
-    p.add_argument("--n-envs", type=_positive(int), help="parallel environments")
+    p.add_argument("--n-envs", type=positive_int, help="parallel environments")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--steps", type=_positive(int), help="total env steps (default: the preset's)")
-    p.add_argument("--minutes", type=_positive(float), help="stop after this wall-clock time")
+    p.add_argument("--steps", type=positive_int, help="total env steps (default: the preset's)")
+    p.add_argument("--minutes", type=positive_float, help="stop after this wall-clock time")
     p.add_argument(
         "--stop-at-lap",
-        type=_positive(float),
+        type=positive_float,
         metavar="SECONDS",
         help="stop once a deterministic evaluation lap is this fast",
     )
-    p.add_argument("--checkpoint-every", type=_positive(int), default=50_000, metavar="STEPS")
-    p.add_argument("--eval-every", type=_positive(int), default=10_000, metavar="STEPS")
+    p.add_argument("--checkpoint-every", type=positive_int, default=50_000, metavar="STEPS")
+    p.add_argument("--eval-every", type=positive_int, default=10_000, metavar="STEPS")
     p.add_argument(
         "--evaluate",
         type=int,
@@ -100,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
-    p.add_argument("--threads", type=_positive(int), help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    p.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    )
     return p
 
 
@@ -183,32 +185,18 @@ def _fresh_run_dir(base: Path) -> Path:
     return candidate
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out, err = Console(), Console(stderr=True)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.list_presets:
-        table = Table("preset", "description")
-        for name in list_presets():
-            table.add_row(name, load_preset(name).description)
-        out.print(table)
-        return EXIT_OK
-    from tm_algos.cli.eval import CLIError, parse_env_kwargs
-    from tm_algos.training import RunDirError, TrainConfig, Trainer
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """What the arguments ask for, as the trainer takes it."""
+    from tm_algos.cli.eval import parse_env_kwargs
+    from tm_algos.training import TrainConfig
 
-    try:
-        env_kwargs = parse_env_kwargs(args.env_kwargs)
-    except CLIError as exc:
-        err.print(f"[red]tm-train:[/red] {exc}")
-        return EXIT_USAGE
-
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     overrides = list(args.overrides)
     if args.env_id:
         overrides.append(f"env.id={json.dumps(args.env_id)}")
     default_dir = Path("runs") / Path(str(args.preset)).stem
     run_dir = args.run_dir or (default_dir if args.resume else _fresh_run_dir(default_dir))
-    config = TrainConfig(
+    return TrainConfig(
         preset=args.preset,
         run_dir=run_dir,
         overrides=tuple(overrides),
@@ -226,17 +214,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         wandb=args.wandb,
         torch_threads=args.threads,
     )
-    trainer = Trainer(config)
+
+
+def _build(trainer: Trainer) -> BaseAlgorithm:
+    """The trainer's model; a setting the libraries refuse is the user's to fix (exit code 2)."""
     try:
-        model = trainer.build()
-    except (PresetError, RunDirError, ValueError) as exc:
-        err.print(f"[red]tm-train:[/red] {exc}")
-        return EXIT_USAGE
+        return trainer.build()
+    except TrackMasterError:
+        raise
+    except ValueError as exc:  # e.g. an environment keyword argument with a bad value
+        raise CLIError(str(exc)) from exc
+
+
+def _list_presets(out: Console) -> int:
+    table = Table("preset", "description")
+    for name in list_presets():
+        table.add_row(name, load_preset(name).description)
+    out.print(table)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """``tm-train`` once its arguments are parsed: train with a live progress bar, summarise,
+    and evaluate the best policy if asked; the exit code."""
+    if args.list_presets:
+        return _list_presets(out)
+    from tm_algos.training import Trainer
+
+    config = _config(args)
+    trainer = Trainer(config)
+    model = _build(trainer)
     preset = trainer.preset
     total = args.steps or preset.algo.total_timesteps
     err.print(
-        f"[bold]{preset.name}[/bold] · {preset.algo.name} · {preset.env.id} "
-        f"({preset.env.obs_type}) · run dir {run_dir} · device {model.device}"
+        f"[bold]{escape(preset.name)}[/bold] · {preset.algo.name} · {escape(preset.env.id)} "
+        f"({preset.env.obs_type}) · run dir {escape(str(config.run_dir))} · device {model.device}"
     )
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -257,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.evaluate > 0:
         from tm_algos.cli import eval as eval_cli
 
+        run_dir = Path(config.run_dir)
         best = run_dir / "best"
         target = best if (best / "policy.json").is_file() else run_dir / "policy"
         code = eval_cli.main(
@@ -265,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code != EXIT_OK:
             return code
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tm-train`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help, or a usage error argparse has already explained
+        return args
+    return run_cli(run, args, prog="tm-train", debug=args.debug, verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover
