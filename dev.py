@@ -8,7 +8,7 @@
     python3 dev.py bench [ARGS...]   simulator throughput against Gymnasium's CarRacing
 
 The first run creates a virtual environment in .venv and installs what the command needs;
-later runs skip the install unless a pyproject.toml, requirements-test.txt or constraints.txt
+later runs skip the install unless a pyproject.toml, a requirements-*.txt or constraints.txt
 changed. Packages are installed in editable mode, so edits to the sources need no reinstall.
 Uses only the standard library; needs Python 3.10 or newer; Linux, macOS or Windows.
 """
@@ -73,7 +73,7 @@ COMMANDS = {
     ),
     "lint": Command(
         summary="check style and formatting with ruff (arguments: paths, default the whole repo)",
-        install=("ruff",),
+        install=("-r", "requirements-lint.txt"),
         steps=(("ruff", "check"), ("ruff", "format", "--check")),
         default_args=(".",),
     ),
@@ -169,7 +169,7 @@ def install_digest(command: Command) -> str:
     digest = hashlib.sha256("\0".join(command.install).encode())
     inputs = [
         *sorted(ROOT.glob("packages/*/pyproject.toml")),
-        ROOT / "requirements-test.txt",
+        *sorted(ROOT.glob("requirements-*.txt")),
         ROOT / "constraints.txt",
     ]
     for path in inputs:

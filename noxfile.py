@@ -38,7 +38,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Check code style and formatting with ruff (fixes nothing)."""
-    session.install("ruff")
+    session.install("-r", "requirements-lint.txt")  # ruff, pinned
     paths = session.posargs or ["."]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
