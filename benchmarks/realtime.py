@@ -72,7 +72,7 @@ def make_policy() -> Policy:
 
 def instrument(env: Any) -> dict[str, list[float]]:
     """Wrap the backend's frame source and telemetry to time grabs and telemetry age."""
-    from tm_gym.game.preprocess import agent_frame
+    from tm_gym.preprocess import agent_frame
 
     backend = env.unwrapped.backend
     stats: dict[str, list[float]] = {"grab": [], "grab_pre": [], "age": []}
@@ -214,7 +214,7 @@ def main() -> int:
 
         import tm_gym  # noqa: F401
         from tm_gym.envs.sim_core import default_reference
-        from tm_gym.sim.track import load_track
+        from tm_gym.sim.tracks import load_track
     except ImportError as e:
         print(
             f"missing dependency: {e}; pip install './packages/tm-gym[game]' torch", file=sys.stderr

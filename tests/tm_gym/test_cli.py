@@ -12,7 +12,7 @@ import pytest
 from tm_gym.cli import play
 from tm_gym.cli._common import CLIError
 from tm_gym.cli.main import build_parser, main
-from tm_gym.sim.track import builtin_track_names
+from tm_gym.sim.tracks import builtin_track_names
 
 # --------------------------------------------------------------------------- parsing
 

@@ -21,7 +21,7 @@ from tm_gym.envs.sim_core import default_reference
 from tm_gym.error import TelemetryError
 from tm_gym.recording import RecordEpisodes, load_recording
 from tm_gym.sim.simulator import Simulator
-from tm_gym.sim.track import load_track
+from tm_gym.sim.tracks import load_track
 from tm_gym.testing import EmulatorProcess, VirtualDisplay
 
 pytestmark = pytest.mark.slow  # processes, a window and the wall clock

@@ -11,7 +11,7 @@ from tm_gym.envs.sim_core import default_reference
 from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
 from tm_gym.sim.expert import run_expert
-from tm_gym.sim.track import load_track
+from tm_gym.sim.tracks import load_track
 
 
 def run(env: TrackManiaEnv, policy, max_steps: int = 5000) -> dict:

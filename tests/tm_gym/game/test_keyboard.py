@@ -26,6 +26,8 @@ from tm_gym.core.ports import Controller
 from tm_gym.error import ControllerError, InvalidActionError
 from tm_gym.game import keyboard
 from tm_gym.game.keyboard import KEYS, KeyboardController, keys_for
+from tm_gym.game.keyboard import controller as keyboard_controller
+from tm_gym.game.keyboard.xdotool import XdotoolBackend
 from tm_gym.testing import VirtualDisplay
 
 # --------------------------------------------------------------------------- keys_for
@@ -95,7 +97,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[RecordingBackend
         made.append(RecordingBackend(**kw))
         return made[-1]
 
-    monkeypatch.setattr(keyboard, "_XdotoolBackend", factory)
+    monkeypatch.setattr(keyboard_controller, "XdotoolBackend", factory)
     yield made
 
 
@@ -193,7 +195,7 @@ def test_sendinput_needs_windows() -> None:
 
 def test_sendinput_scan_codes() -> None:
     """The INPUT records are built the same way on every platform; check their fields."""
-    from tm_gym.game import keyboard_windows as kw
+    from tm_gym.game.keyboard import sendinput as kw
 
     w = kw._key_input(keyboard.SCAN_CODES["up"], up=False)
     assert w.type == 1
@@ -392,7 +394,7 @@ def test_fallback_without_stdin_scripts(
 ) -> None:
     """An xdotool that cannot read a script from stdin gets one process per change."""
     log, window = keylog
-    monkeypatch.setattr(keyboard._XdotoolBackend, "_stdin_scripts_work", lambda self: False)
+    monkeypatch.setattr(XdotoolBackend, "_stdin_scripts_work", lambda self: False)
     with KeyboardController(backend="xdotool", window_id=window, display=xvfb) as ctl:
         ctl.apply([1.0, 0.0, -1.0])
         assert log.take(2) == ["press Up", "press Left"]

@@ -7,7 +7,7 @@ import pytest
 
 from tm_gym.sim.expert import ExpertDriver, ExpertLap, run_expert
 from tm_gym.sim.simulator import Simulator
-from tm_gym.sim.track import builtin_track_names, load_track
+from tm_gym.sim.tracks import builtin_track_names, load_track
 
 TRACKS = [*builtin_track_names(), *(f"gen:{i}" for i in range(5))]
 

@@ -18,7 +18,8 @@ from tm_gym.core.geometry import (
 from tm_gym.sim.lidar import lidar
 from tm_gym.sim.raster import GRAY_PALETTE, PALETTE
 from tm_gym.sim.simulator import Simulator
-from tm_gym.sim.track import BORDER_WIDTH, Track, load_track
+from tm_gym.sim.track import BORDER_WIDTH, Track
+from tm_gym.sim.tracks import load_track
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,7 @@ class EmulatorProcess:
         """Write the reward reference of the emulator's track (its centre line) to ``path``,
         for ``gym.make("TrackMania-v0", reward_trajectory=path)``; returns the path."""
         from tm_gym.envs.sim_core import default_reference
-        from tm_gym.sim.track import load_track
+        from tm_gym.sim.tracks import load_track
 
         return default_reference(load_track(self.track)).save(path)
 

@@ -171,7 +171,7 @@ def load_track_or_explain(spec: str) -> Track:
     Raises:
         CLIError: the track cannot be loaded; the message gives the reason and the choices.
     """
-    from tm_gym.sim.track import builtin_track_names, load_track
+    from tm_gym.sim.tracks import builtin_track_names, load_track
 
     try:
         return load_track(spec)

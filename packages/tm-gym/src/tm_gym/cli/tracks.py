@@ -39,7 +39,7 @@ def describe_tracks(*, with_expert: bool, err: Console | None = None) -> list[di
     """One plain-JSON record per built-in track, in ``builtin_track_names()`` order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-    from tm_gym.sim.track import builtin_track_names, load_track
+    from tm_gym.sim.tracks import builtin_track_names, load_track
     from tm_gym.viz import format_race_time
 
     names = list(builtin_track_names())

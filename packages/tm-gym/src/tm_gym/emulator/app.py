@@ -33,7 +33,8 @@ from numpy.typing import NDArray
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.emulator.telemetry_server import TelemetryServer
 from tm_gym.sim.simulator import Simulator
-from tm_gym.sim.track import Track, load_track
+from tm_gym.sim.track import Track
+from tm_gym.sim.tracks import load_track
 
 __all__ = ["KEYSYMS", "EmulatorConfig", "EmulatorCore", "TkEmulator", "controls_from_keys"]
 

@@ -256,7 +256,7 @@ def check_time_budget(
     Args:
         capture_factory: ``capture_factory(window_title)`` returns an unopened frame source
             (default: :class:`~tm_gym.game.capture.ScreenCapture`).
-        preprocess: Screenshot → agent frame (default: :func:`tm_gym.game.preprocess.agent_frame`).
+        preprocess: Screenshot → agent frame (default: :func:`tm_gym.preprocess.agent_frame`).
         samples: Frames timed (after two untimed warm-up frames).
     """
     name = "time budget"
@@ -267,7 +267,7 @@ def check_time_budget(
 
         capture_factory = ScreenCapture
     if preprocess is None:
-        from tm_gym.game.preprocess import agent_frame
+        from tm_gym.preprocess import agent_frame
 
         preprocess = agent_frame
     times: list[float] = []

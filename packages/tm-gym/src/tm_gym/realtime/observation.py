@@ -7,9 +7,9 @@ itself):
 
 * ``speed`` (km/h), ``gear`` and ``rpm`` come from the telemetry record;
 * ``images`` stacks the last ``img_hist_len`` agent frames
-  (:func:`tm_gym.game.preprocess.agent_frame` of the screenshot), oldest first;
+  (:func:`tm_gym.preprocess.agent_frame` of the screenshot), oldest first;
 * ``lidar`` stacks the last ``img_hist_len`` scans: the backend's exact LIDAR when it has one
-  (the simulator), else :func:`tm_gym.game.preprocess.pixel_lidar` of the screenshot;
+  (the simulator), else :func:`tm_gym.preprocess.pixel_lidar` of the screenshot;
 * ``progress`` is the fraction of the reference covered, given by the reward.
 
 At reset the history is filled with copies of the first capture, as TMRL does. Every part is
@@ -29,7 +29,7 @@ from tm_gym.core.geometry import LIDAR_BEAMS, LIDAR_RANGE, CameraSpec
 from tm_gym.core.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH, EnvSettings, observation_space
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import CaptureError
-from tm_gym.game.preprocess import agent_frame, pixel_lidar
+from tm_gym.preprocess import agent_frame, pixel_lidar
 
 __all__ = ["LidarSource", "ObservationBuilder"]
 

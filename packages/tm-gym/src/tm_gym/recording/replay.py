@@ -2,8 +2,8 @@
 
 ``gymnasium.make("TrackMania-v0", backend="replay", recording=PATH)`` (or
 :func:`make_replay_env`) turns a ``.tmrec`` file into an environment, so the game code path —
-preprocessing of screenshots (:func:`~tm_gym.game.preprocess.agent_frame`), LIDAR read from the
-pixels (:func:`~tm_gym.game.preprocess.pixel_lidar`), the progress reward on the recorded
+preprocessing of screenshots (:func:`~tm_gym.preprocess.agent_frame`), LIDAR read from the
+pixels (:func:`~tm_gym.preprocess.pixel_lidar`), the progress reward on the recorded
 positions — runs without the game.
 
 Two modes:

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from tm_gym.core.geometry import WINDOW_HEIGHT, WINDOW_WIDTH
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import Simulator
-from tm_gym.sim.track import SAMPLE_SPACING, Track, load_track
+from tm_gym.sim.track import SAMPLE_SPACING, Track
+from tm_gym.sim.tracks import load_track
 
 __all__ = ["ExpertDriver", "ExpertLap", "run_expert"]
 

@@ -36,7 +36,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,8 @@ __all__ = [
     "FORMAT",
     "SAMPLE_SPACING",
     "Track",
-    "builtin_track_names",
-    "load_track",
     "track_from_dict",
+    "track_from_json",
 ]
 
 FORMAT = "tm-gym-track/1"
@@ -76,7 +74,6 @@ _TOP_KEYS = {
     "checkpoints",
     "finish",
 }
-_GEN_PREFIX = "gen:"
 
 FloatArray = NDArray[np.float64]
 
@@ -408,66 +405,8 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-def builtin_track_names() -> list[str]:
-    """Names of the tracks shipped with tm-gym (``default`` first)."""
-    names = sorted(
-        p.name[:-5]
-        for p in resources.files("tm_gym.sim.tracks").iterdir()
-        if p.name.endswith(".json")
-    )
-    if "default" in names:
-        names.remove("default")
-        names.insert(0, "default")
-    return names
-
-
-_CACHE: dict[str, Track] = {}
-
-
-def load_track(track: str | Path | Track) -> Track:
-    """Load a track by built-in name, ``gen:SEED`` (procedural), or path to a JSON file.
-
-    Built-in and generated tracks are cached, so repeated loads are cheap.
-
-    Raises:
-        TrackFormatError: the file is not a valid track (the message says what and where).
-        FileNotFoundError: the name is neither a built-in track nor an existing file.
-    """
-    if isinstance(track, Track):
-        return track
-    key = str(track)
-    if key in _CACHE:
-        return _CACHE[key]
-    if key.startswith(_GEN_PREFIX):
-        from tm_gym.sim.generator import generate_track
-
-        try:
-            seed = int(key[len(_GEN_PREFIX) :])
-        except ValueError:
-            raise TrackFormatError(
-                f"track {key!r}: expected gen:SEED with an integer seed, for example gen:42"
-            ) from None
-        result = generate_track(seed)
-    elif isinstance(track, str) and track in builtin_track_names():
-        text = resources.files("tm_gym.sim.tracks").joinpath(f"{track}.json").read_text("utf-8")
-        result = _parse_text(text, f"built-in track {track!r}")
-    else:
-        path = Path(track)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"track {key!r} is neither a built-in track ({', '.join(builtin_track_names())}),"
-                " gen:SEED, nor an existing .json file"
-            )
-        result = _parse_text(path.read_text(encoding="utf-8"), str(path))
-        return result  # files may change on disk: do not cache
-    _CACHE[key] = result
-    return result
-
-
-def _parse_text(text: str, origin: str) -> Track:
+def track_from_json(text: str, origin: str = "<track>") -> Track:
+    """Parse and validate a track from its JSON text (``origin`` names it in errors)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

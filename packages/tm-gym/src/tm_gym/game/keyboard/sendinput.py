@@ -1,7 +1,6 @@
 """The Windows backend of the keyboard controller: SendInput with DirectInput scan codes.
 
-Kept apart from :mod:`tm_gym.game.keyboard` so the portable part stays small; it can only run
-on Windows (it is type-checked, not exercised, on Linux CI).
+It can only run on Windows (it is type-checked, not exercised, on Linux CI).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import time
 from typing import Any
 
 from tm_gym.error import ControllerError
-from tm_gym.game.keyboard import SCAN_CODES, SCAN_RESPAWN
+from tm_gym.game.keyboard.keys import SCAN_CODES, SCAN_RESPAWN
 
 __all__ = ["SendInputBackend"]
 

@@ -1,6 +1,6 @@
 """Finding a window's client area on Windows (user32 through ctypes).
 
-Kept apart from :mod:`tm_gym.game.capture`; only imported on Windows (type-checked, not
+Only imported on Windows (type-checked, not
 exercised, on Linux CI).
 """
 
@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from tm_gym.error import BackendUnavailableError, CaptureError
-from tm_gym.game.capture import _HOW_TO_START, WindowGeometry
+from tm_gym.game.capture.geometry import HOW_TO_START, WindowGeometry
 
 __all__ = ["win32_find", "win32_geometry"]
 
@@ -63,7 +63,7 @@ def win32_find(title: str) -> WindowGeometry:
     user32 = _win32_api()
     hwnd = user32.FindWindowW(None, title)
     if not hwnd:
-        raise CaptureError(f"no window titled exactly {title!r}; " + _HOW_TO_START)
+        raise CaptureError(f"no window titled exactly {title!r}; " + HOW_TO_START)
     geom = win32_geometry(int(hwnd))
     logger.info("found window %r: %s", title, geom)
     return geom
@@ -77,9 +77,7 @@ def win32_geometry(window_id: int) -> WindowGeometry:
     user32 = _win32_api()
     hwnd = wintypes.HWND(window_id)
     if not user32.IsWindow(hwnd):
-        raise CaptureError(
-            f"window {window_id:#x} is gone (closed or restarted?); " + _HOW_TO_START
-        )
+        raise CaptureError(f"window {window_id:#x} is gone (closed or restarted?); " + HOW_TO_START)
     if not user32.IsWindowVisible(hwnd) or user32.IsIconic(hwnd):
         raise CaptureError(f"window {window_id:#x} is minimised or hidden; show it on screen")
     rect = wintypes.RECT()

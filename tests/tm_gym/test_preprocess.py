@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tm_gym.core.geometry import LIDAR_ANGLES_DEG, LIDAR_BEAMS, LIDAR_RANGE, CameraSpec
-from tm_gym.game.preprocess import (
+from tm_gym.preprocess import (
     BORDER_THRESHOLD,
     DEFAULT_CAMERA,
     LIDAR_STEP,

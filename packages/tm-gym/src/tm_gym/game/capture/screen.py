@@ -1,34 +1,13 @@
-"""Screen capture of the game window's client area: a :class:`~tm_gym.core.ports.FrameSource`.
-
-:func:`find_window` locates a window by its exact title and returns the position and size of
-its client area (the picture without the title bar and borders) in screen coordinates:
-
-* Linux / X11: ``xdotool search`` finds the visible windows whose title matches, ``xdotool
-  getwindowname`` confirms the exact title and ``xwininfo`` reads the geometry (install them
-  with ``sudo apt-get install xdotool x11-utils``). Under Wayland the game (Proton) runs in
-  XWayland, where reading the screen may be refused: use an X11 session.
-* Windows: ``FindWindowW``, ``GetClientRect`` and ``ClientToScreen`` through ctypes, with the
-  process made DPI-aware so that coordinates are physical pixels.
-
-:class:`ScreenCapture` grabs that area with `mss <https://github.com/BoboTiG/python-mss>`_
-(``pip install mss``) and returns (H, W, 3) uint8 RGB arrays. An mss object is created lazily in
-each thread that grabs (X11 connections must not be shared across threads) and all of them are
-closed by :meth:`ScreenCapture.close`. Every ``refresh_interval`` seconds a grab re-reads the
-window's geometry, so a moved window is followed and a closed one raises
-:class:`~tm_gym.error.CaptureError`.
-"""
+"""Grabbing a window's client area: :class:`ScreenCapture`, and :func:`find_window` for any platform."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -36,50 +15,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tm_gym.error import BackendUnavailableError, CaptureError, DependencyNotInstalled
+from tm_gym.game.capture.geometry import WindowGeometry
+from tm_gym.game.capture.x11 import x11_find, x11_geometry
 
-__all__ = ["ScreenCapture", "WindowGeometry", "find_window", "window_geometry"]
+__all__ = ["ScreenCapture", "find_window", "window_geometry"]
 
 logger = logging.getLogger(__name__)
 
-_TOOL_TIMEOUT = 5.0
-_APT = {"xdotool": "xdotool", "xwininfo": "x11-utils"}
-_HOW_TO_START = (
-    "start TrackMania (or `tm-gym emulate`), or pass window_title=... with its exact title"
-)
 
-
-@dataclass(frozen=True)
-class WindowGeometry:
-    """A window's client area in screen coordinates (pixels).
-
-    ``window_id`` is the X11 window id or the Windows HWND; 0 means a fixed screen region that
-    belongs to no window (it is then never re-read).
-    """
-
-    window_id: int
-    left: int
-    top: int
-    width: int
-    height: int
-
-    def __post_init__(self) -> None:
-        for name in ("window_id", "left", "top", "width", "height"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"WindowGeometry.{name}={v!r}: expected an int")
-        if self.width < 1 or self.height < 1:
-            raise CaptureError(
-                f"window client area is {self.width}×{self.height}; expected a positive size "
-                "(is the window minimised?)"
-            )
-
-    @property
-    def region(self) -> dict[str, int]:
-        """The area as mss expects it."""
-        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
-
-
-# -- finding windows -----------------------------------------------------------------------------
 def find_window(title: str) -> WindowGeometry:
     """The client area of the first visible window titled exactly ``title``.
 
@@ -92,7 +35,7 @@ def find_window(title: str) -> WindowGeometry:
     if not isinstance(name, str) or not name:
         raise ValueError(f"title={title!r}: expected the window's exact title, e.g. 'Trackmania'")
     if sys.platform == "win32":
-        from tm_gym.game.capture_windows import win32_find
+        from tm_gym.game.capture.windows import win32_find
 
         return win32_find(title)
     if sys.platform == "darwin":
@@ -100,7 +43,7 @@ def find_window(title: str) -> WindowGeometry:
             "screen capture of the game is not supported on macOS (TrackMania runs on Windows, "
             "or on Linux through Proton)"
         )
-    return _x11_find(title)
+    return x11_find(title)
 
 
 def window_geometry(window_id: int) -> WindowGeometry:
@@ -110,129 +53,14 @@ def window_geometry(window_id: int) -> WindowGeometry:
         CaptureError: the window no longer exists or is not visible.
     """
     if sys.platform == "win32":
-        from tm_gym.game.capture_windows import win32_geometry
+        from tm_gym.game.capture.windows import win32_geometry
 
         return win32_geometry(window_id)
     if sys.platform == "darwin":
         raise BackendUnavailableError("screen capture is not supported on macOS")
-    return _x11_geometry(window_id)
+    return x11_geometry(window_id)
 
 
-def _display() -> str:
-    display = os.environ.get("DISPLAY", "")
-    if not display:
-        raise CaptureError(
-            "DISPLAY is not set, so there is no X server to find the game window on; run from "
-            "the desktop session that shows the game (or under Xvfb for tests: "
-            "`Xvfb :99 & export DISPLAY=:99`)"
-        )
-    return display
-
-
-def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            [tool, *args],
-            capture_output=True,
-            text=True,
-            timeout=_TOOL_TIMEOUT,
-            check=False,
-            errors="replace",
-        )
-    except FileNotFoundError:
-        raise DependencyNotInstalled(
-            f"{tool} is not installed; it is needed to find the game window on Linux. Install "
-            f"it with `sudo apt-get install {_APT.get(tool, tool)}`"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise CaptureError(
-            f"`{tool} {' '.join(args)}` did not answer within {_TOOL_TIMEOUT} s; is the X "
-            f"server on DISPLAY={os.environ.get('DISPLAY')!r} responding?"
-        ) from None
-
-
-def _title_pattern(title: str) -> str:
-    """An anchored POSIX extended regex matching ``title`` literally.
-
-    xdotool cannot match non-ASCII characters of a title, so each run of them becomes ``.*``;
-    candidates are then compared with the exact title.
-    """
-    out: list[str] = []
-    for ch in title:
-        if ord(ch) > 127:
-            if not out or out[-1] != ".*":
-                out.append(".*")
-        elif ch in "\\.[](){}*+?^$|":
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "^" + "".join(out) + "$"
-
-
-def _x11_find(title: str) -> WindowGeometry:
-    display = _display()
-    res = _run("xdotool", "search", "--onlyvisible", "--name", _title_pattern(title))
-    if res.returncode not in (0, 1) or (res.returncode == 1 and res.stderr.strip()):
-        raise CaptureError(
-            f"`xdotool search` failed on DISPLAY={display!r}: {res.stderr.strip() or res.returncode}"
-        )
-    near: list[str] = []
-    for token in res.stdout.split():
-        try:
-            wid = int(token)
-        except ValueError:
-            continue
-        name = _run("xdotool", "getwindowname", str(wid))
-        if name.returncode != 0:
-            continue  # closed in the meantime
-        found = name.stdout.rstrip("\n")
-        if found != title:
-            near.append(found)
-            continue
-        try:
-            geom = _x11_geometry(wid)
-        except CaptureError as exc:
-            logger.debug("skipping window %#x titled %r: %s", wid, title, exc)
-            continue
-        logger.info("found window %r: %s", title, geom)
-        return geom
-    hint = f" (windows with similar titles: {sorted(set(near))})" if near else ""
-    raise CaptureError(
-        f"no visible window titled exactly {title!r} on DISPLAY={display!r}{hint}; " + _HOW_TO_START
-    )
-
-
-_XWININFO_FIELDS = {
-    "left": re.compile(r"Absolute upper-left X:\s*(-?\d+)"),
-    "top": re.compile(r"Absolute upper-left Y:\s*(-?\d+)"),
-    "width": re.compile(r"^\s*Width:\s*(\d+)", re.MULTILINE),
-    "height": re.compile(r"^\s*Height:\s*(\d+)", re.MULTILINE),
-}
-
-
-def _x11_geometry(window_id: int) -> WindowGeometry:
-    _display()
-    res = _run("xwininfo", "-id", str(window_id))
-    if res.returncode != 0:
-        raise CaptureError(
-            f"window {window_id:#x} is gone (closed or restarted?): "
-            f"{res.stderr.strip() or 'xwininfo failed'}; " + _HOW_TO_START
-        )
-    values = {}
-    for key, rx in _XWININFO_FIELDS.items():
-        m = rx.search(res.stdout)
-        if m is None:
-            raise CaptureError(f"cannot read `{key}` from xwininfo's output: {res.stdout!r}")
-        values[key] = int(m.group(1))
-    if "IsViewable" not in res.stdout:
-        raise CaptureError(
-            f"window {window_id:#x} is not visible (minimised or on another workspace?); "
-            "show it on screen"
-        )
-    return WindowGeometry(window_id=window_id, **values)
-
-
-# -- capture -------------------------------------------------------------------------------------
 def _mss_module() -> Any:
     try:
         import mss
