@@ -32,7 +32,8 @@ from tm_gym.sim.expert import ExpertDriver
 from tm_gym.sim.lidar import lidar
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import PHYSICS_DT, Simulator
-from tm_gym.sim.track import Track, load_track
+from tm_gym.sim.track import Track
+from tm_gym.sim.tracks import load_track
 
 __all__ = ["SimCore", "default_reference"]
 

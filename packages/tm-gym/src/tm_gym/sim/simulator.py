@@ -20,7 +20,8 @@ from tm_gym.sim.camera import render_gray, render_rgb
 from tm_gym.sim.lidar import lidar
 from tm_gym.sim.physics import IDLE_RPM, CarParams, advance_split
 from tm_gym.sim.raster import TrackRaster, build_raster
-from tm_gym.sim.track import Track, load_track
+from tm_gym.sim.track import Track
+from tm_gym.sim.tracks import load_track
 
 __all__ = ["PHYSICS_DT", "Simulator"]
 
