@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tm_gym import human
 from tm_gym.cli import play
 from tm_gym.cli._common import CLIError
 from tm_gym.cli.main import build_parser, main
@@ -200,7 +201,7 @@ def test_tracks_table_with_expert(
     ],
 )
 def test_action_from_keys(keys: set[str], expected: list[float]) -> None:
-    action = play.action_from_keys(keys)
+    action = human.action_from_keys(keys)
     assert action.dtype == np.float32
     assert action.tolist() == expected
 
@@ -242,7 +243,7 @@ class _CountingEnv:
 
 def test_play_session_steps_respawns_and_finishes() -> None:
     env = _CountingEnv(finish_at=3)
-    session = play.PlaySession(env, checkpoints_total=2)
+    session = human.PlaySession(env, checkpoints_total=2)
     with pytest.raises(RuntimeError, match="reset"):
         session.tick()
     session.reset()
@@ -288,9 +289,9 @@ def test_play_window_headless(monkeypatch: pytest.MonkeyPatch) -> None:
 
     env = gymnasium.make(play.ENV_ID, track="default", obs_type="lidar", render_mode="rgb_array")
     try:
-        session = play.PlaySession(env, checkpoints_total=3)
-        with play.PlayWindow(scale=2, fps=1000) as window:
-            assert play.run_loop(session, window, max_frames=3) == 3
+        session = human.PlaySession(env, checkpoints_total=3)
+        with human.PlayWindow(scale=2, fps=1000) as window:
+            assert human.run_loop(session, window, max_frames=3) == 3
             session.handle_keys({"up"})
             for _ in range(40):
                 window.show(session.tick(), session.hud_lines(), session.banner())

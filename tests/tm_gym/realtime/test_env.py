@@ -14,6 +14,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from tm_gym.backends.sim import sim_backend
 from tm_gym.core.settings import EnvSettings
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.envs.sim_core import default_reference
@@ -21,12 +22,11 @@ from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.error import ControllerError, EnvStateError, TelemetryError
 from tm_gym.realtime.env import TrackManiaRealtimeEnv
 from tm_gym.realtime.interface import RealtimeBackend
-from tm_gym.realtime.sim_ports import (
+from tm_gym.sim.wallclock import (
     SimController,
     SimFrames,
     SimTelemetry,
     WallClockSim,
-    sim_backend,
 )
 
 

@@ -20,9 +20,9 @@ from tm_gym.envs.sim_core import default_reference
 from tm_gym.envs.trackmania import TrackManiaEnv
 from tm_gym.error import ControllerError, TelemetryError
 from tm_gym.realtime.interface import RealtimeBackend, TMRealtimeInterface
-from tm_gym.realtime.sim_ports import SimController, SimFrames, SimTelemetry, WallClockSim
 from tm_gym.reward import ReferenceTrajectory
 from tm_gym.sim.expert import ExpertDriver
+from tm_gym.sim.wallclock import SimController, SimFrames, SimTelemetry, WallClockSim
 
 D, C = 0.05, 0.04
 GAS = np.array([1.0, 0.0, 0.0], np.float32)

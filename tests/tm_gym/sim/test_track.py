@@ -13,14 +13,8 @@ import pytest
 
 from tm_gym.error import TrackFormatError
 from tm_gym.sim.generator import generate_track
-from tm_gym.sim.track import (
-    FORMAT,
-    SAMPLE_SPACING,
-    Track,
-    builtin_track_names,
-    load_track,
-    track_from_dict,
-)
+from tm_gym.sim.track import FORMAT, SAMPLE_SPACING, Track, track_from_dict
+from tm_gym.sim.tracks import builtin_track_names, load_track
 
 BUILTINS = builtin_track_names()
 

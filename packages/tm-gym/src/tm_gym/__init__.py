@@ -10,7 +10,8 @@ cheap and loads neither the simulator nor any game driver):
   behind the same real-time layer), with a native vector environment for
   ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``.
 
-The factory :func:`tm_gym.envs.factory.make_env` documents the real-time arguments.
+The factory :func:`tm_gym.backends.factory.make_env` documents each backend's arguments
+(backends are registered in :mod:`tm_gym.backends.registry`).
 
 See :class:`tm_gym.envs.trackmania.TrackManiaEnv` for spaces, reward and arguments.
 """
@@ -28,14 +29,14 @@ def _register() -> None:
     if "TrackMania-v0" not in registry:
         register(
             id="TrackMania-v0",
-            entry_point="tm_gym.envs.factory:make_env",
+            entry_point="tm_gym.backends.factory:make_env",
             vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
             kwargs={"backend": "game"},
         )
     if "TrackMania-Sim-v0" not in registry:
         register(
             id="TrackMania-Sim-v0",
-            entry_point="tm_gym.envs.factory:make_env",
+            entry_point="tm_gym.backends.factory:make_env",
             vector_entry_point="tm_gym.envs.vector:TrackManiaVectorEnv",
             kwargs={"backend": "sim"},
         )

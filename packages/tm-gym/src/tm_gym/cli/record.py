@@ -16,6 +16,7 @@ Exit codes: 0 written, 2 usage or input error, 130 interrupted (what was recorde
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,34 @@ def _person_inputs(env: Any) -> np.ndarray:
     return inputs_from_telemetry(cap.record)
 
 
+def _driver(args: argparse.Namespace, env: Any, window: Any) -> Callable[[], np.ndarray]:
+    """The action source for ``--driver``: called once per step, it returns the next action.
+
+    Raises:
+        KeyboardInterrupt: the person closed the keyboard window (ends the recording cleanly).
+    """
+    if args.driver == "expert":
+        return lambda: np.asarray(env.unwrapped.expert_action(), dtype=np.float32)
+    if args.driver == "random":
+        rng = np.random.default_rng(args.seed)
+        return lambda: rng.uniform(-1.0, 1.0, 3).astype(np.float32)
+    if args.driver == "person":
+        return lambda: _person_inputs(env)
+    from tm_gym.human import action_from_keys
+
+    def from_keys() -> np.ndarray:
+        pressed, closed = window.poll()
+        if closed:
+            raise KeyboardInterrupt
+        frame = env.render()
+        if frame is not None:
+            window.show(frame, [], [])
+        window.wait()
+        return action_from_keys(pressed)
+
+    return from_keys
+
+
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -145,7 +174,6 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.out.suffix != ".tmrec":
         raise CLIError(f"--out {str(args.out)!r}: expected a file name ending in .tmrec")
     env = _make_env(args)
-    rng = np.random.default_rng(args.seed)
     window: Any = None
     rec = RecordEpisodes(
         env,
@@ -157,9 +185,10 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     steps_total = 0
     try:
         if args.driver == "keyboard":
-            from tm_gym.cli.play import PlayWindow, action_from_keys
+            from tm_gym.human import PlayWindow
 
             window = PlayWindow(title="tm-gym record").__enter__()
+        next_action = _driver(args, env, window)
         with Progress(
             TextColumn("[bold]episode {task.fields[ep]}"),
             BarColumn(),
@@ -174,22 +203,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 rec.reset(seed=args.seed if ep == 0 else None)
                 ret, n = 0.0, 0
                 while args.max_steps is None or n < args.max_steps:
-                    if args.driver == "expert":
-                        a = env.unwrapped.expert_action()
-                    elif args.driver == "random":
-                        a = rng.uniform(-1.0, 1.0, 3).astype(np.float32)
-                    elif args.driver == "person":
-                        a = _person_inputs(env)
-                    else:
-                        pressed, closed = window.poll()
-                        if closed:
-                            raise KeyboardInterrupt
-                        a = action_from_keys(pressed)
-                        frame = env.render()
-                        if frame is not None:
-                            window.show(frame, [], [])
-                        window.wait()
-                    _, r, term, trunc, _ = rec.step(a)
+                    _, r, term, trunc, _ = rec.step(next_action())
                     ret += float(r)
                     n += 1
                     progress.update(task, advance=1, ret=ret)

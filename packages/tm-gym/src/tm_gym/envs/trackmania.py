@@ -79,7 +79,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
       routes ``"game"`` (the live game, ``TrackMania-v0``'s default), ``"sim"`` with
       ``realtime=True``, and ``"replay"`` (``recording=PATH``, ``mode="mock"|"realtime"``) to
       the real-time and replay environments with the same spaces, reward and info: see
-      :mod:`tm_gym.envs.factory` for their extra arguments.
+      :mod:`tm_gym.backends.factory` for their extra arguments.
     * ``obs_type``: ``"images"``, ``"lidar"`` or ``"lidar_progress"``.
     * ``track``: built-in track name, ``"gen:SEED"`` (procedural) or path to a track JSON
       file (simulator).
@@ -126,7 +126,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             raise BackendUnavailableError(
                 "TrackManiaEnv is the synchronous simulator; the live game runs behind the "
                 "real-time layer: gymnasium.make('TrackMania-v0', ...) or "
-                "tm_gym.envs.factory.make_env(backend='game', ...)"
+                "tm_gym.backends.make_env(backend='game', ...)"
             )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")

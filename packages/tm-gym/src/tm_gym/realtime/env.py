@@ -164,7 +164,8 @@ class TrackManiaRealtimeEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]
 
     ## Example
     >>> from tm_gym.envs.sim_core import default_reference
-    >>> from tm_gym.realtime.sim_ports import WallClockSim, sim_backend
+    >>> from tm_gym.backends.sim import sim_backend
+    >>> from tm_gym.sim.wallclock import WallClockSim
     >>> sim = WallClockSim("default")
     >>> with TrackManiaRealtimeEnv(sim_backend(sim), default_reference(sim.track)) as env:
     ...     obs, info = env.reset()

@@ -1,7 +1,7 @@
 """The replay backend: a recording played back through the game's observation pipeline.
 
-``gymnasium.make("TrackMania-v0", backend="replay", recording=PATH)`` (or
-:func:`make_replay_env`) turns a ``.tmrec`` file into an environment, so the game code path —
+``gymnasium.make("TrackMania-v0", backend="replay", recording=PATH)`` (through
+:mod:`tm_gym.backends.replay`) turns a ``.tmrec`` file into an environment, so the game code path —
 preprocessing of screenshots (:func:`~tm_gym.preprocess.agent_frame`), LIDAR read from the
 pixels (:func:`~tm_gym.preprocess.pixel_lidar`), the progress reward on the recorded
 positions — runs without the game.
@@ -16,7 +16,7 @@ Two modes:
   ``info["recorded_action"]`` / ``info["recorded_reward"]`` show what the recording saw.
   Replaying with the recorded settings reproduces, bit for bit, the observations and rewards
   the recorded environment returned.
-* ``mode="realtime"`` (:func:`make_realtime_replay_env`): replay ports (:class:`ReplayState`)
+* ``mode="realtime"`` (:func:`~tm_gym.recording.replay_realtime.make_realtime_replay_env`): replay ports (:class:`~tm_gym.recording.replay_realtime.ReplayState`)
   behind the real-time layer (:class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv`), paced by
   rtgym: each capture serves the recorded capture nearest to the time elapsed since the
   respawn, and the controller keeps the actions it receives (``info["sent_action"]``). An
@@ -51,8 +51,12 @@ from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
 __all__ = [
     "MODES",
     "ReplayEnv",
-    "make_replay_env",
+    "ReplayPipeline",
+    "as_recording",
+    "episode_spans",
     "record_of",
+    "recorded_reward_config",
+    "replay_settings",
 ]
 
 MODES = ("mock", "realtime")
@@ -68,7 +72,8 @@ def record_of(rec: Recording, j: int) -> TelemetryRecord:
     return dataclasses.replace(r, x=x, y=y, z=z)
 
 
-def _load(recording: str | Path | Recording) -> Recording:
+def as_recording(recording: str | Path | Recording) -> Recording:
+    """``recording`` itself, or the recording loaded from that ``.tmrec`` path."""
     return recording if isinstance(recording, Recording) else load_recording(recording)
 
 
@@ -88,7 +93,7 @@ def replay_settings(rec: Recording, **overrides: Any) -> EnvSettings:
         raise RecordingFormatError(f"{rec.source}: meta.settings is unusable ({e})") from None
 
 
-def _episodes(rec: Recording) -> list[tuple[int, NDArray[np.intp]]]:
+def episode_spans(rec: Recording) -> list[tuple[int, NDArray[np.intp]]]:
     """Per episode: (first capture, indices of its steps in order)."""
     out = []
     ep_of_step = rec.capture_episode[rec.step_capture] if rec.num_steps else np.zeros(0, np.int32)
@@ -105,7 +110,7 @@ def _episodes(rec: Recording) -> list[tuple[int, NDArray[np.intp]]]:
     return out
 
 
-class _Pipeline:
+class ReplayPipeline:
     """Observation parts and reward of recorded captures (the game's pipeline)."""
 
     def __init__(self, rec: Recording, settings: EnvSettings, reward_config: RewardConfig) -> None:
@@ -223,7 +228,7 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
-        self.recording = rec = _load(recording)
+        self.recording = rec = as_recording(recording)
         self.settings = replay_settings(
             rec,
             obs_type=obs_type,
@@ -233,12 +238,12 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             act_buf_len=act_buf_len,
             ep_max_length=ep_max_length,
         )
-        self.reward_config = reward_config or _reward_config(rec)
+        self.reward_config = reward_config or recorded_reward_config(rec)
         self.render_mode = render_mode
         self.observation_space = observation_space(self.settings)  # type: ignore[assignment]
         self.action_space = action_space()  # type: ignore[assignment]
-        self._episodes = _episodes(rec)
-        self._pipe = _Pipeline(rec, self.settings, self.reward_config)
+        self._episodes = episode_spans(rec)
+        self._pipe = ReplayPipeline(rec, self.settings, self.reward_config)
         self._keys = self._pipe.builder.keys
         self._infos = RecordInfo(int(rec.meta.get("checkpoints_total", -1) or -1))
         self.episode = -1
@@ -321,7 +326,7 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         return self._pipe.window(self._j)
 
 
-def _reward_config(rec: Recording) -> RewardConfig:
+def recorded_reward_config(rec: Recording) -> RewardConfig:
     cfg = rec.meta.get("reward_config")
     if cfg is None:
         return RewardConfig()
@@ -329,24 +334,3 @@ def _reward_config(rec: Recording) -> RewardConfig:
         return RewardConfig(**cfg)
     except (TypeError, ValueError) as e:
         raise RecordingFormatError(f"{rec.source}: meta.reward_config is unusable ({e})") from None
-
-
-def make_replay_env(
-    recording: str | Path | Recording | None,
-    *,
-    mode: str = "mock",
-    **kwargs: Any,
-) -> gym.Env[Any, Any]:
-    """``backend="replay"``: :class:`ReplayEnv` (``mode="mock"``) or the real-time replay."""
-    if recording is None:
-        raise ValueError(
-            "backend='replay' needs recording=PATH (a .tmrec file made with `tm-gym record` or "
-            "tm_gym.recording.RecordEpisodes; built-in ones: tm_gym.recording.builtin_recording)"
-        )
-    if mode == "mock":
-        return ReplayEnv(recording, **kwargs)
-    if mode == "realtime":
-        from tm_gym.recording.replay_realtime import make_realtime_replay_env
-
-        return make_realtime_replay_env(recording, **kwargs)
-    raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")

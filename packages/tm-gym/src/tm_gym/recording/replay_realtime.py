@@ -23,11 +23,11 @@ from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import EnvStateError
 from tm_gym.recording.format import Recording
 from tm_gym.recording.replay import (
-    _episodes,
-    _load,
-    _Pipeline,
-    _reward_config,
+    ReplayPipeline,
+    as_recording,
+    episode_spans,
     record_of,
+    recorded_reward_config,
     replay_settings,
 )
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
@@ -47,7 +47,7 @@ class ReplayState:
 
     def __init__(self, rec: Recording, clock: Any = time.perf_counter) -> None:
         self.rec = rec
-        self._episodes = _episodes(rec)
+        self._episodes = episode_spans(rec)
         self._clock = clock
         self._lock = threading.Lock()
         self.episode = -1
@@ -240,9 +240,11 @@ def make_realtime_replay_env(
     from tm_gym.realtime.env import TrackManiaRealtimeEnv
     from tm_gym.realtime.interface import RealtimeBackend
 
-    rec = _load(recording)
+    rec = as_recording(recording)
     settings = replay_settings(rec, **overrides)
-    _Pipeline(rec, settings, reward_config or _reward_config(rec))  # fails early if impossible
+    ReplayPipeline(
+        rec, settings, reward_config or recorded_reward_config(rec)
+    )  # fails early if impossible
     state = ReplayState(rec)
     cam = rec.meta.get("camera")
     use_lidar = rec.lidar is not None and settings.obs_type != "images"
@@ -260,7 +262,7 @@ def make_realtime_replay_env(
         backend,
         ReferenceTrajectory(np.ascontiguousarray(rec.reference)),
         settings,
-        reward_config or _reward_config(rec),
+        reward_config or recorded_reward_config(rec),
         time_step_timeout_factor=time_step_timeout_factor,
         render_mode=render_mode,
     )

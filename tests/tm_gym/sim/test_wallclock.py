@@ -8,17 +8,17 @@ from typing import cast
 import numpy as np
 import pytest
 
+from tm_gym.backends.sim import sim_backend
 from tm_gym.core.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.error import CaptureError, ControllerError, InvalidActionError, TelemetryError
 from tm_gym.realtime.interface import RealtimeBackend
-from tm_gym.realtime.sim_ports import (
+from tm_gym.sim.simulator import Simulator
+from tm_gym.sim.wallclock import (
     SimController,
     SimFrames,
     SimTelemetry,
     WallClockSim,
-    sim_backend,
 )
-from tm_gym.sim.simulator import Simulator
 
 
 def sim_ports(b: RealtimeBackend) -> tuple[SimTelemetry, SimFrames, SimController]:

@@ -17,12 +17,12 @@ resource, but they follow the ports' open/close discipline):
 * :class:`SimFrames` — the 256×128 RGB driver's view (what the game window shows);
 * :class:`SimController` — applies actions, respawns, releases.
 
-:func:`sim_backend` wires the three, plus the exact LIDAR, into a
-:class:`~tm_gym.realtime.interface.RealtimeBackend`::
+:func:`tm_gym.backends.sim.sim_backend` wires the three, plus the exact LIDAR, into the
+real-time layer's :class:`~tm_gym.realtime.interface.RealtimeBackend`. A port alone::
 
     sim = WallClockSim("default")
-    with sim_backend(sim) as backend:  # opens (and then closes) the three ports
-        backend.controller.apply(np.array([1.0, 0.0, 0.0], np.float32))
+    with SimController(sim) as controller:
+        controller.apply(np.array([1.0, 0.0, 0.0], np.float32))
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ from tm_gym.error import (
     TelemetryError,
     TMGymError,
 )
-from tm_gym.realtime.interface import RealtimeBackend
 from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import PHYSICS_DT, Simulator
 from tm_gym.sim.track import Track
 
-__all__ = ["SimController", "SimFrames", "SimTelemetry", "WallClockSim", "sim_backend"]
+__all__ = ["SimController", "SimFrames", "SimTelemetry", "WallClockSim"]
 
 Clock = Callable[[], float]
 _P = TypeVar("_P", bound="_SimPort")
@@ -317,18 +316,3 @@ class SimController(_SimPort):
         if self._open:
             self.sim.set_controls(np.zeros(3))
         super().close()
-
-
-def sim_backend(sim: WallClockSim, *, exact_lidar: bool = True) -> RealtimeBackend:
-    """The real-time backend of ``sim``: its three ports, no start-lights wait, the exact LIDAR
-    (unless ``exact_lidar=False``: then LIDAR is read from the frames, as in the game) and the
-    track's checkpoint count."""
-    return RealtimeBackend(
-        telemetry=SimTelemetry(sim),
-        frames=SimFrames(sim),
-        controller=SimController(sim),
-        respawn_wait=0.0,
-        lidar_source=sim.exact_lidar if exact_lidar else None,
-        checkpoints_total=len(sim.track.checkpoints_s),
-        wall_contacts=sim.wall_contacts,
-    )

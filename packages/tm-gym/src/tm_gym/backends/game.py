@@ -1,0 +1,140 @@
+"""The ``game`` backend: TrackMania 2020 (or ``tm-gym emulate``) behind the real-time layer.
+
+Three ports make the game an environment: :class:`~tm_gym.game.telemetry_client.TelemetryClient`
+(the OpenPlanet plugin's stream), :class:`~tm_gym.game.capture.ScreenCapture` (the window's
+client area) and a controller — the virtual gamepad
+(:class:`~tm_gym.game.gamepad.GamepadController`), the keyboard aimed at the game window
+(:class:`KeyboardForWindow`) or nobody (:class:`~tm_gym.game.person.PersonController`, a person
+drives while a recording runs). rtgym paces them (:class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv`).
+This is the one place where the game's hardware is wired; each port is imported only when used.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from numpy.typing import NDArray
+
+from tm_gym.backends.common import env_settings
+from tm_gym.core.geometry import CameraSpec
+from tm_gym.core.ports import Controller
+from tm_gym.error import BackendUnavailableError
+from tm_gym.game.capture import ScreenCapture, find_window
+from tm_gym.game.keyboard import KeyboardController
+from tm_gym.game.telemetry_client import TelemetryClient
+from tm_gym.realtime.env import TrackManiaRealtimeEnv
+from tm_gym.realtime.interface import GAME_RESPAWN_WAIT, RealtimeBackend
+from tm_gym.reward import ReferenceTrajectory, RewardConfig
+
+__all__ = ["CONTROLLERS", "KeyboardForWindow", "make_controller", "make_game_env"]
+
+CONTROLLERS = ("gamepad", "keyboard", "none")
+"""``controller=`` values: the virtual gamepad, the keyboard, or nobody (a person drives)."""
+
+
+class KeyboardForWindow:
+    """The keyboard controller aimed at the window titled ``window_title`` (found on open)."""
+
+    def __init__(self, window_title: str) -> None:
+        self.window_title = window_title
+        self._inner: Any = None
+
+    def open(self) -> None:
+        if self._inner is None:
+            geometry = find_window(self.window_title)
+            inner = KeyboardController(window_id=geometry.window_id or None)
+            inner.open()
+            self._inner = inner
+
+    def close(self) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.close()
+
+    def __enter__(self) -> KeyboardForWindow:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _ctl(self) -> Any:
+        if self._inner is None:
+            self.open()
+        return self._inner
+
+    def apply(self, action: NDArray[np.float32]) -> None:
+        self._ctl().apply(action)
+
+    def respawn(self) -> None:
+        self._ctl().respawn()
+
+    def release(self) -> None:
+        if self._inner is not None:
+            self._inner.release()
+
+
+def make_controller(controller: str, window_title: str) -> Controller:
+    """The controller port named ``controller`` (see :data:`CONTROLLERS`)."""
+    if controller == "gamepad":
+        from tm_gym.game.gamepad import GamepadController
+
+        return GamepadController()
+    if controller == "keyboard":
+        return KeyboardForWindow(window_title)
+    if controller == "none":
+        from tm_gym.game.person import PersonController
+
+        return PersonController()
+    raise ValueError(
+        f"controller={controller!r}: expected 'gamepad', 'keyboard' or 'none' (a person drives)"
+    )
+
+
+def make_game_env(
+    *,
+    controller: str = "gamepad",
+    telemetry_host: str = "127.0.0.1",
+    telemetry_port: int = 9000,
+    telemetry_timeout: float = 10.0,
+    window_title: str = "Trackmania",
+    reward_trajectory: str | None = None,
+    reward_config: RewardConfig | None = None,
+    respawn_wait: float | None = None,
+    camera: CameraSpec | None = None,
+    time_step_timeout_factor: float = 1.0,
+    render_mode: str | None = None,
+    **settings: Any,
+) -> gym.Env[Any, Any]:
+    """The live game (see the module docstring); ``settings`` are
+    :class:`~tm_gym.core.settings.EnvSettings` fields."""
+    if reward_trajectory is None:
+        raise BackendUnavailableError(
+            "TrackMania-v0 needs reward_trajectory=PATH, the reference the progress reward "
+            "follows: drive the track once while `tm-gym record-reward --out PATH.npz` runs"
+        )
+    car_settings = env_settings(settings, "the game")
+    reference = ReferenceTrajectory.load(reward_trajectory)
+    backend = RealtimeBackend(
+        telemetry=TelemetryClient(telemetry_host, telemetry_port, timeout=telemetry_timeout),
+        frames=ScreenCapture(window_title),
+        controller=make_controller(controller, window_title),
+        respawn_wait=GAME_RESPAWN_WAIT if respawn_wait is None else respawn_wait,
+        camera=camera,
+    )
+    return TrackManiaRealtimeEnv(
+        backend,
+        reference,
+        car_settings,
+        reward_config,
+        time_step_timeout_factor=time_step_timeout_factor,
+        render_mode=render_mode,
+    )
