@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from tm_gym.core.settings import EnvSettings
+from tm_gym.core.settings import SETTING_NAMES, EnvSettings
 
-__all__ = ["SETTING_NAMES", "env_settings"]
-
-SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(EnvSettings))
-"""The keyword arguments that become :class:`EnvSettings` fields."""
+__all__ = ["env_settings"]
 
 
 def env_settings(kwargs: Mapping[str, Any], backend: str) -> EnvSettings:
@@ -21,10 +17,10 @@ def env_settings(kwargs: Mapping[str, Any], backend: str) -> EnvSettings:
         TypeError: a keyword that is not a setting (the message lists the settings).
         ValueError: a setting's value is out of range (from :class:`EnvSettings`).
     """
-    unknown = sorted(set(kwargs) - SETTING_NAMES)
+    unknown = sorted(set(kwargs) - set(SETTING_NAMES))
     if unknown:
         raise TypeError(
             f"unexpected keyword argument(s) {unknown} for {backend}; its settings are "
-            f"{sorted(SETTING_NAMES)}"
+            f"{list(SETTING_NAMES)} (tm_gym.backends.factory lists each backend's other arguments)"
         )
     return EnvSettings(**kwargs)

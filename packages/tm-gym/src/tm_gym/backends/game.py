@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from tm_gym.backends.common import env_settings
 from tm_gym.core.geometry import CameraSpec
 from tm_gym.core.ports import Controller
+from tm_gym.core.settings import CONTROLLERS
 from tm_gym.error import BackendUnavailableError
 from tm_gym.game.capture import ScreenCapture, find_window
 from tm_gym.game.keyboard import KeyboardController
@@ -29,10 +30,7 @@ from tm_gym.realtime.env import TrackManiaRealtimeEnv
 from tm_gym.realtime.interface import GAME_RESPAWN_WAIT, RealtimeBackend
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
 
-__all__ = ["CONTROLLERS", "KeyboardForWindow", "make_controller", "make_game_env"]
-
-CONTROLLERS = ("gamepad", "keyboard", "none")
-"""``controller=`` values: the virtual gamepad, the keyboard, or nobody (a person drives)."""
+__all__ = ["KeyboardForWindow", "make_controller", "make_game_env"]
 
 
 class KeyboardForWindow:
@@ -83,7 +81,7 @@ class KeyboardForWindow:
 
 
 def make_controller(controller: str, window_title: str) -> Controller:
-    """The controller port named ``controller`` (see :data:`CONTROLLERS`)."""
+    """The controller port named ``controller`` (:data:`~tm_gym.core.settings.CONTROLLERS`)."""
     if controller == "gamepad":
         from tm_gym.game.gamepad import GamepadController
 
@@ -95,7 +93,7 @@ def make_controller(controller: str, window_title: str) -> Controller:
 
         return PersonController()
     raise ValueError(
-        f"controller={controller!r}: expected 'gamepad', 'keyboard' or 'none' (a person drives)"
+        f"controller={controller!r}: expected one of {list(CONTROLLERS)} ('none': a person drives)"
     )
 
 

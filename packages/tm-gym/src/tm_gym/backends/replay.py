@@ -14,6 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from tm_gym.core.settings import OBSERVATION_SETTINGS
 from tm_gym.recording.format import Recording
 from tm_gym.recording.replay import MODES, ReplayEnv
 from tm_gym.recording.replay_realtime import make_realtime_replay_env
@@ -36,6 +37,13 @@ def make_replay_env(
         raise ValueError(
             "backend='replay' needs recording=PATH (a .tmrec file made with `tm-gym record` or "
             "tm_gym.recording.RecordEpisodes; built-in ones: tm_gym.recording.builtin_recording)"
+        )
+    unknown = sorted(set(settings) - set(OBSERVATION_SETTINGS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown} for backend='replay'; it takes recording, "
+            f"mode, reward_config, render_mode, time_step_timeout_factor and the observation "
+            f"settings {list(OBSERVATION_SETTINGS)} (the recording fixes the rest)"
         )
     if mode == "mock":
         if time_step_timeout_factor != 1.0:

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from tm_gym.core.actions import action_space, check_actions
 from tm_gym.core.geometry import CameraSpec
 from tm_gym.core.info import RecordInfo
-from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.settings import OBSERVATION_SETTINGS, EnvSettings, observation_space
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import EnvStateError, RecordingFormatError
 from tm_gym.realtime.observation import ObservationBuilder
@@ -60,7 +60,6 @@ __all__ = [
 ]
 
 MODES = ("mock", "realtime")
-_OVERRIDABLE = ("obs_type", "img_size", "img_hist_len", "grayscale", "act_buf_len", "ep_max_length")
 
 
 def record_of(rec: Recording, j: int) -> TelemetryRecord:
@@ -79,11 +78,11 @@ def as_recording(recording: str | Path | Recording) -> Recording:
 
 def replay_settings(rec: Recording, **overrides: Any) -> EnvSettings:
     """The recorded :class:`EnvSettings`, with ``overrides`` (observation settings only)."""
-    bad = set(overrides) - set(_OVERRIDABLE)
+    bad = set(overrides) - set(OBSERVATION_SETTINGS)
     if bad:
         raise TypeError(
             f"unexpected keyword argument(s) {sorted(bad)} for a replay; the recording fixes "
-            f"the timing, only {list(_OVERRIDABLE)} may change"
+            f"the timing, only {list(OBSERVATION_SETTINGS)} may change"
         )
     try:
         fields = {f.name for f in dataclasses.fields(EnvSettings)}
