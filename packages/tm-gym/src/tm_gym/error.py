@@ -18,9 +18,9 @@ __all__ = [
     "InvalidActionError",
     "RecordingFormatError",
     "TMGymError",
-    "TrackMasterError",
     "TelemetryError",
     "TrackFormatError",
+    "TrackMasterError",
     "TrajectoryFormatError",
 ]
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tm_gym.cli._common import EXIT_OK, load_track_or_explain, positive_float
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from tm_gym.sim.physics import CarParams
 
 __all__ = ["add_parser", "run"]
 
@@ -49,15 +53,80 @@ def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> No
         default=1.5,
         help="seconds the car is held after a respawn, like the start lights (1.5)",
     )
+    parser.add_argument(
+        "--visuals",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "the look: sky, sky_horizon, grass, road, border_dark, border_light (R,G,B 0-255), "
+            "brightness (factor), camera_height_m, camera_pitch_deg, fov_deg; e.g. --visuals "
+            "sky=40,60,200 brightness=0.8. A client using the pixel LIDAR must pass the same "
+            "camera to make_env(camera=...)"
+        ),
+    )
+    parser.add_argument(
+        "--car",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "car physics (fields of tm_gym.sim.physics.CarParams), e.g. --car grip=20 "
+            "power=600 upshift_kmh=60,110,170,240"
+        ),
+    )
     parser.add_argument("--max-seconds", type=positive_float, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
+def parse_car(items: Sequence[str]) -> CarParams:
+    """:class:`~tm_gym.sim.physics.CarParams` from ``KEY=VALUE`` texts (``grip=20``; a tuple
+    field as comma-separated numbers, ``upshift_kmh=60,110,170,240``).
+
+    Raises:
+        CLIError: an item that is not KEY=VALUE, an unknown key (the message lists the known
+            ones), a value that is not a number, or values CarParams refuses.
+    """
+    from tm_gym.cli._common import CLIError
+    from tm_gym.sim.physics import CarParams
+
+    standard = CarParams()
+    known = [f.name for f in dataclasses.fields(CarParams)]
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--car: {item!r} is not KEY=VALUE, e.g. grip=20")
+        if key not in known:
+            raise CLIError(f"--car: unknown key {key!r}; known keys: {', '.join(known)}")
+        default = getattr(standard, key)
+        parts = [p.strip() for p in text.strip().strip("[]").split(",")]
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            numbers = []
+        size = len(default) if isinstance(default, tuple) else 1
+        if len(numbers) != size:
+            shape = f"{size} comma-separated numbers" if size > 1 else "a number"
+            raise CLIError(f"--car {key}: got {text!r}, expected {shape} (standard: {default})")
+        values[key] = tuple(numbers) if isinstance(default, tuple) else numbers[0]
+    try:
+        return CarParams(**values)
+    except ValueError as exc:
+        raise CLIError(f"--car: {exc}") from None
+
+
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from tm_gym.cli._common import CLIError
+    from tm_gym.core.visuals import Visuals
     from tm_gym.emulator.app import EmulatorConfig, TkEmulator
 
     load_track_or_explain(args.track)  # a clear error before any window opens
+    visuals = Visuals.from_assignments(args.visuals, "--visuals")
+    car_params = parse_car(args.car)
     try:
         w_text, h_text = str(args.size).lower().split("x")
         width, height = int(w_text), int(h_text)
@@ -75,6 +144,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         height=height,
         fps=args.fps,
         countdown=args.countdown,
+        visuals=visuals,
+        car_params=car_params,
     )
     try:
         import tkinter  # noqa: F401

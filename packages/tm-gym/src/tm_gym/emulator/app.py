@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +31,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tm_gym.core.telemetry import TelemetryRecord
+from tm_gym.core.visuals import Visuals
 from tm_gym.emulator.telemetry_server import TelemetryServer
+from tm_gym.sim.physics import CarParams
 from tm_gym.sim.simulator import Simulator
 from tm_gym.sim.track import Track
 from tm_gym.sim.tracks import load_track
@@ -68,7 +70,13 @@ def controls_from_keys(held: set[str] | frozenset[str]) -> NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """Settings of the emulator."""
+    """Settings of the emulator.
+
+    ``visuals`` is the look of the window (colours, brightness, camera; see
+    :class:`~tm_gym.core.visuals.Visuals`) and ``car_params`` the car's physics. A client that
+    reads the window with the pixel LIDAR must assume the same camera:
+    ``make_env(..., camera=config.visuals.camera())``.
+    """
 
     track: str = "default"
     title: str = "Trackmania"
@@ -79,6 +87,8 @@ class EmulatorConfig:
     height: int = 128
     fps: float = 60.0
     countdown: float = 1.5
+    visuals: Visuals = field(default_factory=Visuals)
+    car_params: CarParams = field(default_factory=CarParams)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -101,7 +111,7 @@ class EmulatorCore:
     ) -> None:
         self.config = config
         self.track: Track = load_track(config.track)
-        self.sim = Simulator(self.track, 1)
+        self.sim = Simulator(self.track, 1, params=config.car_params, visuals=config.visuals)
         self.server = TelemetryServer(host=config.host, port=config.port, version=config.protocol)
         self._clock = clock
         self.held: set[str] = set()

@@ -14,20 +14,30 @@ The simulator reproduces that order exactly, only without waiting: each ``step``
 ``d − c`` tail of the previous time step under the previous action, then ``c`` of the new time
 step under ``a``, and captures the next observation. Everything is batched over cars so the
 single environment and the vector environment share this code.
+
+Respawning also draws what varies from one episode to the next, with the environment's seeded
+random generator (:attr:`SimCore.rng`): each car's look when ``visuals`` has ranges
+(:class:`~tm_gym.core.visuals.VisualsSpec`), then the start perturbation when ``start_jitter``
+is above 0 (:data:`START_JITTER_LATERAL_M`, :data:`START_JITTER_HEADING_DEG`,
+:data:`START_JITTER_SPEED_KMH` at 1.0). Nothing is drawn otherwise, so the defaults reproduce
+the standard start and look exactly.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from tm_gym.core.config import Rule
 from tm_gym.core.geometry import LIDAR_BEAMS
 from tm_gym.core.info import batch_info
 from tm_gym.core.settings import EnvSettings
+from tm_gym.core.visuals import VisualsSpec
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
-from tm_gym.sim.camera import render_gray, render_rgb
 from tm_gym.sim.expert import ExpertDriver
 from tm_gym.sim.lidar import lidar
 from tm_gym.sim.physics import CarParams
@@ -35,7 +45,37 @@ from tm_gym.sim.simulator import PHYSICS_DT, Simulator
 from tm_gym.sim.track import Track
 from tm_gym.sim.tracks import load_track
 
-__all__ = ["SimCore", "default_reference"]
+__all__ = [
+    "MAX_START_JITTER",
+    "START_JITTER_HEADING_DEG",
+    "START_JITTER_LATERAL_M",
+    "START_JITTER_SPEED_KMH",
+    "SimCore",
+    "check_start_jitter",
+    "default_reference",
+]
+
+START_JITTER_LATERAL_M = 0.5
+"""At ``start_jitter=1``: the car starts up to this many metres left or right of the centre line."""
+START_JITTER_HEADING_DEG = 2.0
+"""At ``start_jitter=1``: its heading is up to this many degrees off the track's direction."""
+START_JITTER_SPEED_KMH = 3.0
+"""At ``start_jitter=1``: it starts rolling forward at up to this speed."""
+MAX_START_JITTER = 3.0
+"""The largest ``start_jitter`` accepted."""
+_START_JITTER_RULE = Rule(
+    "float", low=0.0, high=MAX_START_JITTER, hint="0 = the exact standard start, 1 = the default"
+)
+
+
+def check_start_jitter(value: object) -> float:
+    """``value`` as a float if it is a valid ``start_jitter``.
+
+    Raises:
+        ConfigError: naming the value and the allowed range.
+    """
+    return float(_START_JITTER_RULE.check(value, "start_jitter"))
+
 
 Obs = dict[str, NDArray[Any]]
 
@@ -58,11 +98,23 @@ class SimCore:
         reward_config: RewardConfig | None = None,
         car_params: CarParams | None = None,
         physics_dt: float = PHYSICS_DT,
+        visuals: VisualsSpec | None = None,
+        start_jitter: float = 0.0,
     ) -> None:
         self.n = num_envs
         self.settings = s = settings
         self.track = load_track(track)
-        self.sim = Simulator(self.track, num_envs, params=car_params, physics_dt=physics_dt)
+        self.visuals = VisualsSpec() if visuals is None else visuals
+        self.start_jitter = check_start_jitter(start_jitter)
+        self.rng = np.random.default_rng()
+        """Draws looks and start perturbations; the environments set their seeded generator."""
+        self.sim = Simulator(
+            self.track,
+            num_envs,
+            params=car_params,
+            physics_dt=physics_dt,
+            visuals=self.visuals.base,
+        )
         self.n_obs = self.sim.substeps(s.start_obs_capture)
         self.n_tail = self.sim.substeps(s.time_step_duration) - self.n_obs
         ref = (
@@ -93,13 +145,10 @@ class SimCore:
     def _render(self, sel: NDArray[np.intp] | None) -> NDArray[np.uint8]:
         """Frames (n, channels, H, W) of all cars or of those in ``sel``."""
         s, sim = self.settings, self.sim
-        x, y, psi = (
-            (sim.x, sim.y, sim.psi) if sel is None else (sim.x[sel], sim.y[sel], sim.psi[sel])
-        )
+        cars = None if sel is None else sel.astype(np.int64)
         if s.grayscale:
-            return render_gray(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)[:, None]
-        rgb = render_rgb(sim.raster, x, y, psi, s.img_size, s.img_size, sim.camera)
-        return rgb.transpose(0, 3, 1, 2)
+            return sim.render_gray(s.img_size, s.img_size, cars=cars)[:, None]
+        return sim.render_rgb(s.img_size, s.img_size, cars=cars).transpose(0, 3, 1, 2)
 
     def _capture_all(self) -> None:
         """Push a new capture into every car's history."""
@@ -160,9 +209,16 @@ class SimCore:
         )
 
     # -- transitions -----------------------------------------------------------------------
-    def reset(self, mask: NDArray[np.bool_]) -> tuple[Obs, dict[str, NDArray[Any]]]:
-        """Respawn the cars in ``mask``; returns their first observations and infos."""
-        return self._begin(None, np.zeros(self.n, dtype=bool), mask)
+    def reset(
+        self, mask: NDArray[np.bool_], on_respawn: Callable[[], None] | None = None
+    ) -> tuple[Obs, dict[str, NDArray[Any]]]:
+        """Respawn the cars in ``mask``; returns their first observations and infos.
+
+        ``on_respawn`` is called once the cars stand at their (possibly perturbed) start with
+        their new look, before anything is captured (the single environment records that
+        state).
+        """
+        return self._begin(None, np.zeros(self.n, dtype=bool), mask, on_respawn)
 
     def step(
         self, actions: NDArray[np.float32], reset: NDArray[np.bool_] | None = None
@@ -228,6 +284,7 @@ class SimCore:
         actions: NDArray[np.float32] | None,
         advance: NDArray[np.bool_],
         reset: NDArray[np.bool_],
+        on_respawn: Callable[[], None] | None = None,
     ) -> tuple[Obs, dict[str, NDArray[Any]]]:
         """Finish the running time step, respawn ``reset`` cars, start the next time step.
 
@@ -241,7 +298,9 @@ class SimCore:
         r_obs: Obs = {}
         r_info: dict[str, NDArray[Any]] = {}
         if len(fresh):
-            sim.reset(reset)
+            self._respawn(reset, fresh)
+            if on_respawn is not None:
+                on_respawn()
             self.act_buf[fresh] = 0.0
             self.steps[fresh] = 0
             self.pend_failed[fresh] = False
@@ -256,6 +315,25 @@ class SimCore:
         sim.step(self.applied, self.n_obs)
         self._finish_capture()
         return r_obs, r_info
+
+    def _respawn(self, reset: NDArray[np.bool_], fresh: NDArray[np.intp]) -> None:
+        """Draw the new looks and start offsets of the cars in ``fresh`` and respawn them."""
+        sim, rng = self.sim, self.rng
+        if self.visuals.random:
+            sim.set_visuals([self.visuals.draw(rng) for _ in fresh], fresh)
+        j = self.start_jitter
+        if j <= 0.0:
+            sim.reset(reset)
+            return
+        k = len(fresh)
+        u = rng.uniform(-1.0, 1.0, size=(k, 2))
+        v = rng.uniform(0.0, 1.0, size=k)
+        sim.reset(
+            reset,
+            lateral_m=j * START_JITTER_LATERAL_M * u[:, 0],
+            heading_rad=math.radians(j * START_JITTER_HEADING_DEG) * u[:, 1],
+            speed_ms=j * START_JITTER_SPEED_KMH / 3.6 * v,
+        )
 
     def _update_pos(self) -> None:
         self._pos[:, 0] = self.sim.x

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ from tm_gym.core.capture import Capture
 from tm_gym.core.info import step_info
 from tm_gym.core.settings import EnvSettings, observation_space
 from tm_gym.core.telemetry import TelemetryRecord
+from tm_gym.core.visuals import Visuals, VisualsSpec
 from tm_gym.envs.sim_core import SimCore
 from tm_gym.error import BackendUnavailableError, EnvStateError
 from tm_gym.reward import RewardConfig
@@ -20,6 +22,9 @@ from tm_gym.sim.physics import CarParams
 from tm_gym.sim.track import Track
 
 __all__ = ["TrackManiaEnv"]
+
+_CaptureState = tuple[TelemetryRecord, NDArray[np.float64], NDArray[np.uint8] | None]
+"""What a capture for recordings is built from: telemetry, position, the full window (or None)."""
 
 
 class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
@@ -88,6 +93,29 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     * ``reward_trajectory``: path to a ``.npz``/``.json`` reference (see :mod:`tm_gym.reward`).
     * ``reward_config``: :class:`~tm_gym.reward.RewardConfig`; ``car_params``:
       :class:`~tm_gym.sim.physics.CarParams` (simulator only).
+    * ``visuals`` (simulator only): how the world looks in the image observations and the
+      ``rgb_array`` window (the LIDAR is unaffected). ``None`` (default) or ``{}``: the
+      standard look, bit for bit. A mapping of :class:`~tm_gym.core.visuals.Visuals` keys
+      fixes values, the others keep the standard ones: ``sky``, ``grass``, ``road``,
+      ``border_dark``, ``border_light`` (RGB triples 0–255; ``sky`` is the top of the sky,
+      ``sky_horizon`` its colour at the horizon), ``brightness`` (factor on every colour, 1.0 =
+      standard, in (0, 4]), ``camera_height_m`` (2.6, in [0.5, 30]), ``camera_pitch_deg`` (9,
+      degrees below the horizon, in [-30, 89]), ``fov_deg`` (90, horizontal, in (10, 170)).
+      ``"random"``: a new look at every reset, drawn with the environment's seeded generator
+      (so ``reset(seed=...)`` reproduces it) from
+      :data:`~tm_gym.core.visuals.DEFAULT_VISUAL_RANGES` (colours around the standard ones,
+      brightness 0.75–1.3, camera 2.2–3.0 m, pitch 7–11°, field of view 80–100°). Own ranges:
+      a :class:`~tm_gym.core.visuals.VisualRanges`, or a mapping with a ``"random"`` key, e.g.
+      ``{"sky": [40, 60, 200], "random": {"brightness": [0.6, 1.4], "grass": [[40, 100, 30],
+      [120, 200, 110]]}}`` (only the keys listed there are drawn). Unknown keys, wrong types
+      and out-of-range values raise :class:`~tm_gym.core.config.ConfigError`. The current
+      look is :attr:`visuals`.
+    * ``start_jitter`` (simulator only, default 0.0): a random perturbation of the start, drawn
+      at every reset with the environment's seeded generator (the same seed gives the same
+      start). 0.0 is the exact standard start, bit for bit. At 1.0 the car starts up to 0.5 m
+      left or right of the centre line, its heading up to 2° off the track's direction, and
+      rolling forward at 0–3 km/h (each uniform); other values scale these linearly, up to
+      3.0. The scripted expert finishes every built-in track from such starts at 1.0.
     * ``render_mode``: ``"rgb_array"`` returns the 256×128 driver's view.
 
     ## Example
@@ -97,7 +125,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 
     ## Version History
-    * v0: initial release.
+    * v0: initial release; ``visuals`` and ``start_jitter`` added (defaults unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -118,6 +146,8 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         reward_trajectory: str | None = None,
         reward_config: RewardConfig | None = None,
         car_params: CarParams | None = None,
+        visuals: Visuals | VisualsSpec | Mapping[str, Any] | str | None = None,
+        start_jitter: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
         if backend not in ("sim", "game"):
@@ -144,7 +174,16 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.render_mode = render_mode
         self.observation_space = observation_space(self.settings)  # type: ignore[assignment]
         self.action_space = action_space()  # type: ignore[assignment]
-        self.core = SimCore(1, self.settings, track, reward_trajectory, reward_config, car_params)
+        self.core = SimCore(
+            1,
+            self.settings,
+            track,
+            reward_trajectory,
+            reward_config,
+            car_params,
+            visuals=VisualsSpec.parse(visuals),
+            start_jitter=start_jitter,
+        )
         self.core.with_infos = False
         self.track = self.core.track
         self._n_cps = len(self.track.checkpoints_s)
@@ -179,13 +218,12 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
+        self.core.rng = self.np_random
+        respawned: list[_CaptureState] = []  # the state the first observation is captured in
+        hook = None if self._keep is None else (lambda: respawned.append(self._capture_state()))
+        obs, binfo = self.core.reset(self._all, hook)  # infos taken at the respawn itself
         if self._keep is not None:
-            # the respawn is deterministic: the state after sim.reset() is the one captured
-            self.core.sim.reset(self._all)
-            rec_window = self._capture_state()
-        obs, binfo = self.core.reset(self._all)  # infos taken at the respawn itself
-        if self._keep is not None:
-            self._capture = self._capture_of(self._first(obs), *rec_window)
+            self._capture = self._capture_of(self._first(obs), *respawned[0])
         self._running = True
         info = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in binfo.items()}
         info["lap_time"] = None
@@ -216,6 +254,11 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             return None
         return self.core.sim.render_rgb()[0]
 
+    @property
+    def visuals(self) -> Visuals:
+        """The car's current look (drawn at each reset when ``visuals`` has ranges)."""
+        return self.core.sim.visuals[0]
+
     # -- captures for recordings ---------------------------------------------------------
     def keep_captures(self, full_frames: bool = False) -> None:
         """Keep what each observation was built from, for :meth:`last_capture` (recording).
@@ -229,9 +272,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         (None unless :meth:`keep_captures` was called before it)."""
         return self._capture
 
-    def _capture_state(
-        self,
-    ) -> tuple[TelemetryRecord, NDArray[np.float64], NDArray[np.uint8] | None]:
+    def _capture_state(self) -> _CaptureState:
         sim = self.core.sim
         rec = sim.telemetry_record(0)
         pos = np.array([sim.x[0], 0.0, sim.y[0]], dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from numpy.typing import NDArray
 
 from tm_gym.core.actions import action_space, check_actions
 from tm_gym.core.settings import EnvSettings, observation_space
+from tm_gym.core.visuals import Visuals, VisualsSpec
 from tm_gym.envs.sim_core import SimCore
 from tm_gym.error import BackendUnavailableError, EnvStateError
 from tm_gym.reward import RewardConfig
@@ -31,6 +33,11 @@ class TrackManiaVectorEnv(
     after they end (``AutoresetMode.NEXT_STEP``, Gymnasium's default): that step returns the
     reset observation with reward 0 and ignores the action. Infos are dicts of arrays, with a
     ``_key`` mask for each key.
+
+    With ``visuals`` ranges (``"random"`` ...) each car draws its own look whenever it resets
+    (all cars at ``reset()``, one car at its autoreset), from the vector environment's seeded
+    generator; cars that share a camera share its ray table, so per-car colours cost nothing
+    and per-car cameras only memory. ``start_jitter`` is drawn per car in the same way.
     """
 
     metadata = {
@@ -56,6 +63,8 @@ class TrackManiaVectorEnv(
         reward_trajectory: str | None = None,
         reward_config: RewardConfig | None = None,
         car_params: CarParams | None = None,
+        visuals: Visuals | VisualsSpec | Mapping[str, Any] | str | None = None,
+        start_jitter: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
         if backend != "sim":
@@ -85,7 +94,14 @@ class TrackManiaVectorEnv(
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.core = SimCore(
-            num_envs, self.settings, track, reward_trajectory, reward_config, car_params
+            num_envs,
+            self.settings,
+            track,
+            reward_trajectory,
+            reward_config,
+            car_params,
+            visuals=VisualsSpec.parse(visuals),
+            start_jitter=start_jitter,
         )
         self.track = self.core.track
         self._autoreset = np.zeros(num_envs, dtype=bool)
@@ -109,6 +125,7 @@ class TrackManiaVectorEnv(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
+        self.core.rng = self.np_random
         mask = np.ones(self.num_envs, dtype=bool)
         if options is not None and "reset_mask" in options:
             mask = np.asarray(options["reset_mask"], dtype=bool)
@@ -152,6 +169,11 @@ class TrackManiaVectorEnv(
         if self.render_mode is None:
             return None
         return tuple(self.core.sim.render_rgb())
+
+    @property
+    def visuals(self) -> tuple[Visuals, ...]:
+        """Each car's current look (drawn at each of its resets when ``visuals`` has ranges)."""
+        return self.core.sim.visuals
 
     def expert_actions(self) -> NDArray[np.float32]:
         """The scripted expert's actions (num_envs, 3) for the current states."""

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-__all__ = ["CarParams", "advance"]
+__all__ = ["CarParams", "advance", "gear_and_rpm"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,13 @@ def _gear_rpm(v_kmh: float, gear: int, gas: float, p: NDArray[np.float64]) -> tu
     hi = 450.0 if gear == 5 else p[_UP0 + gear - 1]
     frac = _clip((av - lo) / (hi - lo), 0.0, 1.0)
     return gear, 2500.0 + (MAX_RPM - 2500.0) * frac
+
+
+def gear_and_rpm(speed_kmh: float, params: CarParams | None = None) -> tuple[int, float]:
+    """The gear and rpm the gearbox settles on at ``speed_kmh`` without throttle, starting from
+    neutral (gear 0 and idle rpm below 1 km/h) — the state of a car that rolls at that speed."""
+    gear, rpm = _gear_rpm(speed_kmh, 0, 0.0, (params or CarParams()).as_array())
+    return int(gear), float(rpm)
 
 
 @njit(cache=True)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from tm_gym.core.visuals import Visuals
 from tm_gym.sim.track import BORDER_WIDTH, Track
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Material",
     "TrackRaster",
     "build_raster",
+    "palette_of",
 ]
 
 MATERIAL_CELL = 0.25
@@ -108,6 +111,45 @@ def _to_gray(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 GRAY_PALETTE: NDArray[np.uint8] = _to_gray(PALETTE)
+"""The palette in grayscale, as the agent's frames show it."""
+
+
+def scale_brightness(rgb: NDArray[np.uint8], brightness: float) -> NDArray[np.uint8]:
+    """``rgb`` times ``brightness``, rounded and clipped to 0–255 (unchanged for 1.0)."""
+    if brightness == 1.0:
+        return rgb.copy()
+    return np.clip(np.rint(rgb.astype(np.float64) * brightness), 0, 255).astype(np.uint8)
+
+
+def _with_offset(colour: tuple[int, int, int], material: int, reference: int) -> NDArray[np.int64]:
+    """``colour`` plus the standard offset of ``material`` from ``reference``, clipped."""
+    offset = PALETTE[material].astype(np.int64) - PALETTE[reference].astype(np.int64)
+    return np.clip(np.asarray(colour, dtype=np.int64) + offset, 0, 255)
+
+
+@lru_cache(maxsize=256)
+def palette_of(visuals: Visuals) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The RGB palette (M, 3) and its grayscale (M,) of a look, read-only.
+
+    ``grass``, ``road``, ``border_dark`` and ``border_light`` replace GRASS_A, ROAD_A, BORDER
+    and STRIPE_WHITE; GRASS_B, ROAD_B and FAR (the haze over distant ground) keep their
+    standard offsets from the first tone; the lines, checkpoints and the car keep their
+    colours; then every colour is scaled by ``brightness``. ``Visuals()`` gives exactly
+    :data:`PALETTE` and :data:`GRAY_PALETTE`.
+    """
+    pal = PALETTE.astype(np.int64)
+    pal[M_GRASS_A] = visuals.grass
+    pal[M_GRASS_B] = _with_offset(visuals.grass, M_GRASS_B, M_GRASS_A)
+    pal[M_FAR] = _with_offset(visuals.grass, M_FAR, M_GRASS_A)
+    pal[M_ROAD_A] = visuals.road
+    pal[M_ROAD_B] = _with_offset(visuals.road, M_ROAD_B, M_ROAD_A)
+    pal[M_BORDER] = visuals.border_dark
+    pal[M_STRIPE_WHITE] = visuals.border_light
+    rgb = scale_brightness(pal.astype(np.uint8), visuals.brightness)
+    gray = _to_gray(rgb)
+    rgb.flags.writeable = False
+    gray.flags.writeable = False
+    return rgb, gray
 
 
 @dataclass(frozen=True, eq=False)

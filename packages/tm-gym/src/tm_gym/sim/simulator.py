@@ -2,12 +2,15 @@
 
 :class:`Simulator` owns the car state as flat arrays (one entry per car) and exposes the three
 things the environment needs: advancing physics, rendering the camera, and scanning the LIDAR.
-Cars do not collide with each other (like ghosts in a TrackMania time attack).
+Cars do not collide with each other (like ghosts in a TrackMania time attack). Each car has its
+own look (:class:`~tm_gym.core.visuals.Visuals`, :meth:`Simulator.set_visuals`) and may start
+off the standard start pose (:meth:`Simulator.reset`'s offsets).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
@@ -16,9 +19,10 @@ from numpy.typing import NDArray
 
 from tm_gym.core.geometry import LIDAR_RANGE, WINDOW_HEIGHT, WINDOW_WIDTH, CameraSpec
 from tm_gym.core.telemetry import TelemetryRecord
-from tm_gym.sim.camera import render_gray, render_rgb
+from tm_gym.core.visuals import Visuals
+from tm_gym.sim.camera import CarViews, render_gray, render_rgb
 from tm_gym.sim.lidar import lidar
-from tm_gym.sim.physics import IDLE_RPM, CarParams, advance_split
+from tm_gym.sim.physics import IDLE_RPM, CarParams, advance_split, gear_and_rpm
 from tm_gym.sim.raster import TrackRaster, build_raster
 from tm_gym.sim.track import Track
 from tm_gym.sim.tracks import load_track
@@ -51,7 +55,10 @@ class Simulator:
         num_cars: number of cars simulated together.
         params: car physics constants.
         physics_dt: physics substep in seconds (default 10 ms).
-        camera: chase-camera placement.
+        camera: chase-camera placement; each car's look sets its height, pitch and field of
+            view (the rest is kept).
+        visuals: every car's look (default: the standard look, with ``camera``'s height, pitch
+            and field of view when ``camera`` is given); change it with :meth:`set_visuals`.
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class Simulator:
         params: CarParams | None = None,
         physics_dt: float = PHYSICS_DT,
         camera: CameraSpec | None = None,
+        visuals: Visuals | None = None,
     ) -> None:
         if num_cars < 1:
             raise ValueError(f"num_cars={num_cars}: expected at least 1")
@@ -72,6 +80,14 @@ class Simulator:
         self.params = params or CarParams()
         self.physics_dt = physics_dt
         self.camera = camera or CameraSpec()
+        if visuals is None:
+            visuals = Visuals(
+                camera_height_m=self.camera.height,
+                camera_pitch_deg=self.camera.pitch_deg,
+                fov_deg=self.camera.hfov_deg,
+            )
+        self._visuals: list[Visuals] = [visuals] * num_cars
+        self._views: dict[tuple[int, int], CarViews] = {}
         self._p = self.params.as_array()
         self.raster = raster_for(self.track)
         n = num_cars
@@ -103,8 +119,21 @@ class Simulator:
         idx = int(np.argmin(np.abs(t.s - t.start_s)))
         return float(xy[0]), float(xy[1]), t.heading_at(t.start_s), idx
 
-    def reset(self, mask: NDArray[np.bool_] | None = None) -> None:
-        """Put the cars selected by ``mask`` (all by default) at the start, at rest."""
+    def reset(
+        self,
+        mask: NDArray[np.bool_] | None = None,
+        *,
+        lateral_m: NDArray[np.float64] | None = None,
+        heading_rad: NDArray[np.float64] | None = None,
+        speed_ms: NDArray[np.float64] | None = None,
+    ) -> None:
+        """Put the cars selected by ``mask`` (all by default) at the start, at rest.
+
+        The optional offsets, one per selected car (in car order), move them off the standard
+        start pose: ``lateral_m`` metres to the left of the centre line (negative: right),
+        ``heading_rad`` radians counter-clockwise from the track's direction, rolling forward
+        at ``speed_ms`` m/s (in the gear the gearbox picks at that speed, without throttle).
+        """
         sel: Any = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         x0, y0, h0, i0 = self._start
         self.x[sel] = x0
@@ -121,6 +150,34 @@ class Simulator:
         self.checkpoint[sel] = 0
         self.contacts[sel] = 0
         self.controls[sel] = 0.0
+        if lateral_m is not None or heading_rad is not None or speed_ms is not None:
+            self._offset_start(sel, lateral_m, heading_rad, speed_ms)
+
+    def _offset_start(
+        self,
+        sel: Any,
+        lateral_m: NDArray[np.float64] | None,
+        heading_rad: NDArray[np.float64] | None,
+        speed_ms: NDArray[np.float64] | None,
+    ) -> None:
+        cars = np.arange(self.num_cars)[sel]
+        k = len(cars)
+        zeros = np.zeros(k)
+        lat = zeros if lateral_m is None else np.asarray(lateral_m, dtype=np.float64)
+        dpsi = zeros if heading_rad is None else np.asarray(heading_rad, dtype=np.float64)
+        v = zeros if speed_ms is None else np.asarray(speed_ms, dtype=np.float64)
+        for name, arr in (("lateral_m", lat), ("heading_rad", dpsi), ("speed_ms", v)):
+            if arr.shape != (k,) or not np.isfinite(arr).all():
+                raise ValueError(f"{name}: expected {k} finite values, one per car reset")
+        nrm = self.track.normals[self._start[3]]
+        self.x[cars] += lat * nrm[0]
+        self.y[cars] += lat * nrm[1]
+        self.lat[cars] = lat
+        self.psi[cars] += dpsi
+        self.vx[cars] = v * np.cos(self.psi[cars])
+        self.vy[cars] = v * np.sin(self.psi[cars])
+        for i, speed in zip(cars, v, strict=True):
+            self.gear[i], self.rpm[i] = gear_and_rpm(float(speed) * 3.6, self.params)
 
     def step(self, controls: NDArray[np.floating[Any]], n_substeps: int) -> None:
         """Apply ``controls`` (N, 3) = [gas, brake, steer] for ``n_substeps`` physics substeps.
@@ -231,20 +288,62 @@ class Simulator:
             version=version,
         )
 
+    # -- looks and cameras -----------------------------------------------------------------
+    @property
+    def visuals(self) -> tuple[Visuals, ...]:
+        """Each car's current look."""
+        return tuple(self._visuals)
+
+    def set_visuals(
+        self, visuals: Visuals | Sequence[Visuals], cars: Sequence[int] | NDArray[Any] | None = None
+    ) -> None:
+        """Give the cars ``cars`` (default: all) the look ``visuals`` (one for all, or one per
+        car listed)."""
+        which = list(range(self.num_cars)) if cars is None else [int(i) for i in cars]
+        looks = [visuals] * len(which) if isinstance(visuals, Visuals) else list(visuals)
+        if len(looks) != len(which):
+            raise ValueError(f"{len(looks)} looks for {len(which)} cars")
+        for i, look in zip(which, looks, strict=True):
+            self._visuals[i] = look
+        for views in self._views.values():
+            views.update(which, looks)
+
+    def camera_of(self, car: int = 0) -> CameraSpec:
+        """The camera car ``car`` is seen through: :attr:`camera` with its look's height,
+        pitch and field of view (what the pixel LIDAR must assume for its frames)."""
+        return self._visuals[car].camera(self.camera)
+
+    def views(self, width: int, height: int) -> CarViews:
+        """The cars' ray tables, skies and palettes at ``width`` × ``height`` (kept up to date)."""
+        views = self._views.get((width, height))
+        if views is None:
+            views = CarViews(width, height, self._visuals, self.camera)
+            self._views[(width, height)] = views
+        return views
+
     def render_gray(
-        self, width: int = 64, height: int = 64, out: NDArray[np.uint8] | None = None
+        self,
+        width: int = 64,
+        height: int = 64,
+        out: NDArray[np.uint8] | None = None,
+        cars: NDArray[np.int64] | None = None,
     ) -> NDArray[np.uint8]:
-        """Grayscale driver's views (N, height, width) uint8 — the agent's fast path."""
-        return render_gray(self.raster, self.x, self.y, self.psi, width, height, self.camera, out)
+        """Grayscale driver's views (K, height, width) uint8 of ``cars`` (default: all N) — the
+        agent's fast path."""
+        views = self.views(width, height)
+        return render_gray(self.raster, self.x, self.y, self.psi, views, cars, out)
 
     def render_rgb(
         self,
         width: int = WINDOW_WIDTH,
         height: int = WINDOW_HEIGHT,
         out: NDArray[np.uint8] | None = None,
+        cars: NDArray[np.int64] | None = None,
     ) -> NDArray[np.uint8]:
-        """Colour driver's views (N, height, width, 3) uint8 — the game window."""
-        return render_rgb(self.raster, self.x, self.y, self.psi, width, height, self.camera, out)
+        """Colour driver's views (K, height, width, 3) uint8 of ``cars`` (default: all N) — the
+        game window."""
+        views = self.views(width, height)
+        return render_rgb(self.raster, self.x, self.y, self.psi, views, cars, out)
 
     def lidar(
         self, out: NDArray[np.float32] | None = None, max_range: float = LIDAR_RANGE
