@@ -154,7 +154,7 @@ def test_handshake_and_wire_format(
     if version == 2:
         assert recv_exactly(sock, len(MAGIC_V2)) == MAGIC_V2
     rec = decode_record(recv_exactly(sock, size), version)
-    assert rec.speed_kmh == 51.0 and rec.version == version
+    assert rec.speed_kmh == pytest.approx(51.0) and rec.version == version
     if version == 2:
         assert rec == make_record(1)
     assert server.records_sent == 1 and server.clients_served == 1
@@ -184,7 +184,7 @@ def test_new_client_replaces_the_old_one(
     assert first.recv(16) == b""  # the old connection was closed
     assert server.publish(make_record(3))
     assert recv_exactly(second, 8) == MAGIC_V2  # each client gets the header
-    assert decode_record(recv_exactly(second, record_size(2)), 2).speed_kmh == 53.0
+    assert decode_record(recv_exactly(second, record_size(2)), 2).speed_kmh == pytest.approx(53.0)
 
 
 def test_departed_client_is_dropped(
@@ -251,7 +251,7 @@ def test_round_trip_with_the_client(
         for i in range(5):
             assert server.publish(make_record(i))
             rec = client.wait_fresh()
-            assert rec.speed_kmh == 50.0 + i and rec.version == version
+            assert rec.speed_kmh == pytest.approx(50.0 + i) and rec.version == version
         if version == 2:
             assert rec == make_record(4)
         else:
@@ -264,14 +264,14 @@ def test_client_follows_a_restarted_server(server_factory: Callable[..., Telemet
     with TelemetryClient(port=server.port, timeout=2.0, reconnect_interval=0.05) as client:
         assert until(lambda: server.has_client)
         server.publish(make_record(1))
-        assert client.wait_fresh().speed_kmh == 51.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(51.0)
         server.disconnect_client()  # the plugin drops us: the client reconnects by itself
         assert until(lambda: server.clients_served == 2)
         server.publish(make_record(2))
-        assert client.wait_fresh().speed_kmh == 52.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(52.0)
         server.close()  # the game exits ...
         assert until(lambda: not client.connected)
         server.open()  # ... and starts again on the same port
         assert until(lambda: server.has_client)
         server.publish(make_record(3))
-        assert client.wait_fresh().speed_kmh == 53.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(53.0)

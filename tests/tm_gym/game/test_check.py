@@ -30,12 +30,13 @@ from tm_gym.game.check import (
     BUDGET_FRACTION,
     CheckResult,
     check_controller,
+    check_plugin,
     check_telemetry,
     check_time_budget,
     check_window,
     run_checks,
 )
-from tm_gym.game.install import PLUGIN_FILES, PLUGIN_FOLDER
+from tm_gym.game.install import PLUGIN_FILES, PLUGIN_FOLDER, install_plugin
 from tm_gym.game.telemetry import MAGIC_V2, encode_record
 
 RECORD = TelemetryRecord(
@@ -300,33 +301,70 @@ def test_bad_step_duration_raises() -> None:
 # --------------------------------------------------------------------------- run_checks
 
 
-def test_run_checks_order_and_all_passing() -> None:
+def test_run_checks_order_and_all_passing(tmp_path: Path) -> None:
     geom = type("G", (), {"window_id": 1, "left": 0, "top": 0, "width": 256, "height": 128})()
+    install_plugin(openplanet_dir=tmp_path)
     with FakePlugin(2) as plugin:
         results = run_checks(
+            openplanet_dir=tmp_path,
             telemetry_port=plugin.port,
             timeout=2.0,
             window_finder=lambda title: geom,
             controller_factory=lambda kind: FakeController(),
             capture_factory=FakeCapture,
         )
-    assert [r.name for r in results] == ["telemetry", "window", "controller", "time budget"]
+    names = [r.name for r in results]
+    assert names == ["plugin", "telemetry", "window", "controller", "time budget"]
     assert all(r.ok for r in results), results
 
 
-def test_run_checks_without_game() -> None:
+def test_run_checks_without_game(tmp_path: Path) -> None:
     def no_window(title: str) -> Any:
         raise CaptureError("no window")
 
     results = run_checks(
+        plugin_search={"home": tmp_path, "env": {}, "platform": "linux"},
         telemetry_port=closed_port(),
         timeout=0.3,
         window_finder=no_window,
         controller_factory=lambda kind: FakeController(),
     )
-    assert [r.ok for r in results] == [False, False, True, False]
+    assert [r.ok for r in results] == [False, False, False, True, False]
     assert all(r.fix for r in results if not r.ok)
-    assert "not measured" in results[3].detail
+    assert "no OpenPlanet folder" in results[0].detail
+    assert "not measured" in results[4].detail
+
+
+# --------------------------------------------------------------------------- plugin
+
+
+def test_plugin_check_names_each_failing_step(tmp_path: Path) -> None:
+    missing = check_plugin(tmp_path / "nowhere")
+    assert not missing.ok and "OpenPlanet" in missing.detail and "--openplanet-dir" in missing.fix
+    tmp_path.joinpath("Plugins").mkdir()
+    absent = check_plugin(tmp_path)
+    assert not absent.ok and "not installed" in absent.detail
+    assert "tm-gym install-plugin" in absent.fix
+    install_plugin(openplanet_dir=tmp_path)
+    ok = check_plugin(tmp_path)
+    assert ok.ok and "folder" in ok.detail and "Developer" in ok.detail
+    (tmp_path / "Plugins" / "tm-gym" / "main.as").write_text("// an older plugin")
+    old = check_plugin(tmp_path)
+    assert not old.ok and "not the one this tm-gym ships" in old.detail
+    assert "tm-gym install-plugin" in old.fix
+
+
+def test_plugin_check_accepts_the_op_and_skips_remote_games(tmp_path: Path) -> None:
+    install_plugin(openplanet_dir=tmp_path, op=True)
+    assert check_plugin(tmp_path).ok and "packed" in check_plugin(tmp_path).detail
+    results = run_checks(
+        telemetry_host="192.0.2.1",
+        telemetry_port=closed_port(),
+        timeout=0.2,
+        window_finder=lambda title: (_ for _ in ()).throw(CaptureError("no window")),
+        controller_factory=lambda kind: FakeController(),
+    )
+    assert results[0].ok and "not checked" in results[0].detail
 
 
 # --------------------------------------------------------------------------- CLI

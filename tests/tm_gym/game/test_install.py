@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
 import sys
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -12,9 +14,11 @@ import pytest
 from tm_gym.error import TMGymError
 from tm_gym.game.install import (
     NEXT_STEPS,
+    OP_FILE,
     PLUGIN_FILES,
     PLUGIN_FOLDER,
     PluginInstallError,
+    build_op,
     find_plugins_dir,
     install_plugin,
     plugin_dirs,
@@ -64,17 +68,29 @@ def test_main_as_follows_the_protocol() -> None:
     magic = re.search(r"array<uint8> magic = \{([^}]*)\}", src)
     assert magic is not None
     assert bytes(int(b, 16) for b in magic.group(1).split(",")) == MAGIC_V2
-    # one Write per float of each layout
-    record = re.search(r"bool WriteRecord\(.*?\n\}", src, re.S)
-    assert record is not None
-    writes = re.findall(r"client\.Write\(", record.group(0))
-    assert len(writes) == V2_FLOATS
-    first_part = record.group(0).split("if (!ok || tmrl)")[0]
-    assert len(re.findall(r"client\.Write\(", first_part)) == TMRL_FLOATS
-    assert "VehicleState::ViewingPlayerState()" in src
+    # one float per field of each layout: 11 before the TMRL cut, 19 in all
+    record = re.search(r"void FillRecord\(.*?\n\}", src, re.S)
+    orientation = re.search(r"void WriteOrientation\(.*?\n\}", src, re.S)
+    assert record is not None and orientation is not None
+    first, rest = record.group(0).split("if (tmrl) return;")
+    assert len(re.findall(r"buf\.Write\(", first)) == TMRL_FLOATS
+    extras = len(re.findall(r"buf\.Write\(", rest)) + 3  # + WriteOrientation: 3 floats
+    assert "WriteOrientation(buf, player);" in rest
+    assert TMRL_FLOATS + extras == V2_FLOATS
+    assert orientation.group(0).count("buf.Write(") == 6  # 3 values, or 3 NaNs
     assert "yield();" in src
     # balanced braces: a cheap guard against a truncated edit
     assert src.count("{") == src.count("}")
+
+
+def test_op_archive_holds_the_plugin_files_at_its_root(tmp_path: Path) -> None:
+    data = build_op(tmp_path / "tm-gym.op")
+    assert (tmp_path / "tm-gym.op").read_bytes() == data == build_op()  # reproducible
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == list(PLUGIN_FILES)
+        for name, content in plugin_files():
+            assert archive.read(name) == content
+        assert archive.testzip() is None
 
 
 # --------------------------------------------------------------------------- candidates
@@ -203,7 +219,7 @@ def test_nothing_found_lists_the_places_searched(tmp_path: Path) -> None:
     with pytest.raises(PluginInstallError) as info:
         install_plugin(home=tmp_path, env={}, platform="linux")
     text = str(info.value)
-    assert "--plugins-dir" in text
+    assert "--plugins-dir" in text and "--openplanet-dir" in text
     assert str(tmp_path / STEAM_PLUGINS) in text
     assert isinstance(info.value, TMGymError)
     assert not any(tmp_path.iterdir())  # nothing created
@@ -215,3 +231,44 @@ def test_write_failure_is_explained(tmp_path: Path) -> None:
     (plugins / PLUGIN_FOLDER).write_text("a file where the plugin folder should go")
     with pytest.raises(PluginInstallError, match="cannot write the plugin"):
         install_plugin(plugins)
+
+
+def test_openplanet_dir_installs_into_its_plugins_folder(tmp_path: Path) -> None:
+    base = tmp_path / "pfx" / "drive_c" / "users" / "steamuser" / "OpenplanetNext"
+    plan = install_plugin(openplanet_dir=base)
+    assert plan.plugins_dir == base / "Plugins"
+    assert (base / "Plugins" / PLUGIN_FOLDER / "main.as").is_file()
+    # pointing at Plugins itself works too
+    assert install_plugin(openplanet_dir=base / "Plugins").plugins_dir == base / "Plugins"
+    with pytest.raises(PluginInstallError, match="not both"):
+        install_plugin(base / "Plugins", openplanet_dir=base)
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(PluginInstallError, match="is a file"):
+        install_plugin(openplanet_dir=afile)
+
+
+def test_op_install_writes_the_archive_and_notes_a_folder_copy(tmp_path: Path) -> None:
+    plugins = tmp_path / "OpenplanetNext" / "Plugins"
+    install_plugin(plugins)  # the folder first
+    plan = install_plugin(plugins, op=True)
+    assert plan.target == plugins / OP_FILE
+    assert (plugins / OP_FILE).read_bytes() == build_op()
+    assert [c.name for c in plan.copies] == [OP_FILE]
+    assert plan.notes and "prefers the folder" in plan.notes[0]
+    dry = install_plugin(tmp_path / "elsewhere", op=True, dry_run=True)
+    assert not (tmp_path / "elsewhere").exists() and dry.copies[0].size == len(build_op())
+
+
+def test_install_plugin_cli_op_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tm_gym.cli.main import main
+
+    out = tmp_path / "tm-gym.op"
+    assert main(["install-plugin", "--op", "--out", str(out)]) == 0
+    assert out.read_bytes() == build_op()
+    assert main(["install-plugin", "--out", str(out)]) == 2
+    assert "--op" in capsys.readouterr().err
+    target = tmp_path / "OpenplanetNext"
+    assert main(["install-plugin", "--openplanet-dir", str(target)]) == 0
+    assert (target / "Plugins" / PLUGIN_FOLDER / "info.toml").is_file()
+    assert "Signature Mode" in capsys.readouterr().out

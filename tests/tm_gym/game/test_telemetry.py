@@ -70,11 +70,15 @@ def make_record(i: int = 0, *, version: int = 2) -> TelemetryRecord:
 
 
 def same_record(a: TelemetryRecord, b: TelemetryRecord) -> bool:
-    """Equality where NaN equals NaN (TMRL-layout records carry NaN extras)."""
+    """Equality where NaN equals NaN (TMRL-layout records carry NaN extras) and the speed may
+    differ by float32 rounding (the TMRL layout carries it in m/s, the record in km/h)."""
     for name in a.__dataclass_fields__:
         va, vb = getattr(a, name), getattr(b, name)
         if isinstance(va, float) and math.isnan(va):
             if not (isinstance(vb, float) and math.isnan(vb)):
+                return False
+        elif name == "speed_kmh":
+            if not math.isclose(va, vb, rel_tol=1e-6):
                 return False
         elif va != vb:
             return False
@@ -192,19 +196,15 @@ def test_encode_decode_round_trip(version: int) -> None:
     else:  # the TMRL layout has no extras: NaN / -1
         assert out.race_time != out.race_time and math.isnan(out.yaw)
         assert out.checkpoint == -1
-        assert (out.speed_kmh, out.position, out.gear, out.finished) == (
-            103.0,
-            (4.0, 2.0, -6.0),
-            4,
-            True,
-        )
+        assert out.speed_kmh == pytest.approx(103.0, rel=1e-6)
+        assert (out.position, out.gear, out.finished) == ((4.0, 2.0, -6.0), 4, True)
 
 
 def test_tmrl_layout_field_order() -> None:
-    """The 11 floats of TMRL's plugin, in its order."""
-    vals = (123.5, 456.0, 1.0, 2.0, 3.0, -0.25, 1.0, 0.0, 1.0, 3.0, 7000.0)
+    """The 11 floats of TMRL's plugin, in its order; its speed is in m/s."""
+    vals = (12.5, 456.0, 1.0, 2.0, 3.0, -0.25, 1.0, 0.0, 1.0, 3.0, 7000.0)
     rec = decode_record(struct.pack("<11f", *vals), 1)
-    assert rec.speed_kmh == 123.5 and rec.distance == 456.0
+    assert rec.speed_kmh == pytest.approx(45.0) and rec.distance == 456.0
     assert rec.position == (1.0, 2.0, 3.0)
     assert (rec.steer, rec.gas, rec.brake) == (-0.25, 1.0, 0.0)
     assert rec.finished is True and rec.gear == 3 and rec.rpm == 7000.0
@@ -282,11 +282,9 @@ def test_round_trip_property(
         assert out == rec
     else:
         assert out.checkpoint == -1 and math.isnan(out.race_time)
-        assert (out.speed_kmh, out.distance, out.position) == (
-            rec.speed_kmh,
-            rec.distance,
-            rec.position,
-        )
+        # m/s in float32 on the wire: km/h come back to float32 precision (or underflow).
+        assert out.speed_kmh == pytest.approx(rec.speed_kmh, rel=1e-6, abs=1e-37)
+        assert (out.distance, out.position) == (rec.distance, rec.position)
         assert (out.steer, out.gas, out.brake, out.rpm) == (rec.steer, rec.gas, rec.brake, rec.rpm)
         assert (out.finished, out.gear) == (finished, gear)
 
@@ -380,11 +378,11 @@ def test_malformed_records_are_skipped(
     inf_rec = struct.pack("<11f", math.inf, *[1.0] * 10)
     with caplog.at_level(logging.WARNING, logger="tm_gym.game.telemetry_client"):
         conn.sendall(nan_rec + encode_record(make_record(1, version=1), 1))
-        assert client.wait_fresh().speed_kmh == 101.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(101.0)
         conn.sendall(inf_rec)
         assert until(lambda: client.records_skipped == 2)
         conn.sendall(encode_record(make_record(2, version=1), 1))
-        assert client.wait_fresh().speed_kmh == 102.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(102.0)
     assert client.records_received == 2 and client.connected
     assert any("malformed" in r.getMessage() for r in caplog.records)
 
@@ -422,7 +420,7 @@ def test_latest_and_wait_fresh_semantics(
 
     conn.sendall(encode_record(make_record(1), 2))
     first = client.wait_fresh()
-    assert first.speed_kmh == 101.0
+    assert first.speed_kmh == pytest.approx(101.0)
     assert client.latest() is first  # latest() repeats the newest record
     assert client.age < 2.0
     with pytest.raises(TelemetryError, match="no new telemetry record"):
@@ -430,10 +428,10 @@ def test_latest_and_wait_fresh_semantics(
 
     conn.sendall(encode_record(make_record(2), 2))
     assert until(lambda: client.records_received == 2)
-    assert client.wait_fresh(0).speed_kmh == 102.0  # already there: no wait
+    assert client.wait_fresh(0).speed_kmh == pytest.approx(102.0)  # already there: no wait
     conn.sendall(encode_record(make_record(3), 2))
     assert until(lambda: client.records_received == 3)
-    assert client.latest().speed_kmh == 103.0  # latest() also counts as returned
+    assert client.latest().speed_kmh == pytest.approx(103.0)  # latest() also counts as returned
     with pytest.raises(TelemetryError):
         client.wait_fresh(0.05)
     with pytest.raises(TelemetryError, match="wait_fresh timeout -1"):
@@ -449,7 +447,7 @@ def test_wait_fresh_wakes_on_arrival(
     sender = threading.Timer(0.1, conn.sendall, args=(encode_record(make_record(7, version=1), 1),))
     sender.start()
     try:
-        assert client.wait_fresh().speed_kmh == 107.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(107.0)
     finally:
         sender.cancel()
         sender.join()
@@ -504,7 +502,7 @@ def test_restarted_server_recovers(
     client = clients(port)
     with caplog.at_level(logging.WARNING, logger="tm_gym.game.telemetry_client"):
         server.accept().sendall(encode_record(make_record(1, version=1), 1))
-        assert client.wait_fresh().speed_kmh == 101.0
+        assert client.wait_fresh().speed_kmh == pytest.approx(101.0)
         server.close()
         time.sleep(0.3)  # several refused reconnection attempts
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -513,7 +511,9 @@ def test_restarted_server_recovers(
         conn = server2.accept()
         conn.sendall(MAGIC_V2 + encode_record(make_record(2), 2))
         rec = client.wait_fresh(2.0)
-    assert rec.speed_kmh == 102.0 and client.protocol_version == 2 and client.connected
+    assert (
+        rec.speed_kmh == pytest.approx(102.0) and client.protocol_version == 2 and client.connected
+    )
     assert client.records_received == 2
 
 
@@ -527,7 +527,7 @@ def test_peer_closing_mid_record_recovers(
     conn.close()
     conn2 = server.accept()  # the client reconnects
     conn2.sendall(encode_record(make_record(2, version=1), 1))
-    assert client.wait_fresh().speed_kmh == 102.0
+    assert client.wait_fresh().speed_kmh == pytest.approx(102.0)
     assert client.records_received == 1
 
 
@@ -594,7 +594,7 @@ def test_reopen_after_close(servers: Callable[..., RawServer]) -> None:
             client.open()  # no second thread
             assert len(telemetry_threads()) == 1
             server.accept().sendall(encode_record(make_record(i, version=1), 1))
-            assert client.wait_fresh().speed_kmh == 100.0 + i
+            assert client.wait_fresh().speed_kmh == pytest.approx(100.0 + i)
             assert client.records_received == 1  # a reopened client starts from scratch
             client.close()
     finally:

@@ -11,6 +11,7 @@ This is the one place where the game's hardware is wired; each port is imported 
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +23,13 @@ from tm_gym.backends.common import env_settings
 from tm_gym.core.geometry import CameraSpec
 from tm_gym.core.ports import Controller
 from tm_gym.core.settings import CONTROLLERS
-from tm_gym.error import BackendUnavailableError
+from tm_gym.core.telemetry import TelemetryRecord
+from tm_gym.error import (
+    BackendUnavailableError,
+    CaptureError,
+    TelemetryError,
+    TrajectoryFormatError,
+)
 from tm_gym.game.capture import ScreenCapture, find_window
 from tm_gym.game.keyboard import KeyboardController
 from tm_gym.game.telemetry_client import TelemetryClient
@@ -30,7 +37,22 @@ from tm_gym.realtime.env import TrackManiaRealtimeEnv
 from tm_gym.realtime.interface import GAME_RESPAWN_WAIT, RealtimeBackend
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
 
-__all__ = ["KeyboardForWindow", "make_controller", "make_game_env"]
+__all__ = ["NO_GAME_HINT", "REWARD_FIX", "KeyboardForWindow", "make_controller", "make_game_env"]
+
+NO_GAME_HINT = (
+    "TrackMania-v0 drives the real game; without it, the built-in simulator is "
+    "gymnasium.make('TrackMania-Sim-v0'). To reach the game: start TrackMania 2020 with "
+    "OpenPlanet, run `tm-gym install-plugin`, load the plugin (Signature Mode → Developer, then "
+    "Developer → (Re)load plugin), drive onto a map and run `tm-gym check`; `tm-gym emulate` "
+    "stands in for the game while you set up"
+)
+"""What a machine without the game needs to hear: where the simulator is, how to reach the game."""
+REWARD_FIX = (
+    "record one by driving the track once while `tm-gym record-reward --out PATH.npz` runs "
+    "(TMRL users: `tm-gym import-tmrl --reward reward.pkl --out PATH.npz`), then pass "
+    "reward_trajectory='PATH.npz'"
+)
+"""The one instruction for a missing reference trajectory."""
 
 
 class KeyboardForWindow:
@@ -80,6 +102,59 @@ class KeyboardForWindow:
             self._inner.release()
 
 
+class _GameTelemetryClient(TelemetryClient):
+    """The telemetry client whose errors, while nothing was ever received, end with
+    :data:`NO_GAME_HINT` (the likely cause then: no game on this machine)."""
+
+    def _explained(self, exc: TelemetryError) -> TelemetryError:
+        if self.records_received > 0 or "TrackMania-Sim-v0" in str(exc):
+            return exc
+        return TelemetryError(f"{exc} ({NO_GAME_HINT})")
+
+    def latest(self) -> TelemetryRecord:
+        try:
+            return super().latest()
+        except TelemetryError as exc:
+            raise self._explained(exc) from exc
+
+    def wait_fresh(self, timeout: float | None = None) -> TelemetryRecord:
+        try:
+            return super().wait_fresh(timeout)
+        except TelemetryError as exc:
+            raise self._explained(exc) from exc
+
+
+class _GameScreenCapture(ScreenCapture):
+    """The window capture whose errors while opening end with :data:`NO_GAME_HINT`."""
+
+    def open(self) -> None:
+        try:
+            super().open()
+        except CaptureError as exc:
+            raise CaptureError(f"{exc} ({NO_GAME_HINT})") from exc
+
+
+def _load_reference(reward_trajectory: str | None) -> ReferenceTrajectory:
+    """The reference, or an error that gives :data:`REWARD_FIX` whatever is missing."""
+    if reward_trajectory is None:
+        raise BackendUnavailableError(
+            "TrackMania-v0 needs reward_trajectory=PATH, the reference the progress reward "
+            f"follows: {REWARD_FIX}. ({NO_GAME_HINT}.)"
+        )
+    path = Path(reward_trajectory).expanduser()
+    if path.suffix == ".pkl":
+        raise TrajectoryFormatError(
+            f"reward_trajectory={str(path)!r} is a pickle (TMRL's format), which tm-gym never "
+            f"loads; convert it: `tm-gym import-tmrl --reward {path} --out "
+            f"{path.with_suffix('.npz')}`"
+        )
+    if not path.is_file():
+        raise BackendUnavailableError(
+            f"reward_trajectory={str(path)!r} does not exist; {REWARD_FIX}"
+        )
+    return ReferenceTrajectory.load(path)
+
+
 def make_controller(controller: str, window_title: str) -> Controller:
     """The controller port named ``controller`` (:data:`~tm_gym.core.settings.CONTROLLERS`)."""
     if controller == "gamepad":
@@ -113,17 +188,23 @@ def make_game_env(
     **settings: Any,
 ) -> gym.Env[Any, Any]:
     """The live game (see the module docstring); ``settings`` are
-    :class:`~tm_gym.core.settings.EnvSettings` fields."""
-    if reward_trajectory is None:
-        raise BackendUnavailableError(
-            "TrackMania-v0 needs reward_trajectory=PATH, the reference the progress reward "
-            "follows: drive the track once while `tm-gym record-reward --out PATH.npz` runs"
-        )
+    :class:`~tm_gym.core.settings.EnvSettings` fields.
+
+    Raises:
+        BackendUnavailableError: no ``reward_trajectory`` or no such file (the message says how
+            to record one, and where the simulator is for a machine without the game).
+        TrajectoryFormatError: the file is TMRL's pickle (the message gives the conversion) or
+            not a tm-gym reference.
+
+    Nothing connects here; at ``reset`` a missing game gives a
+    :class:`~tm_gym.error.CaptureError` (no window) or :class:`~tm_gym.error.TelemetryError`
+    (no plugin) that ends with :data:`NO_GAME_HINT`.
+    """
     car_settings = env_settings(settings, "the game")
-    reference = ReferenceTrajectory.load(reward_trajectory)
+    reference = _load_reference(reward_trajectory)
     backend = RealtimeBackend(
-        telemetry=TelemetryClient(telemetry_host, telemetry_port, timeout=telemetry_timeout),
-        frames=ScreenCapture(window_title),
+        telemetry=_GameTelemetryClient(telemetry_host, telemetry_port, timeout=telemetry_timeout),
+        frames=_GameScreenCapture(window_title),
         controller=make_controller(controller, window_title),
         respawn_wait=GAME_RESPAWN_WAIT if respawn_wait is None else respawn_wait,
         camera=camera,

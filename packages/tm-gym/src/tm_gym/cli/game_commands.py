@@ -1,8 +1,9 @@
 """``tm-gym install-plugin`` and ``tm-gym check``: get the live game ready.
 
 * ``install-plugin`` copies the OpenPlanet telemetry plugin into the game's
-  ``OpenplanetNext/Plugins/tm-gym/`` folder (found automatically, or ``--plugins-dir``) and says
-  how to load it. ``--dry-run`` shows the copies without writing anything.
+  ``OpenplanetNext/Plugins/tm-gym/`` folder (found automatically, or ``--openplanet-dir`` /
+  ``--plugins-dir``) and says how to load it. ``--op`` installs it packed as ``tm-gym.op``
+  instead; ``--op --out FILE.op`` only writes the archive. ``--dry-run`` writes nothing.
 * ``check`` runs :func:`tm_gym.game.check.run_checks` — telemetry, window, controller, time
   budget — and prints what passed and what to fix.
 
@@ -50,9 +51,29 @@ def add_parsers(subparsers: Any, *, parents: list[argparse.ArgumentParser] | Non
             "Copy the tm-gym OpenPlanet plugin (info.toml, main.as) into "
             "OpenplanetNext/Plugins/tm-gym/. The Plugins folder is found in the usual places "
             "(Windows user profile; Steam/Proton, Lutris and Wine prefixes on Linux) unless "
-            "--plugins-dir gives it. Then load it in the game: F3 → Developer → (Re)load plugin "
-            "→ tm-gym telemetry."
+            "--openplanet-dir / --plugins-dir gives it. The plugin is unsigned: OpenPlanet loads "
+            "it in Developer signature mode (which also turns on School mode). Then load it in "
+            "the game: F3 → Developer → (Re)load plugin → tm-gym telemetry."
         ),
+    )
+    install.add_argument(
+        "--openplanet-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the OpenplanetNext folder (the plugin goes to its Plugins folder); default: found",
+    )
+    install.add_argument(
+        "--op",
+        action="store_true",
+        help="install the plugin packed as Plugins/tm-gym.op instead of the tm-gym/ folder",
+    )
+    install.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.op",
+        help="with --op: only write the .op archive to FILE.op (no OpenPlanet folder needed)",
     )
     install.add_argument(
         "--plugins-dir",
@@ -71,7 +92,8 @@ def add_parsers(subparsers: Any, *, parents: list[argparse.ArgumentParser] | Non
         parents=parents,
         help="check telemetry, game window, controller and time budget before training",
         description=(
-            "Check that the live game can be used: the OpenPlanet plugin streams telemetry, "
+            "Check that the live game can be used: the OpenPlanet plugin is installed and "
+            "streams telemetry, "
             "the game window is found, the controller works and a screenshot plus "
             "preprocessing fits in the time step. Each failed check says what to fix. "
             "Exit code 0 if every check passed, 1 otherwise."
@@ -109,6 +131,13 @@ def add_parsers(subparsers: Any, *, parents: list[argparse.ArgumentParser] | Non
         help="how long to wait for telemetry (default: %(default)s)",
     )
     check.add_argument(
+        "--openplanet-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the OpenplanetNext folder to look for the plugin in (default: searched)",
+    )
+    check.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout and nothing else"
     )
     check.set_defaults(handler=run_check)
@@ -118,9 +147,25 @@ def run_install_plugin(args: argparse.Namespace, out: Console, err: Console) -> 
     from rich.markup import escape
     from rich.table import Table
 
-    from tm_gym.game.install import install_plugin
+    from tm_gym.cli._common import CLIError
+    from tm_gym.game.install import build_op, install_plugin
 
-    plan = install_plugin(args.plugins_dir, dry_run=args.dry_run)
+    if args.out is not None:
+        if not args.op:
+            raise CLIError("--out writes the packed plugin: add --op (--op --out tm-gym.op)")
+        if args.out.suffix != ".op":
+            raise CLIError(f"--out {str(args.out)!r}: OpenPlanet loads packed plugins named *.op")
+        if not args.dry_run:
+            build_op(args.out)
+        verb = "Would write" if args.dry_run else "Wrote"
+        out.print(f"{verb} {escape(str(args.out))}; copy it into OpenplanetNext/Plugins/.")
+        return EXIT_OK
+    plan = install_plugin(
+        args.plugins_dir,
+        openplanet_dir=args.openplanet_dir,
+        op=args.op,
+        dry_run=args.dry_run,
+    )
     title = "Would copy (dry run: nothing written)" if plan.dry_run else "Installed the plugin"
     table = Table(title=title, title_justify="left")
     table.add_column("file", style="bold cyan", no_wrap=True)
@@ -139,6 +184,8 @@ def run_install_plugin(args: argparse.Namespace, out: Console, err: Console) -> 
         out.print("Run again without --dry-run to copy.", style="dim")
     else:
         out.print(escape(plan.next_steps))
+    for note in plan.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
     return EXIT_OK
 
 
@@ -163,6 +210,7 @@ def run_check(args: argparse.Namespace, out: Console, err: Console) -> int:
                 controller=args.controller,
                 step_duration=args.step_duration,
                 timeout=args.timeout,
+                openplanet_dir=args.openplanet_dir,
             )
     finally:
         client_logger.setLevel(level)

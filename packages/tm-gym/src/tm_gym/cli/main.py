@@ -30,7 +30,16 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand sets ``handler`` to its ``run`` function."""
-    from tm_gym.cli import drive, emulate, game_commands, play, record, record_reward, tracks
+    from tm_gym.cli import (
+        drive,
+        emulate,
+        game_commands,
+        import_tmrl,
+        play,
+        record,
+        record_reward,
+        tracks,
+    )
 
     # --debug is accepted before or after the subcommand. SUPPRESS keeps the subparser's default
     # from overwriting a value given before the subcommand.
@@ -51,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (drive, tracks, play, emulate, record_reward, record):
+    for module in (drive, tracks, play, emulate, record_reward, record, import_tmrl):
         module.add_parser(subparsers, parents=[common])
     game_commands.add_parsers(subparsers, parents=[common])
     return parser

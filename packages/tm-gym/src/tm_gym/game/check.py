@@ -1,7 +1,11 @@
-"""Is this machine ready to train on the live game? Four checks, each saying what to fix.
+"""Is this machine ready to train on the live game? Five checks, each saying what to fix.
 
 :func:`run_checks` runs, in order:
 
+0. **plugin** — OpenPlanet's folder is found (or given) and our plugin is installed there, as a
+   folder or an ``.op``, and is the one this tm-gym ships (the plugin is unsigned, so the detail
+   reminds that OpenPlanet must be in Developer signature mode; that mode cannot be read from
+   outside the game). Skipped when the telemetry host is another machine;
 1. **telemetry** — the OpenPlanet plugin is reachable on ``host:port`` and streams records
    (protocol version and record rate are reported);
 2. **window** — the game window is found by its exact title;
@@ -23,8 +27,9 @@ import logging
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,7 @@ __all__ = [
     "CONTROLLERS",
     "CheckResult",
     "check_controller",
+    "check_plugin",
     "check_telemetry",
     "check_time_budget",
     "check_window",
@@ -69,6 +75,77 @@ class CheckResult:
     """What was found (or what went wrong)."""
     fix: str = ""
     """What to do about a failure; empty when the check passed."""
+
+
+# -- 0. plugin -------------------------------------------------------------------------------
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_DEVELOPER_MODE = (
+    "the plugin is unsigned: OpenPlanet runs it only in Openplanet → Signature Mode → Developer "
+    "(which also turns on School mode)"
+)
+
+
+def check_plugin(
+    openplanet_dir: Path | None = None,
+    *,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    platform: str | None = None,
+) -> CheckResult:
+    """Find OpenPlanet's Plugins folder and our plugin in it (folder or ``.op``), up to date.
+
+    Args:
+        openplanet_dir: The ``OpenplanetNext`` folder (default: searched, see
+            :func:`tm_gym.game.install.plugin_dirs`).
+        home, env, platform: See :func:`tm_gym.game.install.plugin_dirs`.
+    """
+    from tm_gym.game.install import OP_FILE, PLUGIN_FOLDER, build_op, find_plugins_dir, plugin_files
+
+    name = "plugin"
+    if openplanet_dir is not None:
+        plugins: Path | None = Path(openplanet_dir).expanduser() / "Plugins"
+        searched = [Path(openplanet_dir)]
+        if not Path(openplanet_dir).is_dir():
+            plugins = None
+    else:
+        plugins, searched = find_plugins_dir(home=home, env=env, platform=platform)
+    if plugins is None:
+        return CheckResult(
+            name,
+            False,
+            f"no OpenPlanet folder found (looked in {len(searched)} places, e.g. {searched[0]})",
+            "install OpenPlanet (https://openplanet.dev) and start TrackMania once with it; if "
+            "it is elsewhere (another Wine/Proton prefix), pass --openplanet-dir DIR",
+        )
+    folder, packed = plugins / PLUGIN_FOLDER, plugins / OP_FILE
+    install_fix = "run `tm-gym install-plugin`, then in the game: F3 → Developer → (Re)load plugin"
+    if not folder.is_dir() and not packed.is_file():
+        return CheckResult(
+            name, False, f"the tm-gym plugin is not installed in {plugins}", install_fix
+        )
+    if folder.is_dir():
+        current = all(
+            (folder / file).is_file() and (folder / file).read_bytes() == data
+            for file, data in plugin_files()
+        )
+        where = f"{folder} (folder)"
+    else:
+        current = packed.read_bytes() == build_op()
+        where = f"{packed} (packed)"
+    if not current:
+        return CheckResult(
+            name,
+            False,
+            f"the plugin in {where} is not the one this tm-gym ships (an older version?)",
+            install_fix,
+        )
+    both = (
+        " — a folder and an .op are both installed; Developer mode uses the folder"
+        if (folder.is_dir() and packed.is_file())
+        else ""
+    )
+    return CheckResult(name, True, f"installed at {where}, up to date; {_DEVELOPER_MODE}{both}")
 
 
 # -- 1. telemetry ----------------------------------------------------------------------------
@@ -338,21 +415,32 @@ def run_checks(
     window_finder: Callable[[str], Any] | None = None,
     controller_factory: Callable[[str], Any] | None = None,
     capture_factory: Callable[[str], Any] | None = None,
+    openplanet_dir: Path | None = None,
+    plugin_search: Mapping[str, Any] | None = None,
 ) -> list[CheckResult]:
-    """Run the four checks in order: telemetry, window, controller, time budget.
+    """Run the five checks in order: plugin, telemetry, window, controller, time budget.
 
-    The time budget is measured only when the window was found. The ``*_factory`` and
-    ``window_finder`` arguments replace the real game's parts (see each check).
+    The plugin check is skipped (passes, saying so) when ``telemetry_host`` is another machine;
+    ``plugin_search`` holds :func:`check_plugin`'s ``home``/``env``/``platform``. The time
+    budget is measured only when the window was found. The ``*_factory`` and ``window_finder``
+    arguments replace the real game's parts (see each check).
     """
     _check_step(step_duration)
+    if telemetry_host in _LOCAL_HOSTS:
+        plugin = check_plugin(openplanet_dir, **dict(plugin_search or {}))
+    else:
+        plugin = CheckResult(
+            "plugin", True, f"not checked: the game runs on {telemetry_host}, not this machine"
+        )
     results = [
+        plugin,
         check_telemetry(
             telemetry_host,
             telemetry_port,
             timeout=timeout,
             step_duration=step_duration,
             client_factory=telemetry_factory,
-        )
+        ),
     ]
     window = check_window(window_title, finder=window_finder)
     results.append(window)

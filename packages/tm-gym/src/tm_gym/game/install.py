@@ -1,9 +1,18 @@
 """Install the tm-gym OpenPlanet plugin into the game's ``OpenplanetNext/Plugins`` folder.
 
 The plugin ships inside this package (``tm_gym/game/plugin/``: ``info.toml`` and ``main.as``).
-:func:`install_plugin` copies it, as a plain folder, to ``<Plugins>/tm-gym/``; OpenPlanet loads
-such a folder as a development plugin. Then, in TrackMania: open the OpenPlanet overlay (F3) and
+:func:`install_plugin` copies it, as a plain folder, to ``<Plugins>/tm-gym/``, or with
+``op=True`` packs it as ``<Plugins>/tm-gym.op`` (:func:`build_op`: a zip of the two files at its
+root, which is what an ``.op`` is). Then, in TrackMania: open the OpenPlanet overlay (F3) and
 choose Developer → (Re)load plugin → tm-gym telemetry.
+
+**Signed or not.** OpenPlanet's signature modes (Openplanet menu → Signature Mode) decide what it
+loads: *Regular* (the default) loads only plugins signed by openplanet.dev after review;
+*Developer* loads unsigned plugins too — ours, as a folder or an ``.op`` — and turns on *School
+mode*, which disables leaderboard times and online play on most maps. A plugin's ID is its file
+or folder name, so ``tm-gym/`` and ``tm-gym.op`` are the same plugin: Developer mode prefers the
+folder, the other modes the ``.op``. Training needs neither leaderboards nor online play, so
+Developer mode costs nothing for it; only a signed release would avoid School mode.
 
 Where the Plugins folder is (:func:`plugin_dirs` lists the candidates, in this order):
 
@@ -26,10 +35,12 @@ fake ones.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -38,11 +49,13 @@ from pathlib import Path
 from tm_gym.error import TMGymError
 
 __all__ = [
+    "OP_FILE",
     "PLUGIN_FILES",
     "PLUGIN_FOLDER",
     "InstallPlan",
     "PlannedCopy",
     "PluginInstallError",
+    "build_op",
     "find_plugins_dir",
     "install_plugin",
     "plugin_dirs",
@@ -53,13 +66,18 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_FOLDER = "tm-gym"
 """Folder name of the plugin inside ``OpenplanetNext/Plugins``."""
+OP_FILE = f"{PLUGIN_FOLDER}.op"
+"""File name of the packed plugin inside ``OpenplanetNext/Plugins``."""
 PLUGIN_FILES = ("info.toml", "main.as")
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+"""A fixed timestamp for the archive's entries: the same plugin gives the same ``.op`` bytes."""
 TRACKMANIA_STEAM_APP_ID = 2225070
 
 NEXT_STEPS = (
-    "In TrackMania, open the OpenPlanet overlay (F3) and choose Developer → (Re)load plugin → "
-    "tm-gym telemetry (OpenPlanet loads unsigned plugins only when Developer → Signature Mode "
-    "is set to Developer). Its port is under OpenPlanet → Settings → tm-gym telemetry (default "
+    "In TrackMania, open the OpenPlanet overlay (F3). The plugin is not signed: set Openplanet → "
+    "Signature Mode → Developer (this also turns on School mode: no leaderboard times, no online "
+    "play on most maps; training needs neither). Then choose Developer → (Re)load plugin → "
+    "tm-gym telemetry. Its port is under Openplanet → Settings → tm-gym telemetry (default "
     "9000). Then drive onto a map and run `tm-gym check`."
 )
 
@@ -90,6 +108,8 @@ class InstallPlan:
     searched: tuple[Path, ...] = ()
     """Candidate folders that were looked at (empty when the folder was given)."""
     next_steps: str = NEXT_STEPS
+    notes: tuple[str, ...] = ()
+    """Warnings about what is already there (a folder and an ``.op`` of the same plugin)."""
 
 
 def plugin_files() -> list[tuple[str, bytes]]:
@@ -218,47 +238,119 @@ def find_plugins_dir(
     return (found[0] if found else None), searched
 
 
+def build_op(out: Path | None = None) -> bytes:
+    """The plugin packed as an OpenPlanet ``.op`` archive: a zip with ``info.toml`` and
+    ``main.as`` at its root. Written to ``out`` too when given.
+
+    Raises:
+        PluginInstallError: ``out`` cannot be written.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in plugin_files():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    data = buffer.getvalue()
+    if out is not None:
+        try:
+            Path(out).write_bytes(data)
+        except OSError as exc:
+            raise PluginInstallError(
+                f"cannot write the plugin archive {str(out)!r}: {exc.strerror or exc}"
+            ) from None
+    return data
+
+
+def _plugins_dir(
+    dest: Path | None,
+    openplanet_dir: Path | None,
+    *,
+    home: Path | None,
+    env: Mapping[str, str] | None,
+    platform: str | None,
+) -> tuple[Path, list[Path]]:
+    """The Plugins folder to install into, and the candidates searched (when it was found)."""
+    if dest is not None and openplanet_dir is not None:
+        raise PluginInstallError(
+            "give either --plugins-dir (…/OpenplanetNext/Plugins) or --openplanet-dir "
+            "(…/OpenplanetNext), not both"
+        )
+    if openplanet_dir is not None:
+        base = Path(openplanet_dir).expanduser()
+        if base.exists() and not base.is_dir():
+            raise PluginInstallError(
+                f"--openplanet-dir {base} is a file; expected the OpenplanetNext folder (in "
+                "your user profile, or under the Wine/Proton prefix on Linux)"
+            )
+        # Someone who points at the Plugins folder itself means it.
+        return (base if base.name.lower() == "plugins" else base / "Plugins"), []
+    if dest is not None:
+        plugins = Path(dest).expanduser()
+        if plugins.exists() and not plugins.is_dir():
+            raise PluginInstallError(
+                f"--plugins-dir {plugins} is a file; expected the OpenPlanet Plugins folder "
+                "(…/OpenplanetNext/Plugins)"
+            )
+        return plugins, []
+    found, searched = find_plugins_dir(home=home, env=env, platform=platform)
+    if found is None:
+        places = "\n  ".join(str(p) for p in searched)
+        raise PluginInstallError(
+            "no OpenPlanet Plugins folder found; searched:\n  "
+            f"{places}\nIs OpenPlanet installed (https://openplanet.dev) and has the game "
+            "been started once with it? Otherwise give the folder with --openplanet-dir DIR "
+            "(the OpenplanetNext folder) or --plugins-dir DIR (the Plugins folder inside it)."
+        )
+    return found, searched
+
+
+def _notes(plugins_dir: Path, op: bool) -> tuple[str, ...]:
+    other = plugins_dir / (PLUGIN_FOLDER if op else OP_FILE)
+    if not other.exists():
+        return ()
+    kind = "folder" if op else "packed"
+    return (
+        f"a {kind} copy of the plugin is also installed ({other}): OpenPlanet treats both as "
+        "plugin 'tm-gym' and in Developer mode prefers the folder; delete the one you do not "
+        "want so the right version runs",
+    )
+
+
 def install_plugin(
     dest: Path | None = None,
     *,
+    openplanet_dir: Path | None = None,
+    op: bool = False,
     dry_run: bool = False,
     home: Path | None = None,
     env: Mapping[str, str] | None = None,
     platform: str | None = None,
 ) -> InstallPlan:
-    """Copy the plugin into ``<Plugins>/tm-gym/``.
+    """Copy the plugin into ``<Plugins>/tm-gym/`` (or, with ``op``, ``<Plugins>/tm-gym.op``).
 
     Args:
-        dest: The OpenPlanet ``Plugins`` folder (created if missing). Default: the first one
-            :func:`find_plugins_dir` finds.
+        dest: The OpenPlanet ``Plugins`` folder (created if missing).
+        openplanet_dir: The ``OpenplanetNext`` folder; the plugin goes to its ``Plugins``.
+            Default for both: the first folder :func:`find_plugins_dir` finds (Windows user
+            profile; Steam/Proton, Lutris, Heroic and Wine prefixes on Linux).
+        op: Install the packed ``.op`` (:func:`build_op`) instead of the folder.
         dry_run: Only plan: return the copies without touching the disk.
         home, env, platform: See :func:`plugin_dirs`.
 
     Raises:
         PluginInstallError: no Plugins folder was found (the message lists the places
-            searched), or writing failed.
+            searched), both folders were given, or writing failed.
     """
-    searched: list[Path] = []
-    if dest is None:
-        found, searched = find_plugins_dir(home=home, env=env, platform=platform)
-        if found is None:
-            places = "\n  ".join(str(p) for p in searched)
-            raise PluginInstallError(
-                "no OpenPlanet Plugins folder found; searched:\n  "
-                f"{places}\nIs OpenPlanet installed (https://openplanet.dev) and has the game "
-                "been started once with it? Otherwise give the folder with --plugins-dir DIR "
-                "(the Plugins folder inside OpenplanetNext)."
-            )
-        plugins_dir = found
+    plugins_dir, searched = _plugins_dir(
+        dest, openplanet_dir, home=home, env=env, platform=platform
+    )
+    if op:
+        target = plugins_dir
+        files = [(OP_FILE, build_op())]
     else:
-        plugins_dir = Path(dest).expanduser()
-        if plugins_dir.exists() and not plugins_dir.is_dir():
-            raise PluginInstallError(
-                f"--plugins-dir {plugins_dir} is a file; expected the OpenPlanet Plugins folder "
-                "(…/OpenplanetNext/Plugins)"
-            )
-    target = plugins_dir / PLUGIN_FOLDER
-    files = plugin_files()
+        target = plugins_dir / PLUGIN_FOLDER
+        files = plugin_files()
     copies = tuple(
         PlannedCopy(
             name=name,
@@ -270,10 +362,11 @@ def install_plugin(
     )
     plan = InstallPlan(
         plugins_dir=plugins_dir,
-        target=target,
+        target=target / OP_FILE if op else target,
         copies=copies,
         dry_run=dry_run,
         searched=tuple(searched),
+        notes=_notes(plugins_dir, op),
     )
     if dry_run:
         return plan
@@ -284,7 +377,9 @@ def install_plugin(
     except OSError as exc:
         raise PluginInstallError(
             f"cannot write the plugin to {target}: {exc}; check that the folder is writable "
-            "(or choose another with --plugins-dir)"
+            "(or choose another with --openplanet-dir / --plugins-dir)"
         ) from exc
-    logger.info("installed the OpenPlanet plugin in %s", target)
+    for note in plan.notes:
+        logger.warning("%s", note)
+    logger.info("installed the OpenPlanet plugin in %s", plan.target)
     return plan
