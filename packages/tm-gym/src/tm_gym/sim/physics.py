@@ -147,6 +147,145 @@ def gear_and_rpm(speed_kmh: float, params: CarParams | None = None) -> tuple[int
 
 
 @njit(cache=True)
+def _longitudinal(
+    v_long: float, gas: float, brk: float, dt: float, p: NDArray[np.float64]
+) -> float:
+    """Acceleration along the heading: engine, brakes, reverse, rolling resistance and drag."""
+    if brk > 0.0 and gas <= 0.0 and v_long < 0.5:
+        a_long = -brk * p[_REVA] if v_long > -p[_REVM] else 0.0
+        a_long += p[_ROLL] if v_long < 0.0 else 0.0
+    else:
+        a_long = 0.0
+        if v_long > -0.5:
+            a_long += gas * min(p[_ACC], p[_POW] / max(v_long, 0.1))
+        if v_long > 0.0:
+            a_long -= brk * p[_BRK] + p[_ROLL]
+        elif v_long < 0.0:
+            a_long += brk * p[_BRK] + p[_ROLL]
+    a_long -= p[_DRAG] * v_long * abs(v_long)
+    # do not let braking or rolling resistance reverse the direction of travel
+    if (v_long > 0.0 and v_long + a_long * dt < 0.0 and gas <= 0.0) or (
+        v_long < 0.0 and v_long + a_long * dt > 0.0 and brk <= 0.0 and gas <= 0.0
+    ):
+        a_long = -v_long / dt
+    return a_long
+
+
+@njit(cache=True)
+def _steer(
+    yaw: float,
+    psi: float,
+    v_long: float,
+    speed: float,
+    steer: float,
+    lock0: float,
+    dt: float,
+    p: NDArray[np.float64],
+) -> tuple[float, float]:
+    """The new (yaw rate, heading): a target yaw rate, capped by what the tyres can hold."""
+    lock = lock0 / (1.0 + abs(v_long) / p[_SREF])
+    r_target = -v_long * math.tan(steer * lock) / p[_WB]
+    r_cap = min(p[_OVER] * p[_GRIP] / max(speed, 1.0), 3.0)
+    r_target = _clip(r_target, -r_cap, r_cap)
+    yaw += (r_target - yaw) * min(1.0, dt / p[_YLAG])
+    psi += yaw * dt
+    if psi > math.pi:
+        psi -= 2.0 * math.pi
+    elif psi < -math.pi:
+        psi += 2.0 * math.pi
+    return yaw, psi
+
+
+@njit(cache=True)
+def _tyres(
+    vx: float, vy: float, psi: float, a_long: float, dt: float, p: NDArray[np.float64]
+) -> tuple[float, float, float]:
+    """The new (vx, vy, forward speed): tyres pull the velocity towards the heading, sliding
+    when they cannot hold it (a slide costs speed)."""
+    c, sn = math.cos(psi), math.sin(psi)
+    v_long = vx * c + vy * sn
+    v_lat = -vx * sn + vy * c
+    lat_avail = math.sqrt(max(p[_GRIP] ** 2 - (0.6 * a_long) ** 2, (0.4 * p[_GRIP]) ** 2))
+    need = abs(v_lat)
+    if need > lat_avail * dt:
+        lat_avail *= p[_SGRIP]
+        corr = lat_avail * dt
+        v_lat -= corr if v_lat > 0.0 else -corr
+        slide = abs(v_lat)
+        a_long -= p[_SDRAG] * slide * (1.0 if v_long > 0.0 else -1.0)
+    else:
+        v_lat = 0.0
+    v_long += a_long * dt
+    return v_long * c - v_lat * sn, v_long * sn + v_lat * c, v_long
+
+
+@njit(cache=True)
+def _nearest(x: float, y: float, start: int, cl: NDArray[np.float64]) -> int:
+    """The centre-line point nearest to (x, y), searched around index ``start``."""
+    m = cl.shape[0]
+    j0 = max(start - 6, 0)
+    j1 = min(start + 10, m - 1)
+    best = 1e300
+    bj = start
+    for j in range(j0, j1 + 1):
+        dx = x - cl[j, 0]
+        dy = y - cl[j, 1]
+        d2 = dx * dx + dy * dy
+        if d2 < best:
+            best = d2
+            bj = j
+    return bj
+
+
+@njit(cache=True)
+def _wall(
+    s_new: float,
+    lat_new: float,
+    lim: float,
+    half_width: float,
+    total: float,
+    tan_x: float,
+    tan_y: float,
+    nrm_x: float,
+    nrm_y: float,
+) -> tuple[bool, float, float, float, float, float]:
+    """(hit, wall normal x, y, penetration, clamped s, clamped lateral offset) against the side
+    walls (``lim`` from the centre line) and the walls at both ends of the road."""
+    hit = False
+    wnx, wny, pen = 0.0, 0.0, 0.0
+    if lat_new > lim:
+        hit, wnx, wny, pen = True, nrm_x, nrm_y, lat_new - lim
+        lat_new = lim
+    elif lat_new < -lim:
+        hit, wnx, wny, pen = True, -nrm_x, -nrm_y, -lim - lat_new
+        lat_new = -lim
+    if s_new < half_width:
+        hit, wnx, wny, pen = True, -tan_x, -tan_y, half_width - s_new
+        s_new = half_width
+    elif s_new > total - half_width:
+        hit, wnx, wny, pen = True, tan_x, tan_y, s_new - (total - half_width)
+        s_new = total - half_width
+    return hit, wnx, wny, pen, s_new, lat_new
+
+
+@njit(cache=True)
+def _bounce(
+    vx: float, vy: float, wnx: float, wny: float, dt: float, p: NDArray[np.float64]
+) -> tuple[float, float]:
+    """The velocity after touching a wall of normal (wnx, wny): the part into the wall reversed
+    with restitution, the part along it slowed by wall friction and scraping."""
+    vn = vx * wnx + vy * wny  # > 0: moving into the wall
+    if vn > 0.0:
+        vx -= (1.0 + p[_REST]) * vn * wnx
+        vy -= (1.0 + p[_REST]) * vn * wny
+    tx, ty = -wny, wnx
+    vt = vx * tx + vy * ty
+    loss = p[_WFRIC] * max(vn, 0.0) + p[_SCRAPE] * dt
+    vt_new = max(abs(vt) - loss, 0.0) * (1.0 if vt >= 0.0 else -1.0)
+    return vx + (vt_new - vt) * tx, vy + (vt_new - vt) * ty
+
+
+@njit(cache=True)
 def advance(
     n_sub: int,
     dt: float,
@@ -190,102 +329,33 @@ def advance(
             c, sn = math.cos(psi[i]), math.sin(psi[i])
             v_long = vx[i] * c + vy[i] * sn
             speed = math.hypot(vx[i], vy[i])
-            # -- longitudinal ------------------------------------------------------------
-            if brk > 0.0 and gas <= 0.0 and v_long < 0.5:
-                a_long = -brk * p[_REVA] if v_long > -p[_REVM] else 0.0
-                a_long += p[_ROLL] if v_long < 0.0 else 0.0
-            else:
-                a_long = 0.0
-                if v_long > -0.5:
-                    a_long += gas * min(p[_ACC], p[_POW] / max(v_long, 0.1))
-                if v_long > 0.0:
-                    a_long -= brk * p[_BRK] + p[_ROLL]
-                elif v_long < 0.0:
-                    a_long += brk * p[_BRK] + p[_ROLL]
-            a_long -= p[_DRAG] * v_long * abs(v_long)
-            # do not let braking or rolling resistance reverse the direction of travel
-            if (v_long > 0.0 and v_long + a_long * dt < 0.0 and gas <= 0.0) or (
-                v_long < 0.0 and v_long + a_long * dt > 0.0 and brk <= 0.0 and gas <= 0.0
-            ):
-                a_long = -v_long / dt
-            # -- steering: target yaw rate, capped by what the tyres can hold ---------------
-            lock = lock0 / (1.0 + abs(v_long) / p[_SREF])
-            r_target = -v_long * math.tan(steer * lock) / p[_WB]
-            r_cap = min(p[_OVER] * p[_GRIP] / max(speed, 1.0), 3.0)
-            r_target = _clip(r_target, -r_cap, r_cap)
-            yaw[i] += (r_target - yaw[i]) * min(1.0, dt / p[_YLAG])
-            psi[i] += yaw[i] * dt
-            if psi[i] > math.pi:
-                psi[i] -= 2.0 * math.pi
-            elif psi[i] < -math.pi:
-                psi[i] += 2.0 * math.pi
-            # -- tyres: pull the velocity towards the new heading ---------------------------
-            c, sn = math.cos(psi[i]), math.sin(psi[i])
-            v_long = vx[i] * c + vy[i] * sn
-            v_lat = -vx[i] * sn + vy[i] * c
-            lat_avail = math.sqrt(max(p[_GRIP] ** 2 - (0.6 * a_long) ** 2, (0.4 * p[_GRIP]) ** 2))
-            need = abs(v_lat)
-            if need > lat_avail * dt:
-                lat_avail *= p[_SGRIP]
-                corr = lat_avail * dt
-                v_lat -= corr if v_lat > 0.0 else -corr
-                slide = abs(v_lat)
-                a_long -= p[_SDRAG] * slide * (1.0 if v_long > 0.0 else -1.0)
-            else:
-                v_lat = 0.0
-            v_long += a_long * dt
-            vx[i] = v_long * c - v_lat * sn
-            vy[i] = v_long * sn + v_lat * c
+            a_long = _longitudinal(v_long, gas, brk, dt, p)
+            yaw[i], psi[i] = _steer(yaw[i], psi[i], v_long, speed, steer, lock0, dt, p)
+            vx[i], vy[i], v_long = _tyres(vx[i], vy[i], psi[i], a_long, dt, p)
             x0, y0 = x[i], y[i]
             x[i] += vx[i] * dt
             y[i] += vy[i] * dt
-            # -- localise on the centre line -------------------------------------------------
-            j0 = max(idx[i] - 6, 0)
-            j1 = min(idx[i] + 10, m - 1)
-            best = 1e300
-            bj = idx[i]
-            for j in range(j0, j1 + 1):
-                dx = x[i] - cl[j, 0]
-                dy = y[i] - cl[j, 1]
-                d2 = dx * dx + dy * dy
-                if d2 < best:
-                    best = d2
-                    bj = j
+            # -- localise on the centre line, then the walls ---------------------------------
+            bj = _nearest(x[i], y[i], idx[i], cl)
             idx[i] = bj
             dx = x[i] - cl[bj, 0]
             dy = y[i] - cl[bj, 1]
-            s_new = s_arr[bj] + dx * tan[bj, 0] + dy * tan[bj, 1]
-            lat_new = dx * nrm[bj, 0] + dy * nrm[bj, 1]
-            # -- walls -------------------------------------------------------------------
-            lim = widths[bj] / 2.0 - p[_HW]
-            hit = False
-            wnx, wny, pen = 0.0, 0.0, 0.0
-            if lat_new > lim:
-                hit, wnx, wny, pen = True, nrm[bj, 0], nrm[bj, 1], lat_new - lim
-                lat_new = lim
-            elif lat_new < -lim:
-                hit, wnx, wny, pen = True, -nrm[bj, 0], -nrm[bj, 1], -lim - lat_new
-                lat_new = -lim
-            if s_new < p[_HW]:
-                hit, wnx, wny, pen = True, -tan[bj, 0], -tan[bj, 1], p[_HW] - s_new
-                s_new = p[_HW]
-            elif s_new > total - p[_HW]:
-                hit, wnx, wny, pen = True, tan[bj, 0], tan[bj, 1], s_new - (total - p[_HW])
-                s_new = total - p[_HW]
+            hit, wnx, wny, pen, s_new, lat_new = _wall(
+                s_arr[bj] + dx * tan[bj, 0] + dy * tan[bj, 1],
+                dx * nrm[bj, 0] + dy * nrm[bj, 1],
+                widths[bj] / 2.0 - p[_HW],
+                p[_HW],
+                total,
+                tan[bj, 0],
+                tan[bj, 1],
+                nrm[bj, 0],
+                nrm[bj, 1],
+            )
             if hit:
                 contacts[i] += 1
                 x[i] -= wnx * pen
                 y[i] -= wny * pen
-                vn = vx[i] * wnx + vy[i] * wny  # > 0: moving into the wall
-                if vn > 0.0:
-                    vx[i] -= (1.0 + p[_REST]) * vn * wnx
-                    vy[i] -= (1.0 + p[_REST]) * vn * wny
-                tx, ty = -wny, wnx
-                vt = vx[i] * tx + vy[i] * ty
-                loss = p[_WFRIC] * max(vn, 0.0) + p[_SCRAPE] * dt
-                vt_new = max(abs(vt) - loss, 0.0) * (1.0 if vt >= 0.0 else -1.0)
-                vx[i] += (vt_new - vt) * tx
-                vy[i] += (vt_new - vt) * ty
+                vx[i], vy[i] = _bounce(vx[i], vy[i], wnx, wny, dt, p)
                 yaw[i] *= 0.5
             # -- race --------------------------------------------------------------------
             s_old = s[i]
