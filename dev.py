@@ -9,7 +9,8 @@
 
 The first run creates a virtual environment in .venv and installs what the command needs;
 later runs skip the install unless a pyproject.toml, a requirements-*.txt or constraints.txt
-changed. Packages are installed in editable mode, so edits to the sources need no reinstall.
+changed, or when an earlier command already installed everything this one needs (after `train`,
+`demo` installs nothing). Packages are installed in editable mode, so edits to the sources need no reinstall.
 Uses only the standard library; needs Python 3.10 or newer; Linux, macOS or Windows.
 """
 
@@ -164,9 +165,9 @@ def ensure_venv() -> bool:
     return run([str(venv_python()), "-m", "pip", "install", "pip>=21.3"]) == 0
 
 
-def install_digest(command: Command) -> str:
-    """A hash of everything that decides what `command` installs."""
-    digest = hashlib.sha256("\0".join(command.install).encode())
+def inputs_digest() -> str:
+    """A hash of the files that decide what the installs resolve to (pyprojects, pins)."""
+    digest = hashlib.sha256()
     inputs = [
         *sorted(ROOT.glob("packages/*/pyproject.toml")),
         *sorted(ROOT.glob("requirements-*.txt")),
@@ -178,7 +179,34 @@ def install_digest(command: Command) -> str:
     return digest.hexdigest()
 
 
-def read_stamp() -> dict[str, str]:
+def requirements(install: tuple[str, ...] | list[str]) -> dict[str, frozenset[str]]:
+    """What pip arguments ask for: requirement (path or name, options kept) → its extras."""
+    wanted: dict[str, frozenset[str]] = {}
+    option = ""
+    for arg in install:
+        if arg in ("-e", "-r"):
+            option = arg
+            continue
+        base, _, extras = arg.partition("[")
+        names = frozenset(e.strip() for e in extras.rstrip("]").split(",") if e.strip())
+        key = f"{option} {base}".strip()
+        wanted[key] = wanted.get(key, frozenset()) | names
+        option = ""
+    return wanted
+
+
+def covered(wanted: dict[str, frozenset[str]], stamp: dict[str, object], inputs: str) -> bool:
+    """Whether the installs recorded in ``stamp`` (made from the same ``inputs``) together
+    hold everything ``wanted`` asks for, extras included."""
+    have: dict[str, frozenset[str]] = {}
+    for entry in stamp.values():
+        if isinstance(entry, dict) and entry.get("inputs") == inputs:
+            for key, extras in requirements(list(entry.get("install", []))).items():
+                have[key] = have.get(key, frozenset()) | extras
+    return all(key in have and extras <= have[key] for key, extras in wanted.items())
+
+
+def read_stamp() -> dict[str, object]:
     try:
         stamp = json.loads(STAMP.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -187,10 +215,11 @@ def read_stamp() -> dict[str, str]:
 
 
 def ensure_installed(name: str, command: Command) -> bool:
-    """Install what `command` needs into .venv unless the stamp says it already is."""
+    """Install what `command` needs into .venv unless earlier installs (this command's or a
+    larger one's, from unchanged pyprojects and pins) already hold it."""
     stamp = read_stamp()
-    digest = install_digest(command)
-    if stamp.get(name) == digest:
+    inputs = inputs_digest()
+    if covered(requirements(command.install), stamp, inputs):
         say(f"requirements for '{name}' are installed and unchanged; skipping pip")
         return True
     say(f"installing requirements for '{name}'")
@@ -198,7 +227,7 @@ def ensure_installed(name: str, command: Command) -> bool:
     if run([*pip, *command.install]) != 0:
         say("pip failed; nothing was run")
         return False
-    stamp[name] = digest
+    stamp[name] = {"inputs": inputs, "install": list(command.install)}
     STAMP.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return True
 
