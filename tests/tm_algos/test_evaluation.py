@@ -231,8 +231,10 @@ def test_cli_default_output_is_next_to_the_run(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "finish rate" in captured.out  # the table
+    assert str(run_dir / "eval") in captured.err  # where it wrote
     saved = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert saved["env_kwargs"]["ep_max_length"] == 20
+    assert saved["env_kwargs"]["start_jitter"] == 1.0  # tm-eval's default on the simulator
     assert saved["episodes"][0]["steps"] <= 20
     assert saved["outputs"]["video"] is None
     assert not list((run_dir / "eval").glob("best_lap.*"))
