@@ -395,36 +395,8 @@ class TelemetryClient:
         size = record_size(version)
         last_skip_log = -math.inf
         while True:
-            n = len(buf) // size
-            if n:
-                now = time.monotonic()
-                valid: TelemetryRecord | None = None
-                n_valid = 0
-                bad: list[str] = []
-                for i in range(n):
-                    try:
-                        valid = decode_record(bytes(buf[i * size : (i + 1) * size]), version)
-                        n_valid += 1
-                    except TelemetryError as e:
-                        bad.append(str(e))
-                del buf[: n * size]
-                with self._cond:
-                    if valid is not None:
-                        self._record = valid
-                        self._seq += n_valid
-                        self._recv_time = now
-                        self._problem = None
-                        self._cond.notify_all()
-                    self._skipped += len(bad)
-                    skipped = self._skipped
-                if bad and now - last_skip_log >= _SKIP_LOG_INTERVAL:
-                    last_skip_log = now
-                    logger.warning(
-                        "telemetry: skipped a malformed record from %s (%d so far): %s",
-                        self.address,
-                        skipped,
-                        bad[-1],
-                    )
+            if len(buf) >= size:
+                last_skip_log = self._publish_records(buf, size, version, last_skip_log)
             chunk = self._recv(sock)
             if not chunk:
                 if buf:
@@ -434,6 +406,46 @@ class TelemetryClient:
                     )
                 return "closed by the peer"
             buf += chunk
+
+    def _publish_records(
+        self, buf: bytearray, size: int, version: int, last_skip_log: float
+    ) -> float:
+        """Decode and remove every complete record at the start of ``buf``; publish the newest.
+
+        Malformed records are counted and skipped (logged at most once per
+        ``_SKIP_LOG_INTERVAL`` seconds). Returns the time of the last such log, ``last_skip_log``
+        when there was none now. Needs at least one complete record in ``buf``.
+        """
+        n = len(buf) // size
+        now = time.monotonic()
+        valid: TelemetryRecord | None = None
+        n_valid = 0
+        bad: list[str] = []
+        for i in range(n):
+            try:
+                valid = decode_record(bytes(buf[i * size : (i + 1) * size]), version)
+                n_valid += 1
+            except TelemetryError as e:
+                bad.append(str(e))
+        del buf[: n * size]
+        with self._cond:
+            if valid is not None:
+                self._record = valid
+                self._seq += n_valid
+                self._recv_time = now
+                self._problem = None
+                self._cond.notify_all()
+            self._skipped += len(bad)
+            skipped = self._skipped
+        if bad and now - last_skip_log >= _SKIP_LOG_INTERVAL:
+            logger.warning(
+                "telemetry: skipped a malformed record from %s (%d so far): %s",
+                self.address,
+                skipped,
+                bad[-1],
+            )
+            return now
+        return last_skip_log
 
 
 def _describe_connect_error(e: OSError, port: int) -> str:

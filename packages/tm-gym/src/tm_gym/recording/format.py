@@ -130,16 +130,29 @@ def _fail(source: str, msg: str) -> RecordingFormatError:
 
 
 def validate(r: Recording) -> None:
-    """Check shapes, dtypes and consistency; raises :class:`RecordingFormatError`."""
+    """Check shapes, dtypes and consistency; raises :class:`RecordingFormatError`.
+
+    The checks run in a fixed order (arrays, metadata, then the values), so a recording with
+    several faults always reports the same one first.
+    """
     src = r.source
     c = r.telemetry.shape[0] if r.telemetry.ndim == 2 else -1
+    t = r.actions.shape[0] if r.actions.ndim == 2 else -1
+    _check_arrays(r, c, t)
+    _check_image_arrays(r, c)
+    _check_meta(src, r.meta)
+    if not np.all(np.isfinite(r.telemetry[:, :11])):
+        raise _fail(src, "telemetry contains NaN or infinite values in its first 11 fields")
+    _check_frame_kind(src, r.meta["frame_kind"], r.frames, c)
+    _check_values(r, c, t)
+
+
+def _check_arrays(r: Recording, c: int, t: int) -> None:
+    """The shape and dtype of every per-capture and per-step array (``-1``: not 2-D)."""
     checks: list[tuple[str, NDArray[Any], tuple[int, ...], type]] = [
         ("telemetry", r.telemetry, (c, ROW_SIZE), np.float32),
         ("capture_time", r.capture_time, (c,), np.float64),
         ("capture_episode", r.capture_episode, (c,), np.int32),
-    ]
-    t = r.actions.shape[0] if r.actions.ndim == 2 else -1
-    checks += [
         ("actions", r.actions, (t, 3), np.float32),
         ("rewards", r.rewards, (t,), np.float64),
         ("terminated", r.terminated, (t,), np.bool_),
@@ -153,11 +166,16 @@ def validate(r: Recording) -> None:
     for name, arr, shape, dtype in checks:
         if arr.dtype != dtype or arr.shape != shape or -1 in shape:
             raise _fail(
-                src,
+                r.source,
                 f"array {name!r} has shape {arr.shape} and dtype {arr.dtype}; "
                 f"expected {shape} {np.dtype(dtype)} — the file is damaged or was not "
                 "written by tm-gym",
             )
+
+
+def _check_image_arrays(r: Recording, c: int) -> None:
+    """The shape and dtype of ``frames``, ``agent_frames`` and ``reference``."""
+    src = r.source
     if r.frames.dtype != np.uint8 or r.frames.shape[:1] != (c,) or r.frames.ndim not in (3, 4):
         raise _fail(
             src,
@@ -182,7 +200,10 @@ def validate(r: Recording) -> None:
             f"array 'reference' has shape {ref.shape} and dtype {ref.dtype}; "
             "expected (K >= 2, 2|3) float64",
         )
-    meta = r.meta
+
+
+def _check_meta(src: str, meta: dict[str, Any]) -> None:
+    """``meta`` names this format, a known frame kind, the settings and the backend."""
     if meta.get("format") != FORMAT:
         raise _fail(src, f"meta.format is {meta.get('format')!r}; expected {FORMAT!r}")
     if meta.get("frame_kind") not in FRAME_KINDS:
@@ -193,17 +214,21 @@ def validate(r: Recording) -> None:
     for key in ("settings", "backend"):
         if key not in meta:
             raise _fail(src, f"meta has no {key!r}")
-    if not np.all(np.isfinite(r.telemetry[:, :11])):
-        raise _fail(src, "telemetry contains NaN or infinite values in its first 11 fields")
-    kind = meta["frame_kind"]
-    if kind == "agent" and (r.frames.ndim != 4 or r.frames.shape[1] not in (1, 3)):
-        raise _fail(
-            src, f"agent frames have shape {r.frames.shape}; expected ({c}, 1|3, S, S) uint8"
-        )
-    if kind == "window" and (r.frames.ndim != 4 or r.frames.shape[3] != 3):
-        raise _fail(src, f"window frames have shape {r.frames.shape}; expected ({c}, H, W, 3)")
-    if kind == "none" and r.frames.shape != (c, 0, 0):
-        raise _fail(src, f"frame_kind 'none' with frames of shape {r.frames.shape}")
+
+
+def _check_frame_kind(src: str, kind: str, frames: NDArray[np.uint8], c: int) -> None:
+    """``frames`` has the layout its ``frame_kind`` promises."""
+    if kind == "agent" and (frames.ndim != 4 or frames.shape[1] not in (1, 3)):
+        raise _fail(src, f"agent frames have shape {frames.shape}; expected ({c}, 1|3, S, S) uint8")
+    if kind == "window" and (frames.ndim != 4 or frames.shape[3] != 3):
+        raise _fail(src, f"window frames have shape {frames.shape}; expected ({c}, H, W, 3)")
+    if kind == "none" and frames.shape != (c, 0, 0):
+        raise _fail(src, f"frame_kind 'none' with frames of shape {frames.shape}")
+
+
+def _check_values(r: Recording, c: int, t: int) -> None:
+    """Episode numbering, finite actions, step-to-capture indices and time order."""
+    src = r.source
     if c > 0 and (r.capture_episode[0] != 0 or np.any(np.diff(r.capture_episode) > 1)):
         raise _fail(src, "capture_episode must count episodes 0, 1, 2, ... without gaps")
     if not np.all(np.isfinite(r.actions)):

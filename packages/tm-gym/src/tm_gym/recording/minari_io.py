@@ -228,19 +228,6 @@ def episode_arrays(rec: Recording, *, obs_type: str | None = None) -> list[Episo
         obs = {k: np.stack([r[n] for r in rows]) for n, k in enumerate(keys)}
         obs["actions"] = act_buf
         order = list(observation_space(s).spaces)
-        cidx = np.asarray(caps)
-        tel = rec.telemetry[cidx]
-        infos: dict[str, NDArray[Any]] = {
-            "race_time": tel[:, _TEL["race_time"]].astype(np.float64),
-            "speed_kmh": tel[:, _TEL["speed_kmh"]].astype(np.float64),
-            "gear": np.rint(tel[:, _TEL["gear"]]).astype(np.int64),
-            "rpm": tel[:, _TEL["rpm"]].astype(np.float64),
-            "position": tel[:, [_TEL["x"], _TEL["y"], _TEL["z"]]].astype(np.float64),
-            "distance": tel[:, _TEL["distance"]].astype(np.float64),
-            "checkpoint": np.nan_to_num(tel[:, _TEL["checkpoint"]], nan=-1).astype(np.int64),
-            "finished": tel[:, _TEL["finished"]] > 0.5,
-            "capture_time": rec.capture_time[cidx],
-        }
         out.append(
             EpisodeArrays(
                 observations={k: obs[k] for k in order},
@@ -248,10 +235,27 @@ def episode_arrays(rec: Recording, *, obs_type: str | None = None) -> list[Episo
                 rewards=rec.rewards[steps],
                 terminations=rec.terminated[steps],
                 truncations=rec.truncated[steps],
-                infos=infos,
+                infos=_capture_infos(rec, caps),
             )
         )
     return out
+
+
+def _capture_infos(rec: Recording, caps: list[int]) -> dict[str, NDArray[Any]]:
+    """The ``infos`` of the captures ``caps`` (one row each), read from their telemetry."""
+    cidx = np.asarray(caps)
+    tel = rec.telemetry[cidx]
+    return {
+        "race_time": tel[:, _TEL["race_time"]].astype(np.float64),
+        "speed_kmh": tel[:, _TEL["speed_kmh"]].astype(np.float64),
+        "gear": np.rint(tel[:, _TEL["gear"]]).astype(np.int64),
+        "rpm": tel[:, _TEL["rpm"]].astype(np.float64),
+        "position": tel[:, [_TEL["x"], _TEL["y"], _TEL["z"]]].astype(np.float64),
+        "distance": tel[:, _TEL["distance"]].astype(np.float64),
+        "checkpoint": np.nan_to_num(tel[:, _TEL["checkpoint"]], nan=-1).astype(np.int64),
+        "finished": tel[:, _TEL["finished"]] > 0.5,
+        "capture_time": rec.capture_time[cidx],
+    }
 
 
 def export_minari(
@@ -339,6 +343,27 @@ def _load(minari: Any, dataset_id: str, data_path: str | Path | None) -> Any:
         return minari.load_dataset(dataset_id)
 
 
+def _episode_telemetry(obs: dict[str, Any], infos: dict[str, Any], n: int) -> NDArray[np.float32]:
+    """(n, ROW_SIZE) telemetry rebuilt from one Minari episode's observations and infos.
+
+    Fields found in neither are 0 (the first 11) or NaN (the others); see the module docstring.
+    """
+    tel = np.zeros((n, ROW_SIZE), np.float32)
+    tel[:, 11:] = np.nan
+    tel[:, _TEL["speed_kmh"]] = np.asarray(obs["speed"])[:, 0]
+    for name in ("gear", "rpm"):
+        if name in obs:
+            tel[:, _TEL[name]] = np.asarray(obs[name])[:, 0]
+    for name in ("speed_kmh", "gear", "rpm", "race_time", "distance", "checkpoint"):
+        if name in infos:
+            tel[:, _TEL[name]] = np.asarray(infos[name], dtype=np.float32)
+    if "finished" in infos:
+        tel[:, _TEL["finished"]] = np.asarray(infos["finished"], dtype=np.float32)
+    if "position" in infos:
+        tel[:, [_TEL["x"], _TEL["y"], _TEL["z"]]] = np.asarray(infos["position"], np.float32)
+    return tel
+
+
 def import_minari(
     dataset_id: str, out_path: str | Path | None = None, *, data_path: str | Path | None = None
 ) -> Recording:
@@ -376,20 +401,7 @@ def import_minari(
     for e, ep in enumerate(ds.iterate_episodes()):
         obs, infos = ep.observations, ep.infos or {}
         n = len(ep.rewards) + 1
-        tel = np.zeros((n, ROW_SIZE), np.float32)
-        tel[:, 11:] = np.nan
-        tel[:, _TEL["speed_kmh"]] = np.asarray(obs["speed"])[:, 0]
-        for name in ("gear", "rpm"):
-            if name in obs:
-                tel[:, _TEL[name]] = np.asarray(obs[name])[:, 0]
-        for name in ("speed_kmh", "gear", "rpm", "race_time", "distance", "checkpoint"):
-            if name in infos:
-                tel[:, _TEL[name]] = np.asarray(infos[name], dtype=np.float32)
-        if "finished" in infos:
-            tel[:, _TEL["finished"]] = np.asarray(infos["finished"], dtype=np.float32)
-        if "position" in infos:
-            tel[:, [_TEL["x"], _TEL["y"], _TEL["z"]]] = np.asarray(infos["position"], np.float32)
-        tel_l.append(tel)
+        tel_l.append(_episode_telemetry(obs, infos, n))
         if "images" in obs:
             frames_l.append(np.ascontiguousarray(np.asarray(obs["images"])[:, -k:]))
         else:

@@ -211,12 +211,12 @@ def _number(where: str, value: Any, lo: float | None = None, hi: float | None = 
 def _segments_to_polyline(
     origin: str, segs: Any, x0: float, y0: float, heading_deg: float, default_width: float
 ) -> tuple[FloatArray, FloatArray]:
+    """Lay the pieces ``segs`` end to end from (x0, y0): the centre-line points and widths."""
     if not isinstance(segs, list) or not segs:
         raise _err(f"{origin}: segments", "expected a non-empty list of pieces")
     pts: list[tuple[float, float]] = [(x0, y0)]
     widths: list[float] = []
     h = math.radians(heading_deg)
-    x, y = x0, y0
     w_prev = default_width
     for i, seg in enumerate(segs):
         where = f"{origin}: segments[{i}]"
@@ -229,37 +229,9 @@ def _segments_to_polyline(
             )
         w = _number(f"{where}.width", seg.get("width", w_prev), MIN_WIDTH, MAX_WIDTH)
         if "straight" in seg:
-            if "turn" in seg or "radius" in seg:
-                raise _err(where, "a piece is either {'straight': L} or {'turn': A, 'radius': R}")
-            length = _number(f"{where}.straight", seg["straight"], 1.0, 10_000.0)
-            n = max(1, math.ceil(length / 2.0))
-            for k in range(1, n + 1):
-                d = length * k / n
-                pts.append((x + d * math.cos(h), y + d * math.sin(h)))
-            x, y = pts[-1]
+            _lay_straight(where, seg, pts, h)
         elif "turn" in seg:
-            if "radius" not in seg:
-                raise _err(where, "a turn needs a 'radius' in metres")
-            ang = _number(f"{where}.turn", seg["turn"], -360.0, 360.0)
-            if ang == 0:
-                raise _err(where, "turn angle 0: use a straight instead")
-            r = _number(f"{where}.radius", seg["radius"], 1.0, 100_000.0)
-            if r < w / 2 + 2.0:
-                raise _err(
-                    f"{where}.radius",
-                    f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
-                    f"least {w / 2 + 2:g} m",
-                )
-            sign = 1.0 if ang > 0 else -1.0
-            cx = x - sign * r * math.sin(h)
-            cy = y + sign * r * math.cos(h)
-            a_total = math.radians(abs(ang))
-            n = max(2, math.ceil(a_total * r / 2.0))
-            for k in range(1, n + 1):
-                hk = h + sign * a_total * k / n
-                pts.append((cx + sign * r * math.sin(hk), cy - sign * r * math.cos(hk)))
-            h += sign * a_total
-            x, y = pts[-1]
+            h = _lay_turn(where, seg, pts, h, w)
         else:
             raise _err(where, "expected 'straight' or 'turn'")
         # one width per point added by this piece, ramping from the previous width
@@ -268,6 +240,51 @@ def _segments_to_polyline(
         w_prev = w
     widths.insert(0, widths[0] if widths else default_width)
     return np.asarray(pts, dtype=np.float64), np.asarray(widths, dtype=np.float64)
+
+
+def _lay_straight(
+    where: str, seg: dict[str, Any], pts: list[tuple[float, float]], h: float
+) -> None:
+    """Append the points of the straight piece ``seg`` (every 2 m at most), heading ``h``."""
+    if "turn" in seg or "radius" in seg:
+        raise _err(where, "a piece is either {'straight': L} or {'turn': A, 'radius': R}")
+    length = _number(f"{where}.straight", seg["straight"], 1.0, 10_000.0)
+    x, y = pts[-1]
+    n = max(1, math.ceil(length / 2.0))
+    for k in range(1, n + 1):
+        d = length * k / n
+        pts.append((x + d * math.cos(h), y + d * math.sin(h)))
+
+
+def _lay_turn(
+    where: str, seg: dict[str, Any], pts: list[tuple[float, float]], h: float, w: float
+) -> float:
+    """Append the points of the turn ``seg`` (road ``w`` m wide) from heading ``h``.
+
+    Returns the heading (radians) at the end of the turn.
+    """
+    if "radius" not in seg:
+        raise _err(where, "a turn needs a 'radius' in metres")
+    ang = _number(f"{where}.turn", seg["turn"], -360.0, 360.0)
+    if ang == 0:
+        raise _err(where, "turn angle 0: use a straight instead")
+    r = _number(f"{where}.radius", seg["radius"], 1.0, 100_000.0)
+    if r < w / 2 + 2.0:
+        raise _err(
+            f"{where}.radius",
+            f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
+            f"least {w / 2 + 2:g} m",
+        )
+    x, y = pts[-1]
+    sign = 1.0 if ang > 0 else -1.0
+    cx = x - sign * r * math.sin(h)
+    cy = y + sign * r * math.cos(h)
+    a_total = math.radians(abs(ang))
+    n = max(2, math.ceil(a_total * r / 2.0))
+    for k in range(1, n + 1):
+        hk = h + sign * a_total * k / n
+        pts.append((cx + sign * r * math.sin(hk), cy - sign * r * math.cos(hk)))
+    return h + sign * a_total
 
 
 def _resample(points: FloatArray, widths: FloatArray, spacing: float) -> tuple[FloatArray, ...]:
@@ -327,48 +344,9 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     if has_c == has_s:
         raise _err(origin, "give exactly one of 'centerline' (list of [x, y]) or 'segments'")
     if has_c:
-        for k in ("origin", "heading"):
-            if k in data:
-                raise _err(f"{origin}: {k}", "only meaningful with 'segments'")
-        raw = data["centerline"]
-        if not isinstance(raw, list) or len(raw) < 2:
-            raise _err(f"{origin}: centerline", "expected a list of at least 2 [x, y] points")
-        pts_l = []
-        for i, p in enumerate(raw):
-            if not isinstance(p, list) or len(p) != 2:
-                raise _err(f"{origin}: centerline[{i}]", f"expected [x, y], got {p!r}")
-            pts_l.append(
-                (
-                    _number(f"{origin}: centerline[{i}][0]", p[0]),
-                    _number(f"{origin}: centerline[{i}][1]", p[1]),
-                )
-            )
-        pts = np.asarray(pts_l, dtype=np.float64)
-        if "widths" in data:
-            ws = data["widths"]
-            if not isinstance(ws, list) or len(ws) != len(raw):
-                raise _err(
-                    f"{origin}: widths",
-                    f"expected {len(raw)} numbers (one per centerline point), got {ws!r:.80}",
-                )
-            wid = np.array(
-                [
-                    _number(f"{origin}: widths[{i}]", w, MIN_WIDTH, MAX_WIDTH)
-                    for i, w in enumerate(ws)
-                ]
-            )
-        else:
-            wid = np.full(len(pts), width)
+        pts, wid = _centerline_polyline(origin, data, width)
     else:
-        if "widths" in data:
-            raise _err(f"{origin}: widths", "use a 'width' per piece with 'segments'")
-        o = data.get("origin", [0.0, 0.0])
-        if not isinstance(o, list) or len(o) != 2:
-            raise _err(f"{origin}: origin", f"expected [x, y], got {o!r}")
-        x0 = _number(f"{origin}: origin[0]", o[0])
-        y0 = _number(f"{origin}: origin[1]", o[1])
-        h0 = _number(f"{origin}: heading", data.get("heading", 0.0))
-        pts, wid = _segments_to_polyline(origin, data["segments"], x0, y0, h0, width)
+        pts, wid = _segments_polyline(origin, data, width)
 
     centre, widths = _resample(pts, wid, SAMPLE_SPACING)
     total = (len(centre) - 1) * SAMPLE_SPACING
@@ -376,6 +354,72 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
         raise _err(
             f"{origin}: centerline", f"the track is {total:.1f} m long; it must be at least 100 m"
         )
+    start, finish, cps = _race_marks(origin, data, total)
+    _check_overlap(origin, centre, widths)
+    return Track(
+        name=name,
+        description=desc,
+        centerline=centre,
+        widths=widths,
+        start_s=start,
+        finish_s=finish,
+        checkpoints_s=cps,
+        source=dict(data),
+    )
+
+
+def _centerline_polyline(
+    origin: str, data: dict[str, Any], width: float
+) -> tuple[FloatArray, FloatArray]:
+    """The points and widths of a track given as ``centerline`` (and optional ``widths``)."""
+    for k in ("origin", "heading"):
+        if k in data:
+            raise _err(f"{origin}: {k}", "only meaningful with 'segments'")
+    raw = data["centerline"]
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise _err(f"{origin}: centerline", "expected a list of at least 2 [x, y] points")
+    pts_l = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, list) or len(p) != 2:
+            raise _err(f"{origin}: centerline[{i}]", f"expected [x, y], got {p!r}")
+        pts_l.append(
+            (
+                _number(f"{origin}: centerline[{i}][0]", p[0]),
+                _number(f"{origin}: centerline[{i}][1]", p[1]),
+            )
+        )
+    pts = np.asarray(pts_l, dtype=np.float64)
+    if "widths" not in data:
+        return pts, np.full(len(pts), width)
+    ws = data["widths"]
+    if not isinstance(ws, list) or len(ws) != len(raw):
+        raise _err(
+            f"{origin}: widths",
+            f"expected {len(raw)} numbers (one per centerline point), got {ws!r:.80}",
+        )
+    wid = np.array(
+        [_number(f"{origin}: widths[{i}]", w, MIN_WIDTH, MAX_WIDTH) for i, w in enumerate(ws)]
+    )
+    return pts, wid
+
+
+def _segments_polyline(
+    origin: str, data: dict[str, Any], width: float
+) -> tuple[FloatArray, FloatArray]:
+    """The points and widths of a track given as ``segments`` from ``origin`` and ``heading``."""
+    if "widths" in data:
+        raise _err(f"{origin}: widths", "use a 'width' per piece with 'segments'")
+    o = data.get("origin", [0.0, 0.0])
+    if not isinstance(o, list) or len(o) != 2:
+        raise _err(f"{origin}: origin", f"expected [x, y], got {o!r}")
+    x0 = _number(f"{origin}: origin[0]", o[0])
+    y0 = _number(f"{origin}: origin[1]", o[1])
+    h0 = _number(f"{origin}: heading", data.get("heading", 0.0))
+    return _segments_to_polyline(origin, data["segments"], x0, y0, h0, width)
+
+
+def _race_marks(origin: str, data: dict[str, Any], total: float) -> tuple[float, float, FloatArray]:
+    """``start``, ``finish`` and ``checkpoints`` (metres along a centre line ``total`` m long)."""
     start = _number(f"{origin}: start", data.get("start", 10.0), 5.0, total - 50.0)
     finish = _number(
         f"{origin}: finish", data.get("finish", total - 30.0), start + 20.0, total - 10.0
@@ -392,17 +436,7 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     )
     if len(cps) > 1 and np.any(np.diff(cps) <= 0):
         raise _err(f"{origin}: checkpoints", f"distances must increase, got {cps_raw}")
-    _check_overlap(origin, centre, widths)
-    return Track(
-        name=name,
-        description=desc,
-        centerline=centre,
-        widths=widths,
-        start_s=start,
-        finish_s=finish,
-        checkpoints_s=cps,
-        source=dict(data),
-    )
+    return start, finish, cps
 
 
 def track_from_json(text: str, origin: str = "<track>") -> Track:
