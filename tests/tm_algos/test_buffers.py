@@ -146,6 +146,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(sc=scenarios(), channels=st.sampled_from([1, 3]))
 def test_every_transition_matches_dict_replay_buffer(sc: dict[str, Any], channels: int) -> None:
@@ -331,6 +332,7 @@ def test_reset_without_done_starts_a_new_episode() -> None:
 
 
 # -- with SAC -----------------------------------------------------------------------------
+@pytest.mark.slow  # trains SAC
 @pytest.mark.parametrize("obs_type", ["images", "lidar"])
 def test_sac_learns_with_the_buffer(obs_type: str) -> None:
     """SAC runs with replay_buffer_class on two tm-gym envs whose short episodes end (terminal

@@ -221,6 +221,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     )
 
 
+@pytest.mark.slow  # the module-scoped run trains four models
 def test_load_restores_parameters_optimizers_buffer_and_counters(run: Run) -> None:
     assert_same(run.original, run.restored)
     assert run.original["counters"]["num_timesteps"] > 0
@@ -229,6 +230,7 @@ def test_load_restores_parameters_optimizers_buffer_and_counters(run: Run) -> No
     assert run.meta == {"case": run.case, "steps": CASES[run.case][1]}
 
 
+@pytest.mark.slow  # the module-scoped run trains four models
 def test_training_continues_exactly_as_without_the_break(run: Run) -> None:
     assert_same(run.continued_original, run.continued_restored)
     moved = run.continued_original["counters"]["num_timesteps"]

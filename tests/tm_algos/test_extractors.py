@@ -327,6 +327,7 @@ RUNS = [  # each extractor with each algorithm, plus two variants
 ]
 
 
+@pytest.mark.slow  # trains each algorithm for 128 steps
 @pytest.mark.parametrize(("algo", "obs_type", "arch", "kwargs"), RUNS)
 def test_training_smoke(
     tmp_path: Path, algo: str, obs_type: str, arch: str, kwargs: dict[str, Any]

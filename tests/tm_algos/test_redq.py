@@ -178,6 +178,7 @@ def trained(trained_run: tuple[REDQ, list[th.Tensor]]) -> REDQ:
     return trained_run[0]
 
 
+@pytest.mark.slow  # the trained fixture: 300 steps of REDQ
 def test_lidar_training_updates_critics_g_times_per_actor_update(
     trained_run: tuple[REDQ, list[th.Tensor]],
 ) -> None:
@@ -209,6 +210,7 @@ def test_actor_update_interval_counts_critic_updates_across_calls() -> None:
     assert (model.critic_updates, model.actor_updates) == (49, 16)
 
 
+@pytest.mark.slow  # the trained fixture: 300 steps of REDQ
 def test_actor_loss_is_against_the_mean_of_all_critics(trained: REDQ) -> None:
     env = lidar_env()
     obs, _ = env.reset(seed=0)
@@ -277,6 +279,7 @@ def test_images_with_small_cnn_and_frame_stack_buffer() -> None:
 # --- save / load and seeding ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the trained fixture: 300 steps of REDQ
 def test_save_load_round_trip(trained: REDQ, tmp_path: Path) -> None:
     path = tmp_path / "redq.zip"
     trained.save(path)

@@ -81,6 +81,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 def test_run_json_records_the_resolved_preset(run: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["format"] == RUN_FORMAT
@@ -94,6 +95,7 @@ def test_run_json_records_the_resolved_preset(run: Path) -> None:
     assert info["seed"] == 0
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 @pytest.mark.parametrize("folder", ["policy", "best"])
 def test_policies_load_and_remember_the_track(run: Path, folder: str) -> None:
     assert (run / folder / "policy.json").is_file()
@@ -104,6 +106,7 @@ def test_policies_load_and_remember_the_track(run: Path, folder: str) -> None:
     assert settings["obs_type"] == "lidar" and settings["ep_max_length"] == 200
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 def test_checkpoints_evaluations_and_tensorboard(run: Path) -> None:
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     assert [c.name for c in checkpoints] == ["step-0000000200", "step-0000000400"]
@@ -117,6 +120,7 @@ def test_checkpoints_evaluations_and_tensorboard(run: Path) -> None:
     assert list((run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard events file"
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 def test_evaluate_writes_the_report_and_the_map(run: Path) -> None:
     report = json.loads((run / "eval" / "eval.json").read_text())
     assert report["n_episodes"] == 1
@@ -134,6 +138,7 @@ def test_list_presets(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 def test_a_second_run_in_the_same_directory_needs_resume(
     run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,6 +148,7 @@ def test_a_second_run_in_the_same_directory_needs_resume(
     assert (run / "run.json").read_text() == before
 
 
+@pytest.mark.slow  # the run fixture trains through tm-train
 def test_resume_continues_from_the_last_checkpoint(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

@@ -471,6 +471,7 @@ LEARN = (
 """lidar-sac made quick to react: small networks, more updates, a small fixed temperature."""
 
 
+@pytest.mark.slow  # trains until it drives
 def test_a_short_run_drives_further_than_a_random_policy(tmp_path: Path) -> None:
     """5,000 steps (about 10 s on 2 CPU cores) already beat random driving by far.
 

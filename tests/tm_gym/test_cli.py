@@ -80,6 +80,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 # --------------------------------------------------------------------------- drive
 
 
+@pytest.mark.slow  # drives a lap and encodes its video
 def test_drive_expert_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "run"
     code = main(["drive", "--expert", "--track", "default", "--out", str(out_dir), "--json"])

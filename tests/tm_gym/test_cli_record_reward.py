@@ -45,6 +45,7 @@ def emulator(tmp_path: Path) -> EmulatorCore:
         core.close()
 
 
+@pytest.mark.slow  # a whole lap in the emulator
 def test_records_from_start_to_finish(emulator: EmulatorCore, tmp_path: Path) -> None:
     out = tmp_path / "ref.npz"
     emulator.key_down("Up")

@@ -17,6 +17,7 @@ def laps() -> dict[str, ExpertLap]:
     return {name: run_expert(name, record_frames=False) for name in TRACKS}
 
 
+@pytest.mark.slow  # the laps fixture drives every track
 @pytest.mark.parametrize("name", TRACKS)
 def test_expert_finishes(name: str, laps: dict[str, ExpertLap]) -> None:
     lap = laps[name]
@@ -44,12 +45,14 @@ def test_expert_finishes(name: str, laps: dict[str, ExpertLap]) -> None:
     assert track.s[np.argmin(d_end)] > track.finish_s - 1.0
 
 
+@pytest.mark.slow  # the laps fixture drives every track
 def test_default_lap_time(laps: dict[str, ExpertLap]) -> None:
     lap = laps["default"]
     assert lap.lap_time is not None and 30.0 < lap.lap_time < 50.0
     assert lap.wall_contacts == 0
 
 
+@pytest.mark.slow  # the laps fixture drives every track
 def test_speedway_is_fastest(laps: dict[str, ExpertLap]) -> None:
     """The high-speed track has the highest average speed; the technical one the lowest."""
     avg = {}
@@ -61,6 +64,7 @@ def test_speedway_is_fastest(laps: dict[str, ExpertLap]) -> None:
     assert laps["speedway"].speeds_kmh.max() > 300.0
 
 
+@pytest.mark.slow  # the laps fixture drives every track
 def test_expert_is_deterministic(laps: dict[str, ExpertLap]) -> None:
     again = run_expert("technical", record_frames=False)
     assert again.lap_time == laps["technical"].lap_time

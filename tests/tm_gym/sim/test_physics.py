@@ -50,6 +50,7 @@ def test_speedway_first_straight_exceeds_300() -> None:
     assert sim.speed_kmh[0] > 300.0
 
 
+@pytest.mark.slow  # drives 2.4 km
 def test_speed_after_one_km_and_top_speed(long_straight: Track) -> None:
     sim = Simulator(long_straight)
     start = float(sim.s[0])
