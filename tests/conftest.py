@@ -7,7 +7,7 @@ Test tiers
 ``pytest``
     Everything; this is what CI runs (``.ci/run`` → ``python3 dev.py test``).
 ``slow``
-    A test over about 2 s, or one that starts an X server, the emulator or other processes, or
+    A test over about 1.5 s, or one that starts an X server, the emulator or other processes, or
     trains a model. Tests using the ``virtual_display`` fixture get the marker automatically.
 ``live_game``
     Needs TrackMania 2020 running with the OpenPlanet plugin; runs only with ``--live-game``.

@@ -95,6 +95,7 @@ def test_expert_best_trace_has_one_sample_per_observation(expert_report: EvalRep
     assert np.all(np.diff(trace.race_times) > 0)
 
 
+@pytest.mark.slow  # renders the map
 def test_save_best_episode_draws_the_map(expert_report: EvalReport, tmp_path: Path) -> None:
     files = save_best_episode(expert_report, tmp_path / "out", video=False)
     assert set(files) == {"map"}
@@ -205,6 +206,7 @@ def test_a_policy_must_be_callable() -> None:
 # -- tm-eval -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # writes a video and a map
 def test_cli_writes_json_map_and_video(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
