@@ -137,7 +137,7 @@ def test_reset_fills_history_with_first_capture(obs_type: str) -> None:
     hist = as_dict(iface, obs)["images" if obs_type == "images" else "lidar"]
     for h in hist[1:]:
         np.testing.assert_array_equal(h, hist[0])
-    assert info["lap_time"] is None and info["race_time"] == 0.0 and not info["failed"]
+    assert info["lap_time"] == math.inf and info["race_time"] == 0.0 and not info["failed"]
     ref_env = TrackManiaEnv(obs_type=obs_type)
     _, sync_info = ref_env.reset(seed=0)
     assert set(info) == set(sync_info)

@@ -21,6 +21,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from tm_algos.errors import InvalidValueError
+from tm_gym.core.info import lap_time_of
 
 __all__ = [
     "CheckpointCallback",
@@ -57,8 +58,8 @@ class EpisodeStats:
             self.recent_progress.append(self.last_progress)
         finished = bool(info.get("finished", False))
         self.recent_finished.append(finished)
-        lap = info.get("lap_time")
-        if finished and lap is not None:
+        lap = lap_time_of(info)
+        if lap is not None:
             self.finishes += 1
             self.best_lap = float(lap) if self.best_lap is None else min(self.best_lap, float(lap))
 
@@ -207,7 +208,7 @@ class EvalCallback(BaseCallback):
             episode_return=total,
             progress=float(info.get("progress", 0.0)),
             finished=bool(info.get("finished", False)),
-            lap_time=info.get("lap_time"),
+            lap_time=lap_time_of(info),
             wall_contacts=int(info.get("wall_contacts", 0)),
         )
 

@@ -11,13 +11,20 @@ key                    meaning
 ``checkpoint``         checkpoints crossed (-1 when the telemetry does not say)
 ``checkpoints_total``  checkpoints on the track (-1 when unknown)
 ``finished``           whether the car crossed the finish line
-``lap_time``           the race time at the finish (ms), None until finished
+``lap_time``           the race time at the finish (s, to the ms), +inf until finished
 ``position``           (x, y, z) metres, game axes (y up)
 ``speed_kmh``          forward speed
 ``gear``, ``rpm``      gear (0 = neutral) and engine rpm
 ``wall_contacts``      physics substeps spent touching a wall (-1 when unknown)
 ``failed``             the episode ended for lack of progress
 =====================  =================================================================
+
+Every value has a fixed type and shape from the first step on (``lap_time`` is a float, +inf
+until the finish, never None), so recorders that store infos in typed arrays work: Minari's
+``DataCollector(record_infos=True)``, TorchRL's batched environments. +inf rather than NaN: an
+unfinished lap is slower than any finished one (``min`` and ``<=`` stay right), and it equals
+itself, so Gymnasium's ``check_env`` (which compares two infos exactly) passes.
+:func:`lap_time_of` reads the lap time back as ``float | None``.
 
 :func:`step_info` builds it from values, :class:`RecordInfo` from telemetry records (what the
 real-time backends and the replays see), :func:`batch_info` for N cars at once (the vector
@@ -27,7 +34,7 @@ environment).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,7 +42,7 @@ from numpy.typing import NDArray
 
 from tm_gym.core.telemetry import TelemetryRecord
 
-__all__ = ["INFO_KEYS", "RecordInfo", "batch_info", "step_info"]
+__all__ = ["INFO_KEYS", "NO_LAP", "RecordInfo", "batch_info", "lap_time_of", "step_info"]
 
 INFO_KEYS = (
     "race_time",
@@ -52,6 +59,19 @@ INFO_KEYS = (
     "failed",
 )
 """The keys of every step info, in order (see the module docstring)."""
+
+NO_LAP = math.inf
+"""``info["lap_time"]`` before the finish."""
+
+
+def lap_time_of(info: Mapping[str, Any]) -> float | None:
+    """The lap time in ``info`` (s), or None when the car has not finished (``lap_time`` not finite
+    or missing, or ``finished`` false)."""
+    lap = info.get("lap_time")
+    if not info.get("finished", False) or lap is None:
+        return None
+    value = float(lap)
+    return value if math.isfinite(value) else None
 
 
 def step_info(
@@ -70,14 +90,14 @@ def step_info(
     failed: bool,
 ) -> dict[str, Any]:
     """The info of one car; ``race_time`` and ``lap_time`` are rounded to the millisecond, and
-    ``lap_time`` is None unless ``finished``."""
+    ``lap_time`` is :data:`NO_LAP` (+inf) unless ``finished``."""
     return {
         "race_time": round(race_time, 3),
         "progress": progress,
         "checkpoint": checkpoint,
         "checkpoints_total": checkpoints_total,
         "finished": finished,
-        "lap_time": round(lap_time, 3) if finished and lap_time is not None else None,
+        "lap_time": round(lap_time, 3) if finished and lap_time is not None else NO_LAP,
         "position": position,
         "speed_kmh": speed_kmh,
         "gear": gear,
@@ -152,7 +172,7 @@ def batch_info(
     failed: NDArray[np.bool_],
 ) -> dict[str, NDArray[Any]]:
     """The infos of N cars as arrays (N,) (``position`` (N, 3)), one per key of
-    :data:`INFO_KEYS`; ``lap_time`` is ``finish_time`` where finished, NaN elsewhere.
+    :data:`INFO_KEYS`; ``lap_time`` is ``finish_time`` where finished, +inf elsewhere.
 
     The arrays are used as given (pass copies of state that will change)."""
     return {
@@ -161,7 +181,7 @@ def batch_info(
         "checkpoint": checkpoint,
         "checkpoints_total": np.full(len(finished), checkpoints_total),
         "finished": finished,
-        "lap_time": np.where(finished, np.round(finish_time, 3), np.nan),
+        "lap_time": np.where(finished, np.round(finish_time, 3), np.inf),
         "position": position,
         "speed_kmh": speed_kmh,
         "gear": gear,

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from tm_gym.core.actions import action_space, check_actions
 from tm_gym.core.capture import Capture
-from tm_gym.core.info import step_info
+from tm_gym.core.info import NO_LAP, step_info
 from tm_gym.core.settings import EnvSettings, observation_space
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.core.visuals import Visuals, VisualsSpec
@@ -75,7 +75,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
     ## Info
     ``race_time`` (s), ``progress`` (0…1), ``checkpoint`` (checkpoints crossed) and
-    ``checkpoints_total``, ``finished``, ``lap_time`` (s, None until finished), ``position``
+    ``checkpoints_total``, ``finished``, ``lap_time`` (s, +inf until finished), ``position``
     (x, y, z in metres, y up as in the game), ``speed_kmh``, ``gear``, ``rpm``,
     ``wall_contacts`` (substeps spent touching a wall), ``failed``.
 
@@ -226,7 +226,7 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             self._capture = self._capture_of(self._first(obs), *respawned[0])
         self._running = True
         info = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in binfo.items()}
-        info["lap_time"] = None
+        info["lap_time"] = NO_LAP
         return self._first(obs), info
 
     def step(

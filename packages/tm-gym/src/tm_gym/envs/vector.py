@@ -110,15 +110,13 @@ class TrackManiaVectorEnv(
         self._started = False
 
     def _vector_info(self, info: dict[str, NDArray[Any]]) -> dict[str, Any]:
-        """Gymnasium's vector info layout: each key with a ``_key`` mask (all set, except
-        ``_lap_time``, which marks the finished cars). The full masks are one shared read-only
-        array."""
+        """Gymnasium's vector info layout: each key with a ``_key`` mask, all set (every car has
+        every key, ``lap_time`` included: +inf until the finish). The masks are one shared
+        read-only array."""
         out: dict[str, Any] = {}
         for k, v in info.items():
             out[k] = v
             out[f"_{k}"] = self._all_mask
-        if "lap_time" in info:
-            out["_lap_time"] = info["finished"].copy()
         return out
 
     def reset(

@@ -49,7 +49,7 @@ from rtgym import RealTimeGymInterface
 from tm_gym.core.actions import action_space
 from tm_gym.core.capture import Capture
 from tm_gym.core.geometry import CameraSpec
-from tm_gym.core.info import RecordInfo
+from tm_gym.core.info import NO_LAP, RecordInfo
 from tm_gym.core.ports import Controller, FrameSource, TelemetrySource
 from tm_gym.core.settings import EnvSettings
 from tm_gym.core.telemetry import TelemetryRecord
@@ -273,7 +273,7 @@ class TMRealtimeInterface(RealTimeGymInterface):
         self.reward.reset(self._pos)
         obs = self.builder.reset(rec, rgb, float(self.reward.progress[0]))
         info = self._info(rec, failed=False)
-        info["lap_time"] = None
+        info["lap_time"] = NO_LAP
         self._last_obs, self._last_info = obs, info
         return [p.copy() for p in obs], self._with_capture(info, rec, rgb, obs)
 

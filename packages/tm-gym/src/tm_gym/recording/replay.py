@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 
 from tm_gym.core.actions import action_space, check_actions
 from tm_gym.core.geometry import CameraSpec
-from tm_gym.core.info import RecordInfo
+from tm_gym.core.info import NO_LAP, RecordInfo
 from tm_gym.core.settings import OBSERVATION_SETTINGS, EnvSettings, observation_space
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import EnvStateError, RecordingFormatError
@@ -290,7 +290,7 @@ class ReplayEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         r, parts = self._pipe.first(self._j)
         self._running = True
         info = self._info(r, failed=False)
-        info["lap_time"] = None
+        info["lap_time"] = NO_LAP
         return self._obs(parts), info
 
     def step(
