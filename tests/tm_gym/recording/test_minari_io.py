@@ -160,6 +160,16 @@ def test_export_loads_with_minari_and_matches_the_env(images_run: Any, tmp_path:
         want_rt = [round(float(t), 3) for t in ep.infos["race_time"]]
         assert want_rt == sorted(want_rt)
     assert ds.observation_space["images"].shape == (4, 32, 32)
+    # the simulator that made the data comes back with the dataset: same track, same settings,
+    # and the same first observation for the same seed
+    env = ds.recover_environment()
+    try:
+        assert env.spec is not None and env.spec.kwargs["track"] == "default"
+        assert env.observation_space == ds.observation_space
+        obs, info = env.reset(seed=0)
+        _same_obs({k: v[None] for k, v in obs.items()}, [truth[0][0][0]])
+    finally:
+        env.close()
 
 
 def test_import_gives_back_the_recording(images_run: Any, tmp_path: Path) -> None:

@@ -52,7 +52,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 from numpy.typing import NDArray
 
 from tm_gym.core.actions import action_space
@@ -66,6 +68,7 @@ from tm_gym.recording.format import (
     load_recording,
     save_recording,
 )
+from tm_gym.sim.tracks import GEN_PREFIX, builtin_track_names
 
 __all__ = ["EpisodeArrays", "episode_arrays", "export_minari", "import_minari"]
 
@@ -258,6 +261,24 @@ def _capture_infos(rec: Recording, caps: list[int]) -> dict[str, NDArray[Any]]:
     }
 
 
+def simulator_spec(rec: Recording, settings: EnvSettings) -> EnvSpec | None:
+    """The environment that recreates a simulator recording (``dataset.recover_environment()``):
+    the synchronous ``TrackMania-Sim-v0`` on the recorded track with the recorded settings (for a
+    recording of the real-time simulator too: the same dynamics, as fast as the machine runs) —
+    None for the game, a replay, or a track that is not a built-in name or ``gen:SEED`` (a file
+    path would not travel with the dataset)."""
+    track = rec.meta.get("track")
+    if rec.meta.get("backend") not in ("sim", "sim-realtime") or not isinstance(track, str):
+        return None
+    if not (track in builtin_track_names() or track.startswith(GEN_PREFIX)):
+        return None
+    import tm_gym  # noqa: F401  (registers the ids)
+
+    base = gym.spec("TrackMania-Sim-v0")
+    kwargs = {**base.kwargs, "track": track, **dataclasses.asdict(settings)}
+    return dataclasses.replace(base, kwargs=kwargs)
+
+
 def export_minari(
     recording: Recording | str | Path,
     dataset_id: str,
@@ -317,13 +338,16 @@ def export_minari(
         ),
         "data_format": "hdf5",
     }
+    spec = simulator_spec(rec, s)
+    if spec is not None:
+        kwargs["env"] = spec
     if "jpeg_encoding" in inspect.signature(minari.create_dataset_from_buffers).parameters:
         kwargs["jpeg_encoding"] = False  # lossless frames
     meta = dict(rec.meta)
     meta["settings"] = dataclasses.asdict(s)
     with _datasets_path(data_path), warnings.catch_warnings():
-        # minari warns about every optional field left None (eval_env, env_spec): no environment
-        # is attached on purpose (making TrackMania-v0 would connect to the game)
+        # minari warns about every optional field left None (eval_env, and env_spec for the game:
+        # making TrackMania-v0 would connect to the game, so none is attached)
         warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
         warnings.filterwarnings("ignore", message=r"env_spec is None", category=UserWarning)
         ds = minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)
