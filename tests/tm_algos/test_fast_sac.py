@@ -74,6 +74,7 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow  # the trained fixture: 200 image steps
 def test_trains_on_images_with_the_frame_stack_buffer(trained: FastImageSAC) -> None:
     assert isinstance(trained.policy, FastSACPolicy)
     assert isinstance(trained.replay_buffer, FrameStackReplayBuffer)
@@ -97,6 +98,7 @@ def test_an_explicit_replay_buffer_class_is_kept() -> None:
     assert model._n_updates == 5
 
 
+@pytest.mark.slow  # the trained fixture: 200 image steps
 def test_optimisers_split_the_encoder_to_the_critic(trained: FastImageSAC) -> None:
     policy = trained.policy
     enc = {id(p) for p in policy.encoder.parameters()}
@@ -166,6 +168,7 @@ def test_target_encoder_is_an_exponential_moving_average() -> None:
     assert not _same(after, online)  # a moving average, not a copy
 
 
+@pytest.mark.slow  # the trained fixture: 200 image steps
 def test_save_and_load_predict_the_same(
     trained: FastImageSAC, observations: list[Obs], tmp_path: Path
 ) -> None:
@@ -181,6 +184,7 @@ def test_save_and_load_predict_the_same(
     loaded.learn(5, reset_num_timesteps=False)  # and it keeps training
 
 
+@pytest.mark.slow  # the trained fixture: 200 image steps
 def test_export_and_load_policy_give_the_same_actions(
     trained: FastImageSAC,
     observations: list[Obs],
@@ -200,6 +204,7 @@ def test_export_and_load_policy_give_the_same_actions(
     np.testing.assert_array_equal(loaded.act(batch), trained.predict(batch, deterministic=True)[0])
 
 
+@pytest.mark.slow  # the trained fixture: 200 image steps
 def test_channels_last_does_not_change_actions(
     trained: FastImageSAC, observations: list[Obs]
 ) -> None:
@@ -243,3 +248,22 @@ def test_bad_arguments_are_explained() -> None:
         _model(policy_kwargs={"channels_last": "yes"})
     with pytest.raises(TypeError, match="needs a FastSACPolicy, got MultiInputPolicy"):
         FastImageSAC(MultiInputPolicy, _env(), buffer_size=100)
+
+
+def test_warm_up_follows_the_policy_when_asked() -> None:
+    model = _model(learning_starts=1000)
+    env = _env()
+    obs, _ = env.reset(seed=0)
+    model._last_obs = {k: v[None] for k, v in obs.items()}
+    mu, log_std = model.actor.mu, model.actor.log_std
+    assert isinstance(mu, torch.nn.Linear) and isinstance(log_std, torch.nn.Linear)
+    with torch.no_grad():  # a policy that always asks for (0.9, -0.9, 0.5), nearly noiseless
+        mu.weight.zero_()
+        mu.bias.copy_(torch.atanh(torch.tensor([0.9, -0.9, 0.5])))
+        log_std.weight.zero_()
+        log_std.bias.fill_(-20.0)
+    random = np.concatenate([model._sample_action(1000)[0] for _ in range(20)])
+    assert np.abs(random - [0.9, -0.9, 0.5]).max() > 0.5  # uniform warm-up actions
+    model.warmup_with_policy = True
+    follows = np.concatenate([model._sample_action(1000)[0] for _ in range(20)])
+    np.testing.assert_allclose(follows, np.tile([0.9, -0.9, 0.5], (20, 1)), atol=1e-3)

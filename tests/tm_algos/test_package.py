@@ -18,11 +18,15 @@ PUBLIC_API = [
     "DEFAULT_PRESET",
     "REDQ",
     "AlgorithmSpec",
+    "BehaviourCloning",
     "CheckpointError",
+    "DemoError",
     "DictCrossQ",
     "EvalReport",
     "FastImageSAC",
     "FrameStackReplayBuffer",
+    "ImitationConfig",
+    "ImitationDataset",
     "InvalidTypeError",
     "InvalidValueError",
     "LoadedPolicy",
@@ -45,6 +49,7 @@ PUBLIC_API = [
     "latest_checkpoint",
     "list_presets",
     "load_checkpoint",
+    "load_demonstrations",
     "load_policy",
     "load_preset",
     "make_model",
@@ -52,6 +57,7 @@ PUBLIC_API = [
     "policy_from_bytes",
     "policy_kwargs_for",
     "policy_to_bytes",
+    "run_dagger",
     "save_checkpoint",
 ]
 
@@ -72,7 +78,7 @@ def test_every_public_name_resolves(name: str) -> None:
 
 def test_unknown_names_are_attribute_errors() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        _ = tm_algos.nope  # type: ignore[attr-defined]
+        _ = tm_algos.nope
 
 
 def test_every_error_derives_from_the_package_base() -> None:

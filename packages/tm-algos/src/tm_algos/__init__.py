@@ -27,6 +27,8 @@ Modules:
 * :mod:`tm_algos.fast_sac` — ``FastImageSAC``: one CNN trained by the critics, ≈6× SB3's image SAC.
 * :mod:`tm_algos.policy` — policies as safetensors + JSON (files or bytes), loaded without pickle.
 * :mod:`tm_algos.checkpoint` — full training state in safetensors + JSON + npz, atomically.
+* :mod:`tm_algos.imitation` — DAgger from the simulator's privileged teachers (the scripted
+  expert, a LIDAR policy) into a pixel policy, behaviour cloning, ``.tmrec`` demonstrations.
 * :mod:`tm_algos.training`, :mod:`tm_algos.callbacks` — what ``tm-train`` runs.
 * :mod:`tm_algos.evaluation` — what ``tm-eval`` runs.
 * :mod:`tm_algos.errors` — :class:`TMAlgosError`, the base of every error tm_algos raises.
@@ -77,6 +79,12 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "tm_algos.training",
     "TrainResult": "tm_algos.training",
     "Trainer": "tm_algos.training",
+    "BehaviourCloning": "tm_algos.imitation.bc",
+    "DemoError": "tm_algos.imitation.demos",
+    "ImitationConfig": "tm_algos.imitation.config",
+    "ImitationDataset": "tm_algos.imitation.dataset",
+    "load_demonstrations": "tm_algos.imitation.demos",
+    "run_dagger": "tm_algos.imitation.dagger",
     "EvalReport": "tm_algos.evaluation",
     "evaluate": "tm_algos.evaluation",
 }
@@ -86,11 +94,15 @@ __all__ = [
     "DEFAULT_PRESET",
     "REDQ",
     "AlgorithmSpec",
+    "BehaviourCloning",
     "CheckpointError",
+    "DemoError",
     "DictCrossQ",
     "EvalReport",
     "FastImageSAC",
     "FrameStackReplayBuffer",
+    "ImitationConfig",
+    "ImitationDataset",
     "InvalidTypeError",
     "InvalidValueError",
     "LoadedPolicy",
@@ -113,6 +125,7 @@ __all__ = [
     "latest_checkpoint",
     "list_presets",
     "load_checkpoint",
+    "load_demonstrations",
     "load_policy",
     "load_preset",
     "make_model",
@@ -120,6 +133,7 @@ __all__ = [
     "policy_from_bytes",
     "policy_kwargs_for",
     "policy_to_bytes",
+    "run_dagger",
     "save_checkpoint",
 ]
 
@@ -140,6 +154,11 @@ if TYPE_CHECKING:
     )
     from tm_algos.factory import make_model, make_vec_env
     from tm_algos.fast_sac import FastImageSAC
+    from tm_algos.imitation.bc import BehaviourCloning
+    from tm_algos.imitation.config import ImitationConfig
+    from tm_algos.imitation.dagger import run_dagger
+    from tm_algos.imitation.dataset import ImitationDataset
+    from tm_algos.imitation.demos import DemoError, load_demonstrations
     from tm_algos.policy.as_bytes import policy_from_bytes, policy_to_bytes
     from tm_algos.policy.export import export_policy
     from tm_algos.policy.format import PolicyFileError

@@ -51,6 +51,7 @@ from numpy.typing import NDArray
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.distributions import StateDependentNoiseDistribution
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -239,6 +240,24 @@ class FastSACPolicy(SACPolicy):
         )
         return data
 
+    def prepare(self, obs: PyTorchObs) -> PyTorchObs:
+        """A batch of observation tensors as the encoders take it, preprocessed once: pixels to
+        [0, 1] (in channels-last memory order when the policy uses it, randomly shifted when it
+        augments), the other entries as SB3 preprocesses them."""
+        space = self.observation_space
+        if not isinstance(obs, dict) or not isinstance(space, spaces.Dict):
+            return preprocess_obs(obs, space, self.normalize_images)
+        out: dict[str, th.Tensor] = {}
+        for key, value in obs.items():
+            sub = space.spaces[key]
+            if value.dim() == 4 and is_image_space(sub) and self.normalize_images:
+                out[key] = _prepare_images(value, self.augment_shift, self.channels_last)
+            else:
+                prepared = preprocess_obs(value, sub, self.normalize_images)
+                assert isinstance(prepared, th.Tensor)
+                out[key] = prepared
+        return out
+
     @property
     def encoder(self) -> BaseFeaturesExtractor:
         """The shared encoder (the actor's and the critic's features extractor)."""
@@ -295,6 +314,9 @@ class FastImageSAC(SAC):
         kwargs["_init_setup_model"] = False
         super().__init__(*args, **kwargs)
         self.next_actions_from_target = next_actions_from_target
+        self.warmup_with_policy = False
+        """Act with the policy's stochastic actions before ``learning_starts`` instead of
+        uniformly random ones: set it when the policy was pre-trained (by imitation)."""
         if _init_setup_model:
             self._setup_model()
 
@@ -316,23 +338,19 @@ class FastImageSAC(SAC):
                 "other policies"
             )
 
+    def _sample_action(
+        self,
+        learning_starts: int,
+        action_noise: ActionNoise | None = None,
+        n_envs: int = 1,
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
+        if self.warmup_with_policy:
+            learning_starts = 0  # the warm-up steps follow the (pre-trained) policy
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
     def _prepare(self, obs: PyTorchObs) -> PyTorchObs:
-        """A sampled batch as the encoders take it, preprocessed once: pixels to [0, 1] (in
-        channels-last memory order when the policy uses it, shifted when it augments)."""
-        policy = self.policy
-        space = policy.observation_space
-        if not isinstance(obs, dict) or not isinstance(space, spaces.Dict):
-            return preprocess_obs(obs, space, policy.normalize_images)
-        out: dict[str, th.Tensor] = {}
-        for key, value in obs.items():
-            sub = space.spaces[key]
-            if value.dim() == 4 and is_image_space(sub) and policy.normalize_images:
-                out[key] = _prepare_images(value, policy.augment_shift, policy.channels_last)
-            else:
-                prepared = preprocess_obs(value, sub, policy.normalize_images)
-                assert isinstance(prepared, th.Tensor)
-                out[key] = prepared
-        return out
+        """A sampled batch as the encoders take it (see :meth:`FastSACPolicy.prepare`)."""
+        return self.policy.prepare(obs)
 
     def _entropy_coef(self) -> th.Tensor:
         """The temperature of this gradient step (detached)."""

@@ -34,8 +34,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from tm_algos.errors import TMAlgosError
+from tm_algos.imitation.config import ImitationConfig, imitation_from_table
 from tm_algos.registry import ACTIVATIONS, ALGORITHMS, Check, algorithm
-from tm_gym.core.config import ConfigError, Rule, parse_assignment
+from tm_gym.core.config import ConfigError, Rule, parse_assignment, rules_of
 from tm_gym.core.settings import OBS_TYPES
 
 __all__ = [
@@ -77,6 +78,7 @@ _FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "env": (_TABLE, True),
         "algo": (_TABLE, True),
         "policy": (_TABLE, True),
+        "imitation": (_TABLE, False),
     },
     "env": {
         "id": (Check(Rule("str", check_fn=bool), "an env id"), True),
@@ -163,11 +165,14 @@ class Preset:
     policy: PolicySpec
     source: str
     """The file it came from (with ``+ overrides`` once :func:`apply_overrides` changed it)."""
+    imitation: ImitationConfig | None = None
+    """``[imitation]``: pre-training by DAgger before RL (see :mod:`tm_algos.imitation`), or
+    None for RL from scratch."""
 
     def to_dict(self) -> dict[str, Any]:
         """The preset as plain TOML-shaped data (the inverse of the file's structure)."""
         arch = self.policy.net_arch
-        return {
+        out: dict[str, Any] = {
             "description": self.description,
             "env": {
                 "id": self.env.id,
@@ -190,6 +195,9 @@ class Preset:
                 "kwargs": dict(self.policy.kwargs),
             },
         }
+        if self.imitation is not None:
+            out["imitation"] = self.imitation.to_dict()
+        return out
 
 
 # -- parsing and validation ------------------------------------------------------------------
@@ -289,6 +297,14 @@ def _validated(name: str, data: Any, source: str) -> Preset:
     top = _section(data, "", source)
     env = _env_spec(top["env"], source)
     algo = _algo_spec(top["algo"], source)
+    imitation = None
+    if "imitation" in top:
+        imitation = imitation_from_table(top["imitation"], source, PresetError)
+        if algorithm(algo.name).recurrent:
+            raise PresetError(
+                f"{source}: [imitation] needs a feed-forward policy; algo.name = "
+                f"{algo.name!r} is recurrent: remove [imitation] or pick another algorithm"
+            )
     return Preset(
         name=name,
         description=top["description"],
@@ -296,6 +312,7 @@ def _validated(name: str, data: Any, source: str) -> Preset:
         algo=algo,
         policy=_policy_spec(top["policy"], algo.name, source),
         source=source,
+        imitation=imitation,
     )
 
 
@@ -345,6 +362,8 @@ def _known_leaf(data: Mapping[str, Any], table: Mapping[str, Any], parent: str, 
         return leaf in algorithm(str(data["algo"]["name"])).hyperparameters
     if parent == "policy.kwargs":
         return leaf in algorithm(str(data["algo"]["name"])).policy_kwargs
+    if parent == "imitation":
+        return leaf in rules_of(ImitationConfig)
     return leaf in table or parent in _FREE_TABLES
 
 

@@ -4,11 +4,19 @@ A run directory holds everything about one training run::
 
     RUN/
       run.json             the resolved preset, seed, number of envs, env kwargs, versions
-      policy/              the latest policy (policy.safetensors + policy.json), for tm-eval
+      policy/              the published policy (policy.safetensors + policy.json), for
+                           tm-eval: during training the latest, at the end of the run the
+                           best evaluated one (a copy of best/; ``publish_best=False``: latest)
       best/                the policy of the best deterministic evaluation so far
       checkpoints/step-N/  full training state (safetensors + JSON + npz), for --resume
       evaluations.json     the deterministic evaluation episodes, in order
       tb/                  TensorBoard logs
+
+A preset with an ``[imitation]`` table first trains its policy by DAgger with the simulator's
+privileged teacher (:func:`tm_algos.imitation.run_dagger`), evaluating the student as RL runs
+are evaluated (``evaluations.json``, ``best/``), then continues with the preset's RL algorithm
+from the student's weights when ``imitation.finetune`` is true. ``demos`` (``.tmrec``
+recordings) pre-train the policy by behaviour cloning before either.
 
 Nothing in it is loaded with Python object serialization: a run directory from someone else
 can be evaluated and resumed safely.
@@ -25,11 +33,12 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import torch
@@ -45,8 +54,12 @@ from tm_algos.checkpoint import (
 )
 from tm_algos.errors import TMAlgosError
 from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
+from tm_algos.imitation.config import ImitationConfig
 from tm_algos.policy.export import export_policy
 from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_dict
+
+if TYPE_CHECKING:
+    from tm_algos.imitation.dagger import DaggerIteration, DaggerResult
 
 __all__ = ["RunDirError", "TrainConfig", "TrainResult", "Trainer"]
 
@@ -81,6 +94,11 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     torch_threads: int | None = None
+    demos: Sequence[str | Path] = ()
+    """``.tmrec`` recordings: behaviour-cloning pre-training before anything else; off-policy
+    algorithms also start RL with their transitions in the replay buffer."""
+    publish_best: bool = True
+    """End the run with ``policy/`` a copy of ``best/`` (the best evaluated policy)."""
 
 
 @dataclass(frozen=True)
@@ -103,16 +121,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class _StopAfter(BaseCallback):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.t0 = time.perf_counter()
+    """Stops training at a ``time.perf_counter()`` deadline."""
 
-    def _on_training_start(self) -> None:
-        self.t0 = time.perf_counter()
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
 
     def _on_step(self) -> bool:
-        return time.perf_counter() - self.t0 < self.seconds
+        return time.perf_counter() < self.deadline
 
 
 class Trainer:
@@ -127,6 +143,9 @@ class Trainer:
         self.evaluator: EvalCallback | None = None
         self._built = False
         self._wandb_run: Any = None
+        self._t_start = time.perf_counter()
+        self.imitation_result: DaggerResult | None = None
+        """What the DAgger phase returned (None before it ran, or without ``[imitation]``)."""
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -248,6 +267,22 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
 
     def callbacks(self, extra: Sequence[BaseCallback] = ()) -> CallbackList:
+        """The RL phase's callbacks: statistics, evaluation, checkpoints, the time budget."""
+        cfg = self.config
+        evaluator = self._make_evaluator()
+        cbs: list[BaseCallback] = [
+            self.stats,
+            evaluator,
+            CheckpointCallback(cfg.checkpoint_every, self.save),
+        ]
+        if cfg.minutes is not None:
+            cbs.append(_StopAfter(self._t_start + cfg.minutes * 60.0))
+        cbs.extend(extra)
+        return CallbackList(cbs)
+
+    def _make_evaluator(self) -> EvalCallback:
+        if self.evaluator is not None:
+            return self.evaluator
         cfg = self.config
         eval_env = gym.make(self.preset.env.id, **self._env_kwargs)
         self.evaluator = EvalCallback(
@@ -256,18 +291,11 @@ class Trainer:
             n_episodes=cfg.eval_episodes,
             on_new_best=self._on_new_best,
             stop_when_faster_than=cfg.stop_at_lap,
+            clock_start=self._t_start,
         )
         if cfg.resume:
             self.evaluator.restore(self._earlier_evaluations())
-        cbs: list[BaseCallback] = [
-            self.stats,
-            self.evaluator,
-            CheckpointCallback(cfg.checkpoint_every, self.save),
-        ]
-        if cfg.minutes is not None:
-            cbs.append(_StopAfter(cfg.minutes * 60.0))
-        cbs.extend(extra)
-        return CallbackList(cbs)
+        return self.evaluator
 
     def _earlier_evaluations(self) -> list[EvalRecord]:
         """The evaluations of the run being resumed, so that ``best/`` is only replaced by a
@@ -282,41 +310,201 @@ class Trainer:
             _log.warning("%s is unreadable (%s): the evaluation history restarts", path, exc)
             return []
 
-    def run(self, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
-        """Train until the step budget, the time budget or Ctrl-C; always saves at the end."""
+    def run(
+        self,
+        extra_callbacks: Sequence[BaseCallback] = (),
+        on_imitation: Callable[[DaggerIteration], None] | None = None,
+    ) -> TrainResult:
+        """Train until the step budget, the time budget or Ctrl-C; always saves at the end.
+
+        With demonstrations, behaviour cloning runs first; with an ``[imitation]`` preset (on
+        a fresh run), DAgger runs next, calling ``on_imitation`` after each iteration; RL then
+        runs unless the preset's imitation does not fine-tune.
+        """
         if not self._built:
             self.build()
         cfg = self.config
-        total = cfg.total_timesteps or self.preset.algo.total_timesteps
-        remaining = max(total - self.model.num_timesteps, 0)
+        self._t_start = time.perf_counter()
         if cfg.wandb:
             self._start_wandb()
-        callbacks = self.callbacks(extra_callbacks)
-        t0 = time.perf_counter()
         interrupted = False
         try:
-            self.model.learn(
-                remaining,
-                callback=callbacks,
-                reset_num_timesteps=not cfg.resume,
-                tb_log_name="run",
-            )
+            if cfg.demos and not cfg.resume:
+                self._pretrain_on_demos()
+            imitation = self.preset.imitation
+            if imitation is not None and self.model.num_timesteps == 0:
+                self._imitate(imitation, on_imitation)
+            if self._rl_wanted():
+                self._learn(extra_callbacks)
         except KeyboardInterrupt:
             interrupted = True
             _log.warning("interrupted at %d steps: saving", self.model.num_timesteps)
         ckpt = self.save()
+        if cfg.publish_best:
+            self._publish_best()
         if self._wandb_run is not None:
             self._wandb_run.finish()
         ev = self.evaluator
         return TrainResult(
             run_dir=self.run_dir,
             timesteps=self.model.num_timesteps,
-            wall_s=time.perf_counter() - t0,
+            wall_s=time.perf_counter() - self._t_start,
             interrupted=interrupted,
             evaluations=tuple(ev.records) if ev else (),
             best=ev.best if ev else None,
             checkpoint=ckpt,
         )
+
+    def _time_left(self) -> float | None:
+        if self.config.minutes is None:
+            return None
+        return self.config.minutes * 60.0 - (time.perf_counter() - self._t_start)
+
+    def _rl_wanted(self) -> bool:
+        imitation = self.preset.imitation
+        if imitation is not None and not imitation.finetune:
+            return False
+        left = self._time_left()
+        total = self.config.total_timesteps or self.preset.algo.total_timesteps
+        return (left is None or left > 0) and self.model.num_timesteps < total
+
+    def _learn(self, extra_callbacks: Sequence[BaseCallback]) -> None:
+        """The RL phase (after imitation, it continues from the student's weights)."""
+        cfg = self.config
+        total = cfg.total_timesteps or self.preset.algo.total_timesteps
+        done = self.model.num_timesteps
+        if done and not cfg.resume and hasattr(self.model, "learning_starts"):
+            # after imitation: collect fresh transitions before the first update, driving
+            # with the pre-trained policy where the algorithm allows it (FastImageSAC)
+            self.model.learning_starts += done
+            if hasattr(self.model, "warmup_with_policy"):
+                self.model.warmup_with_policy = True
+        callbacks = self.callbacks(extra_callbacks)
+        self.model.learn(
+            max(total - done, 0),
+            callback=callbacks,
+            reset_num_timesteps=done == 0,
+            tb_log_name="run",
+        )
+
+    # -- imitation ---------------------------------------------------------------------------
+
+    def _evaluate_student(self, steps: int) -> list[EvalRecord]:
+        """Deterministic episodes of the current policy, recorded as RL evaluations are (and
+        exported to ``best/`` when better)."""
+        ev = self._make_evaluator()
+        if getattr(ev, "model", None) is None:
+            ev.init_callback(self.model)
+        self.model.num_timesteps = ev.num_timesteps = steps
+        records = [ev.run_episode(i) for i in range(ev.n_episodes)]
+        for rec in records:
+            ev.restore([rec])
+            if ev.best is rec:
+                self._on_new_best(rec)
+        return records
+
+    def _teacher_lap(self) -> float | None:
+        """The scripted expert's lap on the evaluation track (None if it cannot finish)."""
+        ev = self._make_evaluator()
+        env = ev.env
+        core = env.unwrapped
+        if not hasattr(core, "expert_action"):
+            return None
+        env.reset(seed=ev.seed)
+        info: dict[str, Any] = {}
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(core.expert_action())
+            done = terminated or truncated
+        lap = info.get("lap_time") if info.get("finished") else None
+        return None if lap is None else float(lap)
+
+    def _imitate(
+        self,
+        imitation: ImitationConfig,
+        on_iteration: Callable[[DaggerIteration], None] | None,
+    ) -> DaggerResult:
+        """The DAgger phase; the model's step counter ends at the environment steps it drove."""
+        from tm_algos.imitation.dagger import run_dagger
+
+        cfg = self.config
+        reference = self._teacher_lap() if imitation.stop_after_finishes else None
+        streak = [0]
+
+        def should_stop(records: list[EvalRecord]) -> bool:
+            limit = cfg.stop_at_lap
+            if limit is not None and any(
+                r.lap_time is not None and r.lap_time <= limit for r in records
+            ):
+                return True
+            if reference is None:
+                return False
+            fast = all(
+                r.finished
+                and r.lap_time is not None
+                and r.lap_time <= imitation.lap_tolerance * reference
+                for r in records
+            )
+            streak[0] = streak[0] + 1 if fast else 0
+            return streak[0] >= imitation.stop_after_finishes
+
+        left = self._time_left()
+        result = run_dagger(
+            self.model.policy,
+            imitation,
+            self._env_kwargs,
+            evaluate=self._evaluate_student,
+            should_stop=should_stop,
+            on_iteration=on_iteration,
+            seconds=max(left, 1.0) if left is not None else None,
+            seed=cfg.seed,
+        )
+        self.model.num_timesteps = result.env_steps
+        self.imitation_result = result
+        return result
+
+    def _pretrain_on_demos(self) -> None:
+        """Behaviour cloning on the ``demos`` recordings, before imitation or RL.
+
+        It uses the preset's ``[imitation]`` settings (or :class:`ImitationConfig`'s defaults):
+        ``gradient_steps`` steps of ``batch_size`` per 1,000 demonstration steps (at least
+        ``gradient_steps``), at ``learning_rate``. Off-policy models then get the transitions
+        in their replay buffer."""
+        from tm_algos.imitation.bc import BehaviourCloning
+        from tm_algos.imitation.demos import load_demonstrations
+
+        cfg = self.config
+        space = self.model.observation_space
+        data = load_demonstrations(cfg.demos, space, self._env_kwargs)
+        imitation = self.preset.imitation or ImitationConfig()
+        bc = BehaviourCloning(
+            self.model.policy,
+            learning_rate=imitation.learning_rate,
+            log_std_target=imitation.log_std,
+        )
+        steps = max(imitation.gradient_steps, 1) * max(len(data.dataset) // 1000, 1)
+        loss = bc.train(data.dataset, steps, imitation.batch_size)
+        _log.info(
+            "behaviour cloning on %d demonstration steps (%d files): %d gradient steps, loss %.4f",
+            len(data.dataset),
+            len(cfg.demos),
+            steps,
+            loss,
+        )
+        if hasattr(self.model, "replay_buffer") and self.model.replay_buffer is not None:
+            data.fill_replay_buffer(self.model)
+
+    def _publish_best(self) -> None:
+        """Make ``policy/`` a copy of ``best/`` (when there is a best evaluated policy)."""
+        best = self.run_dir / "best"
+        if not (best / "policy.json").is_file():
+            return
+        target = self.run_dir / "policy"
+        tmp = self.run_dir / "policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(best, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
 
     def _start_wandb(self) -> None:
         try:

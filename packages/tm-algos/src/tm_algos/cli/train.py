@@ -7,6 +7,8 @@ Examples::
     tm-train images-sac --set algo.hyperparameters.batch_size=64 --n-envs 2
     tm-train lidar-sac --env-id TrackMania-v0 --env-kwarg backend=game
     tm-train --run-dir runs/lidar-sac --resume # continue from the last checkpoint
+    tm-train images-sac --minutes 15 --evaluate 3   # DAgger from the expert (see the preset)
+    tm-train lidar-sac --demos expert.tmrec    # behaviour cloning on recordings first
 
 Ctrl-C stops cleanly: a checkpoint and the policy are written before exiting (code 130).
 Exit codes: 0 done, 2 usage or input error, 130 interrupted.
@@ -18,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,7 @@ from tm_gym.error import TrackMasterError
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
+    from tm_algos.imitation.dagger import DaggerIteration
     from tm_algos.training import TrainConfig, Trainer
 
 __all__ = ["main", "run"]
@@ -97,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="after training, evaluate the best policy: lap table, video, map",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument(
+        "--demos",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE.tmrec",
+        help="recordings (tm-gym record) to pre-train on by behaviour cloning; off-policy "
+        "algorithms also start with them in their replay buffer",
+    )
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
@@ -176,6 +188,27 @@ def _summary(console: Console, result: Any) -> None:
     console.print(table)
 
 
+def _imitation_line(console: Console) -> Callable[[DaggerIteration], None]:
+    """A line per DAgger iteration: samples, loss, the evaluation lap or progress."""
+
+    def show(it: DaggerIteration) -> None:
+        parts = [
+            f"DAgger {it.iteration + 1}",
+            f"{it.env_steps:,} steps",
+            f"{it.wall_s / 60:.1f} min",
+            f"teacher {it.teacher_share:.0%}",
+            f"{it.dataset_size:,} samples",
+            f"loss {it.loss:.4f}",
+        ]
+        for rec in it.evaluation or ():
+            parts.append(
+                f"eval lap {rec.lap_time:.3f} s" if rec.finished else f"eval {rec.progress:.0%}"
+            )
+        console.print(" · ".join(parts), highlight=False)
+
+    return show
+
+
 def _fresh_run_dir(base: Path) -> Path:
     """``base``, or ``base-2``, ``base-3``... : the first that holds no run yet."""
     candidate, n = base, 1
@@ -213,6 +246,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         tensorboard=not args.no_tensorboard,
         wandb=args.wandb,
         torch_threads=args.threads,
+        demos=tuple(args.demos),
     )
 
 
@@ -260,7 +294,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         with Progress(*columns, console=err, transient=False) as progress:
             bar = RichProgress(progress, total, trainer.stats, None)
-            result = trainer.run([bar])
+            result = trainer.run([bar], on_imitation=_imitation_line(progress.console))
             bar.evaluator = trainer.evaluator
             bar.refresh()
     finally:

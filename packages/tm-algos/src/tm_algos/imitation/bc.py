@@ -1,0 +1,192 @@
+"""Behaviour cloning: supervised regression of a policy's deterministic action on a teacher's.
+
+The student is a normal SB3 policy of a preset (so that :func:`tm_algos.policy.export_policy`,
+``tm-eval`` and ``tm-dist`` take it unchanged). What is regressed is the action the policy
+takes when it acts deterministically:
+
+* SAC family (``sac``, ``tqc``, ``redq``, ``fast_sac``, ``crossq``): ``tanh(mu)``, the squashed
+  mean of the actor's Gaussian. The loss is taken *after* the tanh, so targets at the bounds
+  (full gas, ±1 steer) pull the mean outwards with a gradient that fades smoothly instead of
+  asking for an infinite pre-tanh value (what an ``atanh`` target would do). The actor's
+  ``log_std`` head is pulled towards ``log_std_target`` (a small weight), so that SAC, if it
+  fine-tunes the student, starts from a policy that explores a little rather than from the
+  untrained head's σ ≈ 1.
+* PPO: the Gaussian mean, clipped to the action space as PPO's deterministic action is.
+
+Gas and brake (the ``pedal_dims``) act only above 0: a target of 0 means "any value ≤ 0", so a
+prediction there is only penalised above ``-pedal_margin`` (a hinge), which keeps the student
+off the pedal with a margin rather than balancing on the threshold.
+
+>>> from tm_algos.imitation.bc import BehaviourCloning
+>>> bc = BehaviourCloning(model.policy)  # doctest: +SKIP
+>>> loss = bc.train(dataset, gradient_steps=100, batch_size=256)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch as th
+from numpy.typing import NDArray
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
+from torch import nn
+
+from tm_algos.errors import InvalidTypeError, InvalidValueError
+from tm_algos.fast_sac import FastSACPolicy
+from tm_algos.imitation.dataset import ImitationDataset
+
+__all__ = ["BehaviourCloning", "effective_actions"]
+
+Obs = Mapping[str, NDArray[Any]]
+
+_LOG_STD_WEIGHT = 0.01
+
+
+def effective_actions(actions: NDArray[Any], pedal_dims: Sequence[int] = (0, 1)) -> NDArray[Any]:
+    """What the car does with ``actions`` (…, A): pedals below 0 are released (0), the rest as is.
+
+    The distance between two actions' effective forms is the error that matters for driving.
+    """
+    out = np.array(actions, dtype=np.float32, copy=True)
+    dims = list(pedal_dims)
+    out[..., dims] = np.maximum(out[..., dims], 0.0)
+    return out
+
+
+class BehaviourCloning:
+    """Trains ``policy``'s deterministic action towards labelled actions (see the module doc).
+
+    :param policy: an SB3 policy: a SAC-family policy (with an ``actor``) or a non-recurrent
+        ``ActorCriticPolicy``. Its parameters are trained in place.
+    :param learning_rate: Adam's step size.
+    :param log_std_target: the log standard deviation the Gaussian is pulled towards.
+    :param pedal_dims: action dimensions that act only above 0 (tm-gym: gas 0, brake 1).
+    :param pedal_margin: how far below 0 a released pedal is pushed.
+    """
+
+    def __init__(
+        self,
+        policy: BasePolicy,
+        *,
+        learning_rate: float = 1e-3,
+        log_std_target: float = -2.0,
+        pedal_dims: Sequence[int] = (0, 1),
+        pedal_margin: float = 0.1,
+    ) -> None:
+        if isinstance(policy, RecurrentActorCriticPolicy):
+            raise InvalidTypeError(
+                f"{type(policy).__name__} is recurrent: behaviour cloning here trains "
+                "feed-forward policies only; use a SAC-family or PPO preset"
+            )
+        self.squashed = hasattr(policy, "actor")
+        if not self.squashed and not isinstance(policy, ActorCriticPolicy):
+            raise InvalidTypeError(
+                f"policy is {type(policy).__name__}: expected a SAC-family policy (with an "
+                "actor) or a PPO ActorCriticPolicy"
+            )
+        if not (learning_rate > 0):
+            raise InvalidValueError(f"learning_rate={learning_rate!r}: expected a positive float")
+        self.policy = policy
+        self.log_std_target = float(log_std_target)
+        self.pedal_dims = list(pedal_dims)
+        self.pedal_margin = float(pedal_margin)
+        module: nn.Module = policy.actor if self.squashed else policy  # type: ignore[assignment]
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = th.optim.Adam(self._params, lr=learning_rate)
+        self.steps = 0
+
+    # -- the policy's deterministic action -------------------------------------------------
+
+    def _tensors(self, obs: Obs) -> Any:
+        tensors, _ = self.policy.obs_to_tensor(dict(obs))
+        return tensors
+
+    def _mean_and_log_std(self, obs: Obs) -> tuple[th.Tensor, th.Tensor]:
+        """The deterministic action in [-1, 1] (B, A) and the log standard deviation."""
+        policy = self.policy
+        tensors = self._tensors(obs)
+        if self.squashed:
+            actor: Any = policy.actor
+            if isinstance(policy, FastSACPolicy):
+                features = actor.features_extractor(policy.prepare(tensors))
+            else:
+                features = actor.extract_features(tensors, actor.features_extractor)
+            latent = actor.latent_pi(features)
+            mean = th.tanh(actor.mu(latent))
+            if actor.use_sde:
+                log_std = actor.log_std.expand_as(mean)
+            else:
+                log_std = th.clamp(actor.log_std(latent), LOG_STD_MIN, LOG_STD_MAX)
+            return mean, log_std
+        assert isinstance(policy, ActorCriticPolicy)
+        features = policy.extract_features(tensors)
+        latent = policy.mlp_extractor.forward_actor(
+            features if not isinstance(features, tuple) else features[0]
+        )
+        mean = policy.action_net(latent)
+        ppo_log_std: th.Tensor = policy.log_std
+        return mean, ppo_log_std.expand_as(mean)
+
+    def predict(self, obs: Obs) -> NDArray[np.float32]:
+        """The policy's deterministic actions (B, A) in [-1, 1], without gradients."""
+        training = self.policy.training
+        self.policy.set_training_mode(False)
+        with th.no_grad():
+            mean, _ = self._mean_and_log_std(obs)
+        self.policy.set_training_mode(training)
+        out: NDArray[np.float32] = mean.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+        return out
+
+    # -- the loss --------------------------------------------------------------------------
+
+    def loss(self, obs: Obs, labels: NDArray[Any]) -> th.Tensor:
+        """The behaviour-cloning loss of a batch (see the module docstring), with gradients."""
+        target = th.as_tensor(
+            self.policy.scale_action(np.asarray(labels, dtype=np.float32)),
+            device=self.policy.device,
+        ).clamp(-1.0, 1.0)
+        mean, log_std = self._mean_and_log_std(obs)
+        pred = mean if self.squashed else mean.clamp(-1.5, 1.5)
+        err = pred - target
+        if self.pedal_dims:
+            dims = self.pedal_dims
+            released = target[:, dims] <= 0.0
+            hinge = th.relu(pred[:, dims] + self.pedal_margin)
+            err = err.clone()
+            err[:, dims] = th.where(released, hinge, err[:, dims])
+        loss = err.pow(2).sum(dim=1).mean()
+        return loss + _LOG_STD_WEIGHT * (log_std - self.log_std_target).pow(2).mean()
+
+    def step(self, obs: Obs, labels: NDArray[Any]) -> float:
+        """One gradient step on a batch; the loss before the step."""
+        self.policy.set_training_mode(True)
+        loss = self.loss(obs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return float(loss.item())
+
+    def train(
+        self,
+        dataset: ImitationDataset,
+        gradient_steps: int,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+    ) -> float:
+        """``gradient_steps`` steps on batches drawn from ``dataset``; the mean loss (nan for 0)."""
+        rng = rng if rng is not None else np.random.default_rng()
+        losses = [self.step(*dataset.sample(batch_size, rng)) for _ in range(gradient_steps)]
+        self.policy.set_training_mode(False)
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def action_error(self, obs: Obs, labels: NDArray[Any]) -> float:
+        """Mean absolute difference between the effective actions (pedals below 0 released) of
+        the policy and of ``labels``: 0 is a perfect copy."""
+        pred = effective_actions(self.predict(obs), self.pedal_dims)
+        want = effective_actions(np.asarray(labels, dtype=np.float32), self.pedal_dims)
+        return float(np.abs(pred - want).mean())
