@@ -153,7 +153,12 @@ def test_resume_continues_from_the_last_checkpoint(run: Path, tmp_path: Path) ->
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     old = step_of(latest_checkpoint(copy / "checkpoints"))
-    assert tm_train("--run-dir", str(copy), "--resume", "--threads", "1", "--steps", "600") == 0
+    first_eval = (copy / "eval" / "eval.json").read_bytes()
+    resumed = ("--run-dir", str(copy), "--resume", "--threads", "1", "--steps", "600")
+    assert tm_train(*resumed, "--evaluate", "1") == 0
+    # the second evaluation goes next to the first one, which stays as it was
+    assert (copy / "eval" / "eval.json").read_bytes() == first_eval
+    assert json.loads((copy / "eval-2" / "eval.json").read_text())["n_episodes"] == 1
     new = latest_checkpoint(copy / "checkpoints")
     assert step_of(new) == 600 > old
     assert new is not None

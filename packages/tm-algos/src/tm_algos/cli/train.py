@@ -303,12 +303,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.evaluate > 0:
         from tm_algos.cli import eval as eval_cli
 
-        run_dir = Path(config.run_dir)
-        best = run_dir / "best"
-        target = best if (best / "policy.json").is_file() else run_dir / "policy"
-        code = eval_cli.main(
-            [str(target), "--episodes", str(args.evaluate), "--out", str(run_dir / "eval")]
-        )
+        # tm-eval picks what the run publishes (best/, else policy/) and writes eval/, or
+        # eval-2/ ... when a resumed run was evaluated before: nothing is overwritten
+        code = eval_cli.main([str(config.run_dir), "--episodes", str(args.evaluate)])
         if code != EXIT_OK:
             return code
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
