@@ -14,7 +14,13 @@ within 30 min. Writes ``learning.json`` and ``learning_curves.png`` (evaluation 
 time against wall time) to ``--out``. Run from the repository root::
 
     python benchmarks/learning.py                                  # lidar-sac, 30 min budget
-    python benchmarks/learning.py --presets lidar-sac images-sac --minutes 30 20
+    python benchmarks/learning.py --presets lidar-sac images-sac images-sac-rl --minutes 15
+
+``images-sac`` is taught by DAgger from the simulator's expert (its evaluations during the
+DAgger phase count, on the same wall clock); ``images-sac-rl`` is the same policy by RL alone,
+the peer that shows what the teacher buys. Presets run one after another; on a machine with
+more cores, run one preset per process (each pinned to its own cores with ``taskset``, each
+with ``--out`` of its own) and draw them together with ``--combine out/a out/b ...``.
 
 With ``--stop-at-target`` (default) a preset stops as soon as it drives a lap within the
 target: its curve then ends there. Nothing else should run on the machine meanwhile (the
@@ -46,7 +52,15 @@ def expert_lap(track: str) -> float:
 
 
 def run_preset(
-    preset: str, minutes: float, *, eval_every: int, target_lap: float, stop: bool, seed: int
+    preset: str,
+    minutes: float,
+    *,
+    eval_every: int,
+    target_lap: float,
+    stop: bool,
+    seed: int,
+    threads: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     from tm_algos.training import TrainConfig, Trainer
 
@@ -61,6 +75,8 @@ def run_preset(
                 checkpoint_every=10**9,
                 stop_at_lap=target_lap if stop else None,
                 tensorboard=False,
+                torch_threads=threads,
+                device=device,
             )
         )
         t0 = time.perf_counter()
@@ -114,7 +130,7 @@ def plot(results: Sequence[dict[str, Any]], expert: float, target: float, out: P
     ax2.set_title("Finished evaluation laps")
     ax2.grid(alpha=0.3)
     ax2.legend()
-    fig.suptitle("tm-algos learning on the default simulated track (2 CPU cores)")
+    fig.suptitle("tm-algos learning on the default simulated track")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -141,7 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-stop-at-target", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/learning"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the trainer's choice)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="draw and tabulate the learning.json of earlier runs together (no training)",
+    )
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out, args.target)
     n = len(args.presets)
 
     def per(values: list[Any], name: str) -> list[Any]:
@@ -154,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     minutes, evals = per(args.minutes, "minutes"), per(args.eval_every, "eval-every")
     console = Console()
     console.print(f"command: python {' '.join(sys.argv)}")
-    console.print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    console.print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"this run on {cores}, device {args.device}, torch threads {args.threads or 'default'}"
+    )
     expert = expert_lap("default")
     target = args.target * expert
     console.print(f"expert lap on 'default': {expert:.3f} s → target {target:.3f} s")
@@ -169,12 +200,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 target_lap=target,
                 stop=not args.no_stop_at_target,
                 seed=args.seed,
+                threads=args.threads,
+                device=args.device,
             )
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = {"expert_lap": expert, "target_ratio": args.target, "results": results}
-    (args.out / "learning.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(results, expert, target, args.out / "learning_curves.png")
+    return report(console, results, expert, args.target, args.out)
+
+
+def combine(dirs: Sequence[Path], out: Path, target_ratio: float) -> int:
+    """Tabulate and draw the results of several runs of this script together."""
+    console = Console()
+    results: list[dict[str, Any]] = []
+    expert = None
+    for d in dirs:
+        data = json.loads((d / "learning.json").read_text())
+        expert = data["expert_lap"] if expert is None else expert
+        results.extend(data["results"])
+    if expert is None:
+        console.print("nothing to combine")
+        return 1
+    return report(console, results, expert, target_ratio, out)
+
+
+def report(
+    console: Console,
+    results: list[dict[str, Any]],
+    expert: float,
+    target_ratio: float,
+    out: Path,
+) -> int:
+    """Write learning.json and learning_curves.png to ``out`` and print the table."""
+    target = target_ratio * expert
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"expert_lap": expert, "target_ratio": target_ratio, "results": results}
+    (out / "learning.json").write_text(json.dumps(data, indent=2) + "\n")
+    plot(results, expert, target, out / "learning_curves.png")
 
     def fmt(v: float | None, spec: str) -> str:
         return "—" if v is None else format(v, spec)
@@ -188,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "first lap",
         "best lap",
         "best / expert",
-        f"≤ {args.target:.2f}× expert at",
+        f"≤ {target_ratio:.2f}× expert at",
     ):
         table.add_column(col)
     for r in results:
@@ -204,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{fmt(r['target_hit_min'], '.1f')} min",
         )
     console.print(table)
-    console.print(f"wrote {args.out / 'learning.json'} and {args.out / 'learning_curves.png'}")
+    console.print(f"wrote {out / 'learning.json'} and {out / 'learning_curves.png'}")
     return 0
 
 
