@@ -20,6 +20,7 @@ SHIPPED = [
     "images-lstm-ppo",
     "images-ppo",
     "images-sac",
+    "images-sac-rl",
     "images-vit-ppo",
     "lidar-crossq",
     "lidar-redq",

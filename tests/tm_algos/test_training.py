@@ -108,6 +108,7 @@ EXPECTED: dict[str, tuple[type, str, type]] = {
     "images-lstm-ppo": (RecurrentPPO, "RecurrentMultiInputActorCriticPolicy", TMCNNExtractor),
     "images-ppo": (PPO, "MultiInputActorCriticPolicy", TMCNNExtractor),
     "images-sac": (FastImageSAC, "FastSACPolicy", TMCNNExtractor),
+    "images-sac-rl": (FastImageSAC, "FastSACPolicy", TMCNNExtractor),
     "images-vit-ppo": (PPO, "MultiInputActorCriticPolicy", TMViTExtractor),
     "lidar-crossq": (DictCrossQ, "CrossQPolicy", TMLidarExtractor),
     "lidar-redq": (REDQ, "MultiInputPolicy", TMLidarExtractor),
