@@ -113,10 +113,17 @@ def plot(results: Sequence[dict[str, Any]], expert: float, target: float, out: P
     for r in results:
         ev = r["evaluations"]
         minutes = [e["wall_s"] / 60 for e in ev]
-        ax1.plot(minutes, [e["progress"] for e in ev], marker=".", label=r["preset"])
+        ax1.plot(
+            minutes, [e["progress"] for e in ev], marker=".", label=r.get("label", r["preset"])
+        )
         laps = [(e["wall_s"] / 60, e["lap_time"]) for e in ev if e["finished"]]
         if laps:
-            ax2.plot(*zip(*laps, strict=True), marker="o", linestyle="-", label=r["preset"])
+            ax2.plot(
+                *zip(*laps, strict=True),
+                marker="o",
+                linestyle="-",
+                label=r.get("label", r["preset"]),
+            )
     ax1.set_xlabel("wall time (min)")
     ax1.set_ylabel("evaluation progress (fraction of the lap)")
     ax1.set_ylim(0, 1.05)
@@ -159,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/learning"))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the trainer's choice)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
+    p.add_argument("--label", help="name of this run in tables and plots (default: the preset)")
     p.add_argument(
         "--combine",
         nargs="+",
@@ -204,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=args.device,
             )
         )
+        results[-1]["label"] = args.label if args.label and n == 1 else preset
+        results[-1]["device"] = args.device
     return report(console, results, expert, args.target, args.out)
 
 
@@ -254,7 +264,7 @@ def report(
     for r in results:
         best = r["best_lap"]
         table.add_row(
-            r["preset"],
+            r.get("label", r["preset"]),
             f"{r['wall_min']:.1f}/{r['budget_min']:g} min",
             f"{fmt(r['first_finish_min'], '.1f')} min",
             fmt(r["first_finish_steps"], ","),
