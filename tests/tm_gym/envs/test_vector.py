@@ -214,7 +214,16 @@ def test_partial_reset_with_mask() -> None:
         np.testing.assert_array_equal(obs[k][1], first[k][1], err_msg=k)
     assert info["race_time"][1] == 0.0
     assert info["race_time"][0] > 0.4
-    # the cars that were not reset keep going where they were
-    nxt, *_ = venv.step(np.tile([1.0, 0.0, 0.0], (N, 1)))
-    assert nxt["speed"][0, 0] > before["speed"][0, 0] > 0
+    # ... and go on as if nothing had happened: the same as a fleet that was never reset
+    nxt, rew, *_ = venv.step(np.tile([1.0, 0.0, 0.0], (N, 1)))
+    twin = make_vec("lidar")
+    twin.reset(seed=0)
+    for _ in range(11):
+        want, want_rew, *_ = twin.step(np.tile([1.0, 0.0, 0.0], (N, 1)))
+    for k in want:
+        np.testing.assert_array_equal(nxt[k][[0, 2]], want[k][[0, 2]], err_msg=k)
+        # reset() showed the other cars' pending observation, the one this step returns
+        np.testing.assert_array_equal(obs[k][[0, 2]], nxt[k][[0, 2]], err_msg=k)
+    np.testing.assert_array_equal(rew[[0, 2]], want_rew[[0, 2]])
+    assert before["speed"][0, 0] < nxt["speed"][0, 0]
     assert nxt["speed"][1, 0] == 0.0  # the reset car's next capture is under the default action

@@ -25,7 +25,7 @@ import gymnasium as gym
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 from tm_algos.errors import InvalidValueError
 from tm_algos.extractors import policy_kwargs_for
@@ -37,6 +37,7 @@ from tm_algos.registry import (
     AlgorithmSpec,
     activation_class,
 )
+from tm_algos.sim_vec_env import SimVecEnv
 
 __all__ = [
     "EXTRACTORS",
@@ -69,6 +70,12 @@ def env_kwargs_of(preset: Preset, extra: Mapping[str, Any] | None = None) -> dic
     return kwargs
 
 
+MONITORED = ("finished", "lap_time", "progress", "wall_contacts")
+"""Info keys copied into ``info["episode"]`` at each episode's end (SB3's Monitor)."""
+NATIVE_VECTOR_IDS = frozenset({"TrackMania-Sim-v0", "tm_gym:TrackMania-Sim-v0"})
+"""Environment ids whose cars :func:`make_vec_env` steps in one native vector env."""
+
+
 def _env_factory(
     env_id: str, kwargs: Mapping[str, Any], seed: int, rank: int
 ) -> Callable[[], gym.Env[Any, Any]]:
@@ -76,31 +83,58 @@ def _env_factory(
         env = gym.make(env_id, **kwargs)
         env.reset(seed=seed + rank)
         env.action_space.seed(seed + rank)
-        return Monitor(env, info_keywords=("finished", "lap_time", "progress", "wall_contacts"))
+        return Monitor(env, info_keywords=MONITORED)
 
     return make
 
 
 def make_vec_env(
-    preset: Preset,
-    *,
+    preset: Preset | str,
     n_envs: int | None = None,
+    *,
     seed: int = 0,
     env_kwargs: Mapping[str, Any] | None = None,
     subprocess: bool = False,
+    native: bool | None = None,
+    **more_env_kwargs: Any,
 ) -> VecEnv:
-    """``n_envs`` (default: the preset's) monitored copies of the preset's environment.
+    """An SB3 ``VecEnv`` of ``n_envs`` monitored environments: a preset's, or any env id's.
 
-    ``subprocess=True`` runs each in its own process (for slow backends such as the live game);
-    the simulator is fastest in this process.
+    ``preset`` is a :class:`Preset` (its environment, ``n_envs`` and ``env.kwargs`` are the
+    defaults) or an environment id (``make_vec_env("TrackMania-Sim-v0", 16, obs_type="lidar")``,
+    1 car by default). ``env_kwargs`` and keyword arguments are the environment's.
+
+    Several cars of the synchronous simulator are stepped together in its native vector env
+    (:class:`~tm_algos.sim_vec_env.SimVecEnv`, compiled kernels, one process) unless
+    ``native=False``; otherwise each environment is its own ``gym.make`` in a
+    ``DummyVecEnv``, or with ``subprocess=True`` in its own process (for slow backends such as
+    the live game). Either way ``info["episode"]`` holds the return, length, and
+    :data:`MONITORED` keys of each finished episode.
     """
     import tm_gym  # noqa: F401  (registers the environment ids)
 
-    n = preset.env.n_envs if n_envs is None else n_envs
-    if n < 1:
+    if isinstance(preset, str):
+        env_id, default_n = preset, 1
+        kwargs = {**(env_kwargs or {}), **more_env_kwargs}
+    else:
+        env_id, default_n = preset.env.id, preset.env.n_envs
+        kwargs = env_kwargs_of(preset, {**(env_kwargs or {}), **more_env_kwargs})
+    n: object = default_n if n_envs is None else n_envs  # checked: callers may pass anything
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidValueError(f"n_envs={n!r}: expected a positive integer")
-    kwargs = env_kwargs_of(preset, env_kwargs)
-    fns = [_env_factory(preset.env.id, kwargs, seed, i) for i in range(n)]
+    if native is None:
+        native = n > 1 and not subprocess and env_id in NATIVE_VECTOR_IDS
+    if native:
+        if kwargs.get("realtime"):
+            raise InvalidValueError(
+                "native=True steps the synchronous simulator; realtime=True cars run one per "
+                "process: pass native=False"
+            )
+        sim = SimVecEnv(env_id, n, **kwargs)
+        sim.seed(seed)
+        sim.action_space.seed(seed)
+        return VecMonitor(sim, info_keywords=MONITORED)
+    fns = [_env_factory(env_id, kwargs, seed, i) for i in range(n)]
     if subprocess and n > 1:
         return SubprocVecEnv(fns, start_method="spawn")
     return DummyVecEnv(fns)

@@ -214,11 +214,31 @@ class SimCore:
     ) -> tuple[Obs, dict[str, NDArray[Any]]]:
         """Respawn the cars in ``mask``; returns their first observations and infos.
 
-        ``on_respawn`` is called once the cars stand at their (possibly perturbed) start with
-        their new look, before anything is captured (the single environment records that
-        state).
+        The other cars do not move: their state, history and reward bookkeeping are exactly as
+        before the call. ``on_respawn`` is called once the cars stand at their (possibly
+        perturbed) start with their new look, before anything is captured (the single
+        environment records that state).
         """
-        return self._begin(None, np.zeros(self.n, dtype=bool), mask, on_respawn)
+        if mask.all():
+            return self._begin(None, np.zeros(self.n, dtype=bool), mask, on_respawn)
+        # The respawn runs as within a step (every car of the running time step advances), then
+        # each per-car array of the cars that were not reset is put back as it was.
+        # (by attribute name: a step may bind an attribute to a new array).
+        kept = np.flatnonzero(~mask)
+        saved = [(owner, name, arr[kept].copy()) for owner, name, arr in self._per_car_state()]
+        out = self._begin(None, np.zeros(self.n, dtype=bool), mask, on_respawn)
+        for owner, name, values in saved:
+            getattr(owner, name)[kept] = values
+        return out
+
+    def _per_car_state(self) -> list[tuple[object, str, NDArray[Any]]]:
+        """Every array of the core, its simulator and its reward that holds one row per car."""
+        return [
+            (owner, name, arr)
+            for owner in (self, self.sim, self.reward)
+            for name, arr in vars(owner).items()
+            if isinstance(arr, np.ndarray) and arr.ndim >= 1 and arr.shape[0] == self.n
+        ]
 
     def step(
         self, actions: NDArray[np.float32], reset: NDArray[np.bool_] | None = None

@@ -122,6 +122,11 @@ class TrackManiaVectorEnv(
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        """Reset every car, or with ``options={"reset_mask": mask}`` the cars in ``mask`` only.
+
+        The other cars do not move; their entries are the observations (and infos) their
+        next ``step`` returns, so their episodes go on exactly as without the reset.
+        """
         super().reset(seed=seed)
         self.core.rng = self.np_random
         mask = np.ones(self.num_envs, dtype=bool)
