@@ -38,7 +38,10 @@ OVERRIDES = (
 CHECKPOINT_EVERY = 300
 WAIT_S = 120.0  # generous: a shared 2-core machine; conditions usually hold in seconds
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and signals: POSIX")
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="process groups and signals: POSIX"),
+    pytest.mark.slow,  # a deployment of real processes, killed and restarted
+]
 
 
 @dataclass

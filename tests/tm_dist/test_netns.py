@@ -48,6 +48,8 @@ def _load_helpers() -> ModuleType:
 
 H = _load_helpers()
 
+pytestmark = pytest.mark.slow  # real tm-dist processes, over network namespaces
+
 PASSWORD = "netns-test password, long enough"
 W1, W2 = "w1", "w2"
 STEPS_PER_S = "100"  # per worker: at most 5 episodes of 20 steps per second

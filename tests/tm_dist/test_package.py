@@ -21,8 +21,10 @@ PUBLIC_API = [
     "CertificateExistsError",
     "CodecError",
     "ConnectionSettings",
+    "DisconnectedError",
     "DistSettings",
     "InsecureConnectionError",
+    "InvalidChunkError",
     "InvalidTypeError",
     "InvalidValueError",
     "Link",
@@ -99,6 +101,8 @@ def test_errors_keep_their_builtin_bases() -> None:
     assert issubclass(tm_dist.MessageTooLargeError, ValueError)
     assert issubclass(tm_dist.ReceiveTimeoutError, TimeoutError)
     assert issubclass(tm_dist.MissingFileError, FileNotFoundError)
+    assert issubclass(tm_dist.InvalidChunkError, ValueError)
+    assert issubclass(tm_dist.DisconnectedError, tm_dist.TransportError)
 
 
 def _modules_after(code: str) -> set[str]:

@@ -176,7 +176,7 @@ def test_flags_accept_typed_values_and_text() -> None:
         ),
         (
             "[connection]\nport = 70000\n",
-            r"connection\.port \(in .*c\.toml\): got 70000.*1 to 65535",
+            r"connection\.port \(in .*c\.toml\): got 70000.*0 to 65535",
         ),
         ("[connection]\nport = '7714'\n", r"connection\.port \(in .*c\.toml\): got '7714'"),
         ("[connection]\nport = true\n", r"got True \(bool\), expected a whole number"),
@@ -203,7 +203,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "match"),
     [
-        ({"TM_DIST_CONNECTION_PORT": "0"}, r"\$TM_DIST_CONNECTION_PORT\): got '0'.*1 to 65535"),
+        ({"TM_DIST_CONNECTION_PORT": "-1"}, r"\$TM_DIST_CONNECTION_PORT\): got '-1'.*0 to 65535"),
         ({"TM_DIST_CONNECTION_PORT": "77.5"}, r"\$TM_DIST_CONNECTION_PORT\): got '77\.5'"),
         ({"TM_DIST_WORKER_DEBUG_CODEC": "maybe"}, r"worker\.debug_codec .*'maybe'"),
         ({"TM_DIST_CONNECTION_HOST": "10.0.0.2:7714"}, r"without scheme or :port"),

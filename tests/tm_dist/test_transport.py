@@ -154,6 +154,7 @@ def test_bad_arguments_are_explained(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ exchanges
 
 
+@pytest.mark.slow  # relay and link processes
 def test_worker_to_trainer_and_broadcast_to_workers(
     relay: RelayServer, closing: Callable[[Any], Any]
 ) -> None:
@@ -169,6 +170,7 @@ def test_worker_to_trainer_and_broadcast_to_workers(
     assert workers[1].get_last() is None
 
 
+@pytest.mark.slow  # relay and link processes
 def test_request_response_round_trips_over_nodelay_sockets(
     closing: Callable[[Any], Any],
 ) -> None:
@@ -188,6 +190,7 @@ def test_request_response_round_trips_over_nodelay_sockets(
     assert stats.tcp_nodelay_connections == stats.connections
 
 
+@pytest.mark.slow  # relay and link processes
 def test_link_started_with_spawn_still_sets_nodelay(
     relay: RelayServer, closing: Callable[[Any], Any]
 ) -> None:
@@ -198,6 +201,7 @@ def test_link_started_with_spawn_still_sets_nodelay(
     assert trainer.receive(timeout=10) == "from a spawned child"
 
 
+@pytest.mark.slow  # relay and link processes
 def test_any_bytes_codec_can_replace_wire(closing: Callable[[Any], Any]) -> None:
     options = {**PLAIN, **MSGPACK_CODEC}
     server = closing(RelayServer(PASSWORD, port=0, **options).start())
@@ -207,6 +211,7 @@ def test_any_bytes_codec_can_replace_wire(closing: Callable[[Any], Any]) -> None
     assert trainer.receive(timeout=10) == {"any": ("msgpack", "value")}
 
 
+@pytest.mark.slow  # relay and link processes
 def test_links_and_relays_from_connection_settings(closing: Callable[[Any], Any]) -> None:
     settings = ConnectionSettings(
         host="127.0.0.1", port=free_local_port(), password=Secret(PASSWORD), connect_timeout_s=5.0
@@ -222,6 +227,7 @@ def test_links_and_relays_from_connection_settings(closing: Callable[[Any], Any]
         RelayServer.from_settings(settings)  # every interface, without TLS
 
 
+@pytest.mark.slow  # relay and link processes
 def test_oversized_message_is_refused_before_sending(
     relay: RelayServer, closing: Callable[[Any], Any]
 ) -> None:
@@ -230,6 +236,7 @@ def test_oversized_message_is_refused_before_sending(
         worker.send("trainers", b"x" * MAX_BYTES)
 
 
+@pytest.mark.slow  # relay and link processes
 def test_stop_ends_the_child_processes(closing: Callable[[Any], Any]) -> None:
     server = closing(RelayServer(PASSWORD, port=0, **PLAIN).start())
     link = _link(closing, server.port, "workers")
@@ -246,6 +253,7 @@ def test_stop_ends_the_child_processes(closing: Callable[[Any], Any]) -> None:
 # ------------------------------------------------------------------------------ failures
 
 
+@pytest.mark.slow  # relay and link processes
 def test_wrong_password_raises_authentication_error_quickly(
     relay: RelayServer, closing: Callable[[Any], Any]
 ) -> None:
@@ -262,6 +270,7 @@ def test_wrong_password_raises_authentication_error_quickly(
     assert link.pid is None  # the link stopped itself
 
 
+@pytest.mark.slow  # relay and link processes
 def test_no_server_raises_unreachable(closing: Callable[[Any], Any]) -> None:
     port = free_local_port()
     link = closing(Link(PASSWORD, port=port, groups="workers", connect_timeout_s=1.0, **PLAIN))
@@ -269,6 +278,7 @@ def test_no_server_raises_unreachable(closing: Callable[[Any], Any]) -> None:
         link.connect()
 
 
+@pytest.mark.slow  # relay and link processes
 def test_port_in_use_is_reported(closing: Callable[[Any], Any]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -278,6 +288,7 @@ def test_port_in_use_is_reported(closing: Callable[[Any], Any]) -> None:
             server.start()
 
 
+@pytest.mark.slow  # relay and link processes
 def test_links_reconnect_after_relay_restart(closing: Callable[[Any], Any]) -> None:
     first = closing(RelayServer(PASSWORD, port=0, **PLAIN).start())
     port = first.port
@@ -294,6 +305,7 @@ def test_links_reconnect_after_relay_restart(closing: Callable[[Any], Any]) -> N
     assert worker.stats().authentications == 2
 
 
+@pytest.mark.slow  # relay and link processes
 def test_unacknowledged_messages_are_resent_after_a_relay_crash(
     closing: Callable[[Any], Any],
 ) -> None:
@@ -327,6 +339,7 @@ def test_unacknowledged_messages_are_resent_after_a_relay_crash(
 # ------------------------------------------------------------------------------ TLS
 
 
+@pytest.mark.slow  # relay and link processes
 def test_tls_exchange_and_wrong_certificate(tmp_path: Path, closing: Callable[[Any], Any]) -> None:
     keys = make_cert(tmp_path / "server").keys_dir
     tls: dict[str, Any] = {"use_tls": True, "max_message_bytes": MAX_BYTES}
@@ -373,6 +386,7 @@ def _send_raw(port: int, data: bytes) -> None:
             pass
 
 
+@pytest.mark.slow  # relay and link processes
 def test_garbage_and_hostile_frames_are_dropped(
     relay: RelayServer,
     closing: Callable[[Any], Any],

@@ -408,6 +408,7 @@ def _message_like(draw: st.DrawFn) -> Any:
     return body
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(value=_message_like())
 def test_random_msgpack_structures_only_ever_raise_message_error(value: Any) -> None:

@@ -21,7 +21,9 @@ Modules:
   exactly.
 * :mod:`tm_dist.transport` — ``RelayServer`` and ``Link`` over tlspyo (TLS, TCP_NODELAY, clear
   authentication errors, frame limits).
-* :mod:`tm_dist.learner`, :mod:`tm_dist.rollout` — the trainer's and the worker's cores.
+* :mod:`tm_dist.learner`, :mod:`tm_dist.rollout` — the trainer's and the worker's cores;
+  :mod:`tm_dist.validation` — what the trainer accepts from a worker; :mod:`tm_dist.testing`
+  — poisoned chunks for tests and benchmarks.
 * :mod:`tm_dist.settings`, :mod:`tm_dist.security`, :mod:`tm_dist.certs` — settings, secrets,
   certificates.
 * :mod:`tm_dist.errors` — :class:`TMDistError`, the base of every error tm_dist raises.
@@ -65,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "LinkStats": "tm_dist.transport.link",
     "free_local_port": "tm_dist.transport.options",
     "AuthenticationError": "tm_dist.transport.errors",
+    "DisconnectedError": "tm_dist.transport.errors",
     "MessageTooLargeError": "tm_dist.transport.errors",
     "ReceiveTimeoutError": "tm_dist.transport.errors",
     "RelayUnreachableError": "tm_dist.transport.errors",
@@ -77,6 +80,7 @@ _EXPORTS: dict[str, str] = {
     "run_worker": "tm_dist.roles",
     "MessageError": "tm_dist.wire",
     "CodecError": "tm_dist.codec",
+    "InvalidChunkError": "tm_dist.validation",
 }
 
 __all__ = [
@@ -87,8 +91,10 @@ __all__ = [
     "CertificateExistsError",
     "CodecError",
     "ConnectionSettings",
+    "DisconnectedError",
     "DistSettings",
     "InsecureConnectionError",
+    "InvalidChunkError",
     "InvalidTypeError",
     "InvalidValueError",
     "Link",
@@ -155,6 +161,7 @@ if TYPE_CHECKING:
     )
     from tm_dist.transport.errors import (
         AuthenticationError,
+        DisconnectedError,
         MessageTooLargeError,
         ReceiveTimeoutError,
         RelayUnreachableError,
@@ -164,6 +171,7 @@ if TYPE_CHECKING:
     from tm_dist.transport.link import Link, LinkStats
     from tm_dist.transport.options import free_local_port
     from tm_dist.transport.relay import RelayServer, RelayStats
+    from tm_dist.validation import InvalidChunkError
     from tm_dist.wire import MessageError
 
 

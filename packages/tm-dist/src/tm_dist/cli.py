@@ -39,7 +39,7 @@ PROG = "tm-dist"
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     g.add_argument("--host", help="relay address (default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="relay port (default 7714)")
+    g.add_argument("--port", type=int, help="relay port (default 7714; server: 0 = any free port)")
     g.add_argument("--tls", dest="tls", action="store_const", const=True, help="force TLS")
     g.add_argument(
         "--insecure",
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("server", parents=[common], help="run the relay server")
     _connection_flags(s)
     s.add_argument("--bind", default="0.0.0.0", help="interface to listen on (%(default)s)")
+    s.add_argument(
+        "--port-file",
+        type=Path,
+        help="write the port listened on to this file once listening (useful with --port 0)",
+    )
 
     w = sub.add_parser("worker", parents=[common], help="drive episodes and send them")
     _connection_flags(w)
@@ -175,6 +180,24 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _forget_handled_interrupt() -> None:
+    """Keep the exit code run_cli chose after a Ctrl-C or SIGTERM it handled.
+
+    CPython (3.11) notes a KeyboardInterrupt that passes through a nested ``PyRun_String``
+    (extension modules run code that way) as *unhandled* even when it is caught later, and a
+    ``python -m tm_dist.cli`` process then kills itself with SIGINT at exit (status -2 instead
+    of 130; ``tm-dist local`` starts its roles that way). The interrupt was handled: clear
+    that private flag when this interpreter has it.
+    """
+    import ctypes
+
+    try:
+        flag = ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt")
+    except (AttributeError, ValueError, OSError):  # another interpreter, or another version
+        return
+    flag.value = 0
+
+
 def _exit_codes() -> dict[type[BaseException], int]:
     """Runtime failures (the relay, the network, a wrong password) exit with 1; every other
     error tm-dist raises on purpose (settings, password, certificate, TLS policy) with 2."""
@@ -195,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):  # --help, or a usage error argparse explained
         return args
     _sigterm_as_interrupt()
-    return run_cli(
+    code = run_cli(
         _dispatch,
         args,
         prog=PROG,
@@ -203,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
         exit_codes=_exit_codes(),
     )
+    _forget_handled_interrupt()
+    return code
 
 
 def _raise(args: argparse.Namespace, out: Console, err: Console) -> int:

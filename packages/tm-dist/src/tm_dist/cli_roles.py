@@ -52,12 +52,23 @@ def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int
     if conn.use_tls:
         check_cert(conn.keys_dir, require_key=True)
     mode = "TLS" if conn.use_tls else "plain TCP"
-    err.print(f"relay on {args.bind}:{conn.port} ({mode}); Ctrl-C stops it")
+
+    def listening(port: int) -> None:
+        err.print(f"relay on {args.bind}:{port} ({mode}); Ctrl-C stops it", highlight=False)
+        if args.port_file is not None:
+            tmp = Path(f"{args.port_file}.tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(args.port_file)  # readers never see a half-written file
 
     def show(stats: Any) -> None:
         err.print(f"[dim]{stats}[/dim]")
 
-    run_server(settings, listen_host=args.bind, on_stats=show if args.verbose else None)
+    run_server(
+        settings,
+        listen_host=args.bind,
+        on_stats=show if args.verbose else None,
+        on_listening=listening,
+    )
     return EXIT_OK
 
 
@@ -67,8 +78,14 @@ def _check_endpoint(settings: Any) -> None:
     Raises InsecureConnectionError, PasswordError or CertificateError (exit code 2 in the CLI).
     """
     from tm_dist.certs import check_cert
+    from tm_dist.settings import SettingsError
 
     conn = settings.connection
+    if conn.port == 0:
+        raise SettingsError(
+            "connection.port = 0 means 'any free port' and only the server can use it: give "
+            "workers and trainers the port the server printed (or wrote with --port-file)"
+        )
     conn.check_security()
     if conn.use_tls:
         check_cert(conn.keys_dir)
@@ -121,6 +138,14 @@ def _progress_table(stats: Any, t0: float) -> Table:
         table.add_row("by worker", per)
     if stats.dropped_episodes or stats.stale_episodes:
         table.add_row("dropped / stale", f"{stats.dropped_episodes} / {stats.stale_episodes}")
+    if stats.invalid_by_worker:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(stats.invalid_by_worker.items()))
+        banned = (
+            f"; disconnected: {', '.join(stats.banned_workers)}" if stats.banned_workers else ""
+        )
+        table.add_row("invalid chunks", f"{per}{banned}")
+    if stats.skipped_updates:
+        table.add_row("updates undone (non-finite)", f"{stats.skipped_updates}")
     return table
 
 
@@ -139,7 +164,13 @@ def _run_trainer_live(settings: Any, args: argparse.Namespace, out: Console, err
                 f"{(now - t0) / 60:.1f} min: {stats.env_steps:,} env steps, "
                 f"{stats.train_steps:,} train steps, {stats.episodes:,} episodes "
                 f"{dict(stats.episodes_by_worker)}, best test lap "
-                f"{'—' if lap is None else f'{lap:.3f} s'}",
+                f"{'—' if lap is None else f'{lap:.3f} s'}"
+                + (
+                    f", invalid chunks {dict(stats.invalid_by_worker)}"
+                    if stats.invalid_by_worker
+                    else ""
+                )
+                + (f", updates undone {stats.skipped_updates}" if stats.skipped_updates else ""),
                 highlight=False,
             )
 

@@ -11,14 +11,26 @@ per environment step collected), and :meth:`Learner.weights` gives the policy as
 On-policy PPO (``algo.name = "ppo"``) keeps only episodes collected with the current weights
 (the others are dropped and counted in ``stats.stale_episodes``), and updates once it holds
 ``n_steps`` transitions.
+
+Workers are not trusted (:mod:`tm_dist.validation`): every chunk is checked against the env's
+spaces and for finite values, and every finished episode's results for plausibility, before
+anything enters the buffer, the counters or ``RUN/best``. A chunk that fails is dropped with its
+episode, counted per worker (``stats.invalid_by_worker``) and logged with the worker's name; a
+worker with ``ban_after`` invalid chunks among its last ``BAN_WINDOW`` is disconnected: its
+later chunks are dropped unread and :meth:`Learner.take_new_bans` names it once, so that the
+trainer tells the worker to stop. A gradient step that raises or leaves a non-finite weight is
+undone: the last good weights and optimizer states come back, ``stats.skipped_updates`` counts
+it, and training goes on; a checkpoint never holds non-finite weights.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +38,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import configure
@@ -41,9 +54,17 @@ from tm_algos.factory import env_kwargs_of, make_model
 from tm_algos.policy import describe_policy, export_policy, policy_to_bytes, write_policy
 from tm_algos.presets import Preset
 from tm_algos.registry import ALGORITHMS, algorithm
-from tm_dist.codec import EpisodeDecoder, Transitions
+from tm_dist.codec import CodecError, EpisodeDecoder, Transitions
 from tm_dist.errors import InvalidValueError, StateError
 from tm_dist.ppo_batch import PPOBatcher
+from tm_dist.validation import (
+    ChunkRules,
+    InvalidChunkError,
+    LapRules,
+    check_episode,
+    check_transitions,
+    expert_lap_floor,
+)
 from tm_dist.wire import EpisodeChunk, Weights
 from tm_gym.core.actions import action_space
 from tm_gym.core.settings import EnvSettings, observation_space
@@ -89,6 +110,17 @@ class LearnerConfig:
     checkpoint_every: int = 20_000
     total_timesteps: int | None = None
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_abs_reward: float = 1e4
+    """Largest believable reward of one step (:class:`~tm_dist.validation.ChunkRules`)."""
+    min_lap_s: float | None = None
+    """The physical minimum lap; None: half the expert's lap on a simulator track, no floor on
+    the live game (:func:`~tm_dist.validation.expert_lap_floor`)."""
+    ban_after: int = 10
+    """Disconnect a worker with this many invalid chunks among its last ``BAN_WINDOW``."""
+
+    def __post_init__(self) -> None:
+        if self.ban_after < 1:
+            raise InvalidValueError(f"ban_after={self.ban_after}: expected an int >= 1")
 
 
 @dataclass
@@ -110,6 +142,13 @@ class LearnerStats:
     last_test: dict[str, Any] | None = None
     episodes_by_worker: dict[str, int] = field(default_factory=dict)
     duplicate_chunks: int = 0
+    invalid_chunks: int = 0
+    invalid_by_worker: dict[str, int] = field(default_factory=dict)
+    banned_workers: list[str] = field(default_factory=list)
+    banned_chunks: int = 0
+    """Chunks of disconnected workers, dropped unread."""
+    skipped_updates: int = 0
+    """Gradient updates undone because they raised or left non-finite weights."""
 
 
 @dataclass
@@ -121,6 +160,8 @@ class _Pending:
 
 PENDING_TIMEOUT_S = 300.0
 """A half-received episode with no new chunk for this long is dropped (its worker died)."""
+BAN_WINDOW = 100
+"""How many of a worker's latest chunks ``LearnerConfig.ban_after`` counts over."""
 
 
 class Learner:
@@ -157,6 +198,12 @@ class Learner:
         formats = ["tensorboard"] if tensorboard else []
         self.model.set_logger(configure(str(self.run_dir / "tb"), formats))
         self.decoder = EpisodeDecoder(obs_space, act_space)
+        self.action_space = act_space
+        self.chunk_rules = ChunkRules(max_abs_reward=self.config.max_abs_reward)
+        self._lap_rules: LapRules | None = None
+        self._recent: dict[str, deque[bool]] = {}  # per worker: were its latest chunks invalid
+        self._rejected: dict[tuple[str, int], None] = {}  # episodes dropped for a bad chunk
+        self._new_bans: list[str] = []
         self.stats = LearnerStats()
         self.version = 0
         self._pending: dict[tuple[str, int], _Pending] = {}
@@ -178,12 +225,33 @@ class Learner:
         self.ppo = None if self.off_policy else PPOBatcher(self.model)
         if resume:
             self._resume()
+        self._guard = WeightsGuard(self.model)
 
     # -- episodes in -------------------------------------------------------------------------
 
     def ingest(self, chunk: EpisodeChunk) -> int:
-        """Take one chunk; returns the number of transitions that entered the buffer."""
+        """Take one chunk; returns the number of transitions that entered the buffer.
+
+        Raises:
+            InvalidChunkError: the chunk does not decode, holds a value outside the spaces or
+                not finite, or ends its episode with implausible results; it and its episode
+                are dropped, counted and logged (see the module doc).
+        """
+        if chunk.worker in self.stats.banned_workers:
+            self.stats.banned_chunks += 1
+            return 0
         key = (chunk.worker, chunk.episode)
+        if key in self._rejected:
+            return 0  # the rest of an episode already dropped for an invalid chunk
+        try:
+            added = self._ingest(chunk, key)
+        except (CodecError, InvalidChunkError) as e:
+            self._reject(chunk, key, e)
+            raise InvalidChunkError(f"chunk from worker {chunk.worker!r}: {e}") from e
+        self._note(chunk.worker, invalid=False)
+        return added
+
+    def _ingest(self, chunk: EpisodeChunk, key: tuple[str, int]) -> int:
         if key in self._done:
             self.stats.duplicate_chunks += 1  # resent after a reconnection: already have it
             return 0
@@ -209,13 +277,14 @@ class Learner:
             del self._pending[key]
             self.stats.dropped_episodes += 1
             return 0
-        try:
-            part = self.decoder.decode(chunk.payload)
-        except Exception:
-            if pending is not None:  # the episode cannot be completed any more
-                del self._pending[key]
-                self.stats.dropped_episodes += 1
-            raise
+        part = self.decoder.decode(chunk.payload)
+        check_transitions(
+            part,
+            self.observation_space,
+            self.action_space,
+            n_steps=chunk.n_steps,
+            rules=self.chunk_rules,
+        )
         if pending is None:
             pending = self._pending[key] = _Pending([], chunk.weights_version)
         pending.chunks.append(part)
@@ -223,11 +292,77 @@ class Learner:
         if not chunk.final:
             self._evict_idle(pending.last_seen)
             return 0
+        lap = self._check_results(chunk, pending.chunks)
         del self._pending[key]
         self._done[key] = None
         while len(self._done) > 100_000:
             self._done.pop(next(iter(self._done)))
-        return self._commit(chunk, pending)
+        return self._commit(chunk, pending, lap)
+
+    def _check_results(self, chunk: EpisodeChunk, parts: list[Transitions]) -> float | None:
+        """The episode's believed lap time (None: not finished); raises InvalidChunkError."""
+        n = sum(p.n_steps for p in parts)
+        reward_sum = float(sum(float(np.sum(p.reward)) for p in parts))
+        stats = dict(chunk.stats)
+        rules = self.lap_rules if stats.get("finished") else LapRules()
+        return check_episode(stats, n_steps=n, reward_sum=reward_sum, laps=rules)
+
+    @property
+    def lap_rules(self) -> LapRules:
+        """When a lap is believed: the physical minimum (computed on first use) and steps."""
+        if self._lap_rules is None:
+            floor = self.config.min_lap_s
+            if floor is None:
+                floor = expert_lap_floor(self.preset.env.id, self.env_kwargs())
+            self._lap_rules = LapRules(
+                min_lap_s=floor, time_step_s=float(self.settings.time_step_duration)
+            )
+        return self._lap_rules
+
+    def _reject(self, chunk: EpisodeChunk, key: tuple[str, int], error: Exception) -> None:
+        """Drop ``chunk`` and its episode, count it against its worker, maybe disconnect it."""
+        s = self.stats
+        if self._pending.pop(key, None) is not None or chunk.chunk == 0:
+            s.dropped_episodes += 1
+        self._rejected[key] = None
+        while len(self._rejected) > 10_000:
+            self._rejected.pop(next(iter(self._rejected)))
+        s.invalid_chunks += 1
+        s.invalid_by_worker[chunk.worker] = s.invalid_by_worker.get(chunk.worker, 0) + 1
+        _log.warning(
+            "dropped chunk %d of episode %d from worker %s (%d invalid so far): %s",
+            chunk.chunk,
+            chunk.episode,
+            chunk.worker,
+            s.invalid_by_worker[chunk.worker],
+            error,
+        )
+        self._note(chunk.worker, invalid=True)
+
+    def _note(self, worker: str, *, invalid: bool) -> None:
+        recent = self._recent.get(worker)
+        if recent is None:
+            if not invalid:
+                return  # nothing to remember about a worker that never sent a bad chunk
+            recent = self._recent[worker] = deque(maxlen=BAN_WINDOW)
+        recent.append(invalid)
+        if sum(recent) >= self.config.ban_after and worker not in self.stats.banned_workers:
+            self.stats.banned_workers.append(worker)
+            self._new_bans.append(worker)
+            for key in [k for k in self._pending if k[0] == worker]:
+                del self._pending[key]
+                self.stats.dropped_episodes += 1
+            _log.error(
+                "disconnecting worker %s: %d of its last %d chunks were invalid",
+                worker,
+                sum(recent),
+                len(recent),
+            )
+
+    def take_new_bans(self) -> list[str]:
+        """Workers disconnected since the last call (the trainer tells each to stop)."""
+        bans, self._new_bans = self._new_bans, []
+        return bans
 
     def _evict_idle(self, now: float) -> None:
         idle = [k for k, p in self._pending.items() if now - p.last_seen > PENDING_TIMEOUT_S]
@@ -241,18 +376,16 @@ class Learner:
             del self._pending[key]
             self.stats.dropped_episodes += 1
 
-    def _commit(self, chunk: EpisodeChunk, pending: _Pending) -> int:
+    def _commit(self, chunk: EpisodeChunk, pending: _Pending, lap: float | None) -> int:
         s = self.stats
         s.episodes_by_worker[chunk.worker] = s.episodes_by_worker.get(chunk.worker, 0) + 1
         st = dict(chunk.stats)
-        lap = _float(st.get("lap_time"))
-        finished = bool(st.get("finished")) and lap is not None
         if chunk.test:
             s.test_episodes += 1
             s.last_test = st
-            if finished and lap is not None and (s.best_test_lap is None or lap < s.best_test_lap):
+            if lap is not None and (s.best_test_lap is None or lap < s.best_test_lap):
                 self._save_best(pending.version, st)
-            if finished and lap is not None:
+            if lap is not None:
                 s.best_test_lap = lap if s.best_test_lap is None else min(s.best_test_lap, lap)
                 if s.first_finish_s is None:
                     s.first_finish_s = time.perf_counter() - self._t0
@@ -268,7 +401,7 @@ class Learner:
         s.env_steps += n
         s.last_return = _float(st.get("return"))
         s.last_progress = _float(st.get("progress"))
-        if finished and lap is not None:
+        if lap is not None:
             s.finishes += 1
             s.best_lap = lap if s.best_lap is None else min(s.best_lap, lap)
         self._log_episode("rollout", st)
@@ -309,7 +442,9 @@ class Learner:
         m._current_progress_remaining = max(0.0, 1.0 - self.stats.env_steps / self.total)
         if self.ppo is not None:
             if self.ppo.ready():
-                self.ppo.train()
+                if not self._guard.run(self.ppo.train):
+                    self.stats.skipped_updates += 1
+                    return 0
                 self.version += 1
                 self.stats.train_steps += 1
                 self._dump()
@@ -321,7 +456,12 @@ class Learner:
         steps = min(max_steps, allowed - self.stats.train_steps)
         if steps <= 0:
             return 0
-        m.train(gradient_steps=steps, batch_size=self.batch_size)  # type: ignore[attr-defined]
+        update = m.train  # type: ignore[attr-defined]
+        if not self._guard.run(lambda: update(gradient_steps=steps, batch_size=self.batch_size)):
+            self.stats.skipped_updates += 1
+            # the same budget is spent (not retried at once): the batch that broke it is random
+            self.stats.train_steps += steps
+            return 0
         self.stats.train_steps += steps
         if self.stats.train_steps // 1000 != (self.stats.train_steps - steps) // 1000:
             self._dump()
@@ -402,7 +542,11 @@ class Learner:
         return self.checkpoint()
 
     def checkpoint(self) -> Path:
-        """Atomically write the full state (weights, optimizers, replay buffer, counters)."""
+        """Atomically write the full state (weights, optimizers, replay buffer, counters).
+
+        Never writes non-finite weights: the last good ones are restored first.
+        """
+        self._guard.ensure_finite()
         self._last_checkpoint = self.stats.env_steps
         meta = {"learner": dataclasses.asdict(self.stats), "version": self.version}
         path = save_checkpoint(
@@ -435,3 +579,88 @@ def _float(v: Any) -> float | None:
         return None
     f = float(v)
     return f if np.isfinite(f) else None
+
+
+class WeightsGuard:
+    """Undoes an update that raises or leaves a non-finite weight: the model's last good state.
+
+    Keeps a copy of every torch state the algorithm saves (networks, optimizers, the entropy
+    coefficient), taken after an update that left every weight finite, at most every
+    ``snapshot_every`` updates (a copy per update would cost as much as a small update).
+    """
+
+    def __init__(self, model: BaseAlgorithm, snapshot_every: int = 20) -> None:
+        self.model = model
+        self.snapshot_every = snapshot_every
+        self._since = 0
+        self._good: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
+        self.snapshot()
+
+    def _objects(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        state_names, tensor_names = self.model._get_torch_save_params()
+        states = {n: _attr(self.model, n) for n in state_names}
+        tensors = {n: _attr(self.model, n) for n in tensor_names or []}
+        return states, tensors
+
+    def snapshot(self) -> None:
+        """Remember the current state as the last good one."""
+        states, tensors = self._objects()
+        self._good = (
+            {n: copy.deepcopy(o.state_dict()) for n, o in states.items()},
+            {n: t.detach().clone() for n, t in tensors.items()},
+        )
+        self._since = 0
+
+    def restore(self) -> None:
+        """Put the last good state back."""
+        assert self._good is not None
+        states, tensors = self._objects()
+        good_states, good_tensors = self._good
+        for n, obj in states.items():
+            obj.load_state_dict(copy.deepcopy(good_states[n]))
+        with torch.no_grad():
+            for n, t in tensors.items():
+                t.copy_(good_tensors[n])
+
+    def finite(self) -> bool:
+        """Whether every weight of the policy (and the saved tensors) is finite."""
+        params: list[torch.Tensor] = list(self.model.policy.parameters())
+        params += list(self._objects()[1].values())
+        if not params:
+            return True
+        with torch.no_grad():
+            flags = torch.stack([torch.isfinite(p).all() for p in params])
+            return bool(flags.all().item())
+
+    def run(self, update: Any) -> bool:
+        """Run ``update()``; False (and the last good state restored) if it failed."""
+        try:
+            update()
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            _log.error(
+                "gradient update failed (%s: %s): restoring the last good weights",
+                type(e).__name__,
+                e,
+            )
+            self.restore()
+            return False
+        if not self.finite():
+            _log.error("gradient update left non-finite weights: restoring the last good weights")
+            self.restore()
+            return False
+        self._since += 1
+        if self._since >= self.snapshot_every:
+            self.snapshot()
+        return True
+
+    def ensure_finite(self) -> None:
+        """Restore the last good state if any weight is not finite (before a checkpoint)."""
+        if not self.finite():
+            _log.error("non-finite weights before a checkpoint: restoring the last good weights")
+            self.restore()
+
+
+def _attr(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

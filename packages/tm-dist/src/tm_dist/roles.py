@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 from tm_dist.codec import CodecError
 from tm_dist.settings import DistSettings, SettingsError, TrainerSettings
 from tm_dist.transport import Link, RelayServer, TransportError
+from tm_dist.transport.errors import DisconnectedError
+from tm_dist.validation import InvalidChunkError
 from tm_dist.wire import (
     PROTOCOL_VERSION,
+    Disconnect,
     EpisodeChunk,
     Hello,
     MessageError,
@@ -68,11 +71,17 @@ def run_server(
     stop: threading.Event | None = None,
     on_stats: Callable[[Any], None] | None = None,
     every_s: float = 5.0,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
-    """Run the relay until ``stop`` is set (or Ctrl-C); ``on_stats`` gets its stats regularly."""
+    """Run the relay until ``stop`` is set (or Ctrl-C); ``on_stats`` gets its stats regularly.
+
+    ``on_listening`` gets the port once the relay listens (the OS-chosen one for port 0).
+    """
     stop = stop or threading.Event()
     with RelayServer.from_settings(settings.connection, listen_host=listen_host) as relay:
         _log.info("relay listening on %s:%d", listen_host, relay.port)
+        if on_listening is not None:
+            on_listening(relay.port)
         while not stop.wait(every_s):
             if not relay.running:
                 raise TransportError("the relay process stopped unexpectedly; see the log above")
@@ -169,6 +178,12 @@ class _WorkerInbox:
             msg = _decode(raw, self._name)
             if isinstance(msg, Weights):
                 self._rollout.offer(msg)
+            elif isinstance(msg, Disconnect) and msg.worker == self._name:
+                raise DisconnectedError(
+                    f"the trainer disconnected worker {self._name!r}: {msg.reason}. Check this "
+                    "worker's environment (NaN or out-of-range observations, rewards or "
+                    "actions), fix it, then start the worker again"
+                )
             elif msg is None:
                 self._report.dropped_messages += 1
 
@@ -230,6 +245,11 @@ class TrainerReport:
     stale_episodes: int
     wall_s: float
     checkpoint: str | None
+    invalid_chunks: int = 0
+    """Chunks refused by the trainer's validation (counted in ``malformed_messages`` too)."""
+    invalid_by_worker: dict[str, int] = dataclasses.field(default_factory=dict)
+    banned_workers: list[str] = dataclasses.field(default_factory=list)
+    skipped_updates: int = 0
 
 
 def run_trainer(
@@ -261,12 +281,15 @@ def run_trainer(
         lk.connect()  # a wrong password or no relay raises here, before any checkpoint
     wandb_run = _start_wandb(ts, preset) if ts.wandb else None
     try:
-        lk.broadcast(WORKERS, encode_message(learner.weights()))
+        weights = encode_message(learner.weights())
+        lk.broadcast(WORKERS, weights)
         while not _trainer_should_stop(learner, stop, deadline, until_finish):
             malformed += _ingest_messages(learner, _receive_some(lk, learner.off_policy))
+            _disconnect_banned(lk, learner, weights)
             learner.train(max_steps=8)
             if learner.should_broadcast():
-                lk.broadcast(WORKERS, encode_message(learner.weights()))
+                weights = encode_message(learner.weights())
+                lk.broadcast(WORKERS, weights)
             learner.maybe_checkpoint()
             progress(learner.stats)
     finally:
@@ -276,6 +299,17 @@ def run_trainer(
         if wandb_run is not None:
             wandb_run.finish()
     return _trainer_report(learner, malformed, time.perf_counter() - t0, ckpt)
+
+
+def _disconnect_banned(link: Link, learner: Learner, weights: bytes) -> None:
+    """Tell each newly banned worker to stop, then broadcast the weights again (the relay keeps
+    only the latest broadcast for workers that join later: it must be the weights)."""
+    bans = learner.take_new_bans()
+    for worker in bans:
+        reason = f"{learner.stats.invalid_by_worker.get(worker, 0)} of its chunks were invalid"
+        link.broadcast(WORKERS, encode_message(Disconnect(worker=worker, reason=reason)))
+    if bans:
+        link.broadcast(WORKERS, weights)
 
 
 def _make_learner(ts: TrainerSettings, resume: bool) -> tuple[Learner, Preset]:
@@ -296,6 +330,9 @@ def _make_learner(ts: TrainerSettings, resume: bool) -> tuple[Learner, Preset]:
             broadcast_every=ts.broadcast_every,
             checkpoint_every=ts.checkpoint_every,
             total_timesteps=ts.total_timesteps,
+            max_abs_reward=ts.max_abs_reward,
+            min_lap_s=ts.min_lap_s,
+            ban_after=ts.ban_after,
         ),
         device=ts.device,
         resume=resume,
@@ -335,6 +372,8 @@ def _ingest_messages(learner: Learner, items: list[Any]) -> int:
         elif isinstance(msg, EpisodeChunk):
             try:
                 learner.ingest(msg)
+            except InvalidChunkError:
+                malformed += 1  # the learner logged it with the worker's name
             except (CodecError, ValueError) as e:
                 malformed += 1
                 _log.warning("dropped a chunk from %s: %s", msg.worker, e)
@@ -370,6 +409,10 @@ def _trainer_report(learner: Learner, malformed: int, wall_s: float, ckpt: Any) 
         stale_episodes=s.stale_episodes,
         wall_s=wall_s,
         checkpoint=str(ckpt),
+        invalid_chunks=s.invalid_chunks,
+        invalid_by_worker=dict(s.invalid_by_worker),
+        banned_workers=list(s.banned_workers),
+        skipped_updates=s.skipped_updates,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -208,12 +209,16 @@ class Rollout:
     ) -> EpisodeChunk:
         stats: dict[str, float | int | str | bool | None] = {}
         if final:
-            lap = info.get("lap_time")
+            finished = bool(info.get("finished", False))
+            lap = info.get("lap_time")  # tm-gym reports +inf until the finish
+            lap_s = None if lap is None else float(lap)
             stats = {
                 "return": round(total, 4),
                 "progress": float(info.get("progress", 0.0)),
-                "finished": bool(info.get("finished", False)),
-                "lap_time": None if lap is None else float(lap),
+                "finished": finished,
+                "lap_time": lap_s
+                if finished and lap_s is not None and math.isfinite(lap_s)
+                else None,
                 "wall_contacts": int(info.get("wall_contacts", 0)),
             }
         return EpisodeChunk(

@@ -107,7 +107,11 @@ class ConnectionSettings:
         ),
         "relay (tm-dist server) address as seen from this machine",
     )
-    port: int = setting(DEFAULT_PORT, Rule("int", low=1, high=65535), "the relay's TCP port")
+    port: int = setting(
+        DEFAULT_PORT,
+        Rule("int", low=0, high=65535, hint="0 = chosen by the OS, for the server only"),
+        "the relay's TCP port (server: 0 lets the OS choose and prints it)",
+    )
     tls: bool | None = setting(
         None,
         Rule("bool", optional=True, hint="auto = TLS unless the host is loopback"),
@@ -133,6 +137,16 @@ class ConnectionSettings:
     )
     connect_timeout_s: float = setting(
         10.0, Rule("float", low=0.1, high=3600), "how long to wait for the relay's answer"
+    )
+    queue_max_messages: int = setting(
+        100_000,
+        Rule("int", low=1, high=10**9),
+        "cap of each message queue (relay, link in/out boxes); past it the oldest are dropped",
+    )
+    queue_max_bytes: int = setting(
+        256 * _MIB,
+        Rule("int", low=1024, high=2**40),
+        "cap in bytes of each message queue (256 MiB); past it the oldest are dropped",
     )
 
     def __post_init__(self) -> None:
@@ -247,6 +261,21 @@ class TrainerSettings:
         "stop after this many env steps (none: the preset's budget)",
     )
     device: str = setting("auto", _DEVICE, "torch device of the model")
+    max_abs_reward: float = setting(
+        1e4,
+        Rule("float", low=1e-3, high=1e12),
+        "refuse chunks with a step reward beyond this magnitude (tm-gym's largest: 100)",
+    )
+    min_lap_s: float | None = setting(
+        None,
+        Rule("float", optional=True, low=0.0, high=1e6, hint="none = half the expert's lap"),
+        "refuse laps faster than this (none: half the expert's lap on a simulator track)",
+    )
+    ban_after: int = setting(
+        10,
+        Rule("int", low=1, high=100),
+        "disconnect a worker with this many invalid chunks among its last 100",
+    )
     wandb: bool = setting(False, Rule("bool"), "mirror the TensorBoard logs to Weights & Biases")
 
     def __post_init__(self) -> None:

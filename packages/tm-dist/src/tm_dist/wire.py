@@ -34,6 +34,7 @@ __all__ = [
     "MAX_NESTING_DEPTH",
     "PROTOCOL_VERSION",
     "SCHEMA",
+    "Disconnect",
     "EpisodeChunk",
     "Hello",
     "Message",
@@ -280,7 +281,20 @@ class Status:
         _check_info_dict(self.stats, "Status.stats")
 
 
-Message: TypeAlias = Hello | Welcome | EpisodeChunk | Weights | Status
+@dataclass(frozen=True)
+class Disconnect:
+    """The trainer's word to one worker: stop, it keeps sending chunks the trainer refuses."""
+
+    worker: str
+    """The name of the worker that must stop."""
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.worker, "Disconnect.worker", _MAX_NAME, non_empty=True)
+        _check_str(self.reason, "Disconnect.reason", _MAX_TEXT)
+
+
+Message: TypeAlias = Hello | Welcome | EpisodeChunk | Weights | Status | Disconnect
 
 _TYPES: Final[dict[str, type[Message]]] = {
     "hello": Hello,
@@ -288,6 +302,7 @@ _TYPES: Final[dict[str, type[Message]]] = {
     "episode_chunk": EpisodeChunk,
     "weights": Weights,
     "status": Status,
+    "disconnect": Disconnect,
 }
 _NAMES: Final[dict[type[Message], str]] = {cls: name for name, cls in _TYPES.items()}
 _HEADER_KEYS: Final = frozenset({"schema", "version", "type", "body"})

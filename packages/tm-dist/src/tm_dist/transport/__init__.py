@@ -17,7 +17,11 @@ What this adds to tlspyo:
   :class:`TLSHandshakeError`; the password never appears in logs or messages;
 - frames that are malformed, oversized or fail to decode are dropped and logged, and the
   relay keeps serving everyone else;
-- plaintext to a host other than loopback is refused unless ``insecure=True``.
+- plaintext to a host other than loopback is refused unless ``insecure=True``;
+- every queue is bounded in messages and bytes, dropping its oldest messages past the cap
+  (:mod:`~tm_dist.transport.queues`);
+- the child processes ignore Ctrl-C and stop quietly on SIGTERM: their parent decides when
+  they stop, so a signal to the whole process group never prints a Twisted traceback.
 
 The modules, by responsibility (each name below is importable from here, loaded on first use,
 so catching :class:`TransportError` loads neither tlspyo nor Twisted):
@@ -57,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "check_security": "tm_dist.transport.options",
     "free_local_port": "tm_dist.transport.options",
     "AuthenticationError": "tm_dist.transport.errors",
+    "DisconnectedError": "tm_dist.transport.errors",
     "MessageTooLargeError": "tm_dist.transport.errors",
     "ReceiveTimeoutError": "tm_dist.transport.errors",
     "RelayUnreachableError": "tm_dist.transport.errors",
@@ -69,6 +74,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "DEFAULT_GROUPS",
     "AuthenticationError",
+    "DisconnectedError",
     "InsecureConnectionError",
     "Link",
     "LinkStats",
@@ -89,6 +95,7 @@ if TYPE_CHECKING:
     from tm_dist.security import InsecureConnectionError, PasswordError
     from tm_dist.transport.errors import (
         AuthenticationError,
+        DisconnectedError,
         MessageTooLargeError,
         ReceiveTimeoutError,
         RelayUnreachableError,

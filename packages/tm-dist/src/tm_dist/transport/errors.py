@@ -10,6 +10,7 @@ from tm_dist.errors import TMDistError
 
 __all__ = [
     "AuthenticationError",
+    "DisconnectedError",
     "MessageTooLargeError",
     "ReceiveTimeoutError",
     "RelayUnreachableError",
@@ -32,6 +33,11 @@ class AuthenticationError(TransportError):
 
 class TLSHandshakeError(TransportError, ConnectionError):
     """The relay was reached but the TLS handshake failed."""
+
+
+class DisconnectedError(TransportError):
+    """The trainer disconnected this worker: too many of its chunks were refused (the message
+    says why; fix the worker, its environment or its sensors, then start it again)."""
 
 
 class MessageTooLargeError(TransportError, ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +41,12 @@ from tm_dist.transport.options import (
     reveal_password,
 )
 from tm_dist.transport.process import ChildProcess
+from tm_dist.transport.queues import (
+    DEFAULT_QUEUE_MAX_BYTES,
+    DEFAULT_QUEUE_MAX_MESSAGES,
+    BoundedQueue,
+    check_caps,
+)
 from tm_dist.transport.status import FailureKind, LinkState, Slot, StatusBoard
 
 if TYPE_CHECKING:
@@ -70,6 +75,9 @@ class LinkStats:
     password_rejects: int
     tls_failures: int
     dropped_messages: int
+    queue_drops: int = 0
+    """Messages dropped because a queue was at its cap, oldest first: received ones nobody
+    took (this process) plus unsent ones while the relay was unreachable (the child)."""
 
 
 class Link:
@@ -90,6 +98,9 @@ class Link:
         tls_hostname: Name the certificate must carry (``make-cert`` and tlspyo use "default").
         connect_timeout_s: How long :meth:`connect` waits for the relay's acknowledgement.
         max_message_bytes: Largest message sent or accepted.
+        queue_max_messages / queue_max_bytes: Caps of the inbox (received, not yet taken) and
+            of the outbox (waiting for the relay while disconnected); past a cap the oldest are
+            dropped and counted in :attr:`LinkStats.queue_drops`.
         serializer / deserializer: Codec for tlspyo's frames and payloads (default: tm_dist.wire).
         reconnect_initial_delay_s / reconnect_max_delay_s: Back-off between reconnections.
         allowed_groups: Group names accepted for ``groups`` (the relay's list).
@@ -109,6 +120,8 @@ class Link:
         tls_hostname: str = "default",
         connect_timeout_s: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         serializer: Serializer | None = None,
         deserializer: Deserializer | None = None,
         reconnect_initial_delay_s: float = 0.5,
@@ -130,6 +143,8 @@ class Link:
                 f"{reconnect_initial_delay_s} and {reconnect_max_delay_s}"
             )
         check_security(host, use_tls, insecure)
+        check_caps(queue_max_messages, queue_max_bytes)
+        self._queue_caps = (queue_max_messages, queue_max_bytes)
         self._password = reveal_password(password, insecure)
         self._host = host
         self._port = port
@@ -145,7 +160,8 @@ class Link:
         self._reconnect = (reconnect_initial_delay_s, reconnect_max_delay_s)
         self._ctx = multiprocessing.get_context(start_method)
         self._status = StatusBoard(self._ctx)
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox: BoundedQueue[Any] = BoundedQueue(queue_max_messages, queue_max_bytes)
+        self._arrived = threading.Condition()
         self._dropped = 0
         self._child: ChildProcess | None = None
         self._reader: threading.Thread | None = None
@@ -166,6 +182,8 @@ class Link:
             keys_dir=settings.keys_dir,
             max_message_bytes=settings.max_message_bytes,
             connect_timeout_s=settings.connect_timeout_s,
+            queue_max_messages=settings.queue_max_messages,
+            queue_max_bytes=settings.queue_max_bytes,
             **options,
         )
 
@@ -221,6 +239,8 @@ class Link:
                 reconnect_initial_delay_s=initial,
                 reconnect_max_delay_s=maximum,
                 status=self._status,
+                queue_max_messages=self._queue_caps[0],
+                queue_max_bytes=self._queue_caps[1],
             )
             child = ChildProcess(process.run, process, self._ctx, "tm-dist-link")
             child.start(max(self._connect_timeout_s, 10.0), self._status, "link")
@@ -381,7 +401,18 @@ class Link:
                 exc,
             )
             return
-        self._inbox.put(obj)
+        with self._arrived:
+            dropped = self._inbox.dropped
+            self._inbox.append(obj)
+            if self._inbox.dropped > dropped and dropped == 0:
+                logger.warning(
+                    "link %s inbox at its cap (%d messages, %d bytes): dropping the oldest "
+                    "received messages (counted in queue_drops); is this process keeping up?",
+                    self.address,
+                    self._inbox.max_messages,
+                    self._inbox.max_bytes,
+                )
+            self._arrived.notify()
 
     def receive(self, timeout: float | None = None) -> Any:
         """The oldest received object, waiting up to ``timeout`` seconds (None: forever).
@@ -389,21 +420,19 @@ class Link:
         Raises:
             ReceiveTimeoutError: Nothing arrived in time (a :class:`TimeoutError`).
         """
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise ReceiveTimeoutError(
-                f"link {self.address} received nothing within {timeout} s"
-            ) from None
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self._inbox) > 0, timeout=timeout):
+                raise ReceiveTimeoutError(
+                    f"link {self.address} received nothing within {timeout} s"
+                )
+            return self._inbox.popleft()
 
     def receive_all(self) -> list[Any]:
         """Every object received so far, oldest first (possibly empty); does not wait."""
-        items = []
-        while True:
-            try:
-                items.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return items
+        with self._arrived:
+            items = list(self._inbox)
+            self._inbox.clear()
+        return items
 
     def get_last(self) -> Any | None:
         """The newest received object (None if there is none), discarding the older ones."""
@@ -420,4 +449,5 @@ class Link:
             password_rejects=s.get(Slot.PASSWORD_REJECTS),
             tls_failures=s.get(Slot.TLS_FAILURES),
             dropped_messages=self._dropped,
+            queue_drops=self._inbox.dropped + s.get(Slot.QUEUE_DROPS),
         )

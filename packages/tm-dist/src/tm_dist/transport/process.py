@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from tm_dist.transport.child import STOP_SIGNALS
 from tm_dist.transport.errors import TransportError
 from tm_dist.transport.framing import frame
 from tm_dist.transport.status import StatusBoard
@@ -39,7 +41,16 @@ class ChildProcess:
         self._send_lock = threading.Lock()
 
     def start(self, timeout_s: float, status: StatusBoard, what: str) -> None:
-        self.process.start()
+        # the child inherits SIGINT/SIGTERM blocked and unblocks them once its own handlers are
+        # in place (tm_dist.transport.child.prepare_signals); a signal meanwhile waits
+        blocked = {getattr(signal, name) for name in STOP_SIGNALS}
+        masking = hasattr(signal, "pthread_sigmask")
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if masking else None
+        try:
+            self.process.start()
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._listener.settimeout(0.05)
         deadline = time.monotonic() + timeout_s
         try:

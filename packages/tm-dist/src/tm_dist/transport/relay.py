@@ -29,6 +29,7 @@ from tm_dist.transport.options import (
     reveal_password,
 )
 from tm_dist.transport.process import ChildProcess
+from tm_dist.transport.queues import DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES, check_caps
 from tm_dist.transport.status import Slot, StatusBoard
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ class RelayStats:
     tcp_nodelay_connections: int
     password_rejects: int
     frame_rejects: int
+    queue_drops: int = 0
+    """Messages dropped because a group's queue was at its cap (oldest first)."""
+    queued_messages: int = 0
+    """Messages waiting in the groups' queues (e.g. episode chunks while no trainer is there)."""
+    queued_bytes: int = 0
 
 
 class RelayServer:
@@ -62,6 +68,9 @@ class RelayServer:
         keys_dir: Folder of the TLS key and certificate.
         groups: Groups that links may join.
         max_message_bytes: Frames announcing a larger payload are dropped with their connection.
+        queue_max_messages / queue_max_bytes: Caps of each group's queue of messages waiting
+            for a member (:mod:`tm_dist.transport.queues`: past a cap the oldest are dropped
+            and counted in :attr:`RelayStats.queue_drops`).
         serializer / deserializer: Codec for tlspyo's frames and payloads (default: tm_dist.wire).
         start_timeout_s: How long :meth:`start` waits for the child to listen.
         start_method: ``multiprocessing`` start method (None: the platform's default).
@@ -78,6 +87,8 @@ class RelayServer:
         keys_dir: str | Path | None = None,
         groups: Sequence[str] = DEFAULT_GROUPS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        queue_max_messages: int = DEFAULT_QUEUE_MAX_MESSAGES,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         serializer: Serializer | None = None,
         deserializer: Deserializer | None = None,
         start_timeout_s: float = 10.0,
@@ -90,6 +101,8 @@ class RelayServer:
                 f"max_message_bytes must exceed {FRAME_OVERHEAD}, got {max_message_bytes}"
             )
         check_security(host, use_tls, insecure)
+        check_caps(queue_max_messages, queue_max_bytes)
+        self._queue_caps = (queue_max_messages, queue_max_bytes)
         self._password = reveal_password(password, insecure)
         self._requested_port = port
         self._host = host
@@ -122,6 +135,8 @@ class RelayServer:
             insecure=settings.insecure,
             keys_dir=settings.keys_dir,
             max_message_bytes=settings.max_message_bytes,
+            queue_max_messages=settings.queue_max_messages,
+            queue_max_bytes=settings.queue_max_bytes,
             **options,
         )
 
@@ -158,6 +173,8 @@ class RelayServer:
                 max_message_bytes=self._max_message_bytes,
                 tls=self._tls,
                 status=self._status,
+                queue_max_messages=self._queue_caps[0],
+                queue_max_bytes=self._queue_caps[1],
             )
             child = ChildProcess(process.run, process, self._ctx, "tm-dist-relay")
             child.start(self._start_timeout_s, self._status, "relay")
@@ -193,6 +210,9 @@ class RelayServer:
             tcp_nodelay_connections=s.get(Slot.NODELAY),
             password_rejects=s.get(Slot.PASSWORD_REJECTS),
             frame_rejects=s.get(Slot.FRAME_REJECTS),
+            queue_drops=s.get(Slot.QUEUE_DROPS),
+            queued_messages=s.get(Slot.QUEUED_MESSAGES),
+            queued_bytes=s.get(Slot.QUEUED_BYTES),
         )
 
     def __enter__(self) -> RelayServer:

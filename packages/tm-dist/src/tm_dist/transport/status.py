@@ -28,6 +28,10 @@ class Slot(enum.IntEnum):
     TLS_FAILURES = 8
     FAILURE_KIND = 9
     FATAL = 10
+    QUEUE_DROPS = 11
+    """Messages dropped because a queue was at its cap (:mod:`tm_dist.transport.queues`)."""
+    QUEUED_MESSAGES = 12
+    QUEUED_BYTES = 13
 
 
 class LinkState(enum.IntEnum):

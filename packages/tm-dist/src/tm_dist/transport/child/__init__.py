@@ -24,14 +24,53 @@ hooks live in subclasses, not in patches applied to the parent process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from tm_dist.transport.status import Slot, StatusBoard
 
-__all__ = ["enable_nodelay"]
+__all__ = ["STOP_SIGNALS", "enable_nodelay", "prepare_signals", "run_reactor", "stop_reactor"]
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+"""Blocked by the parent while it starts a child (see :func:`prepare_signals`)."""
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_signals(reactor: Any) -> None:
+    """The child's signal handling; call first thing in the child.
+
+    The parent owns shutdown: it sends STOP, and the child drains its acknowledgements. So a
+    Ctrl-C (SIGINT to the whole process group) is ignored here, and SIGTERM (``kill``, or a
+    supervisor signalling the whole group) stops the reactor once, quietly: Twisted's own
+    handlers would stop it a second time when STOP arrives and print ``ReactorNotRunning``.
+    The parent starts the child with these signals blocked (:meth:`ChildProcess.start
+    <tm_dist.transport.process.ChildProcess.start>`), so one that arrives while the child
+    starts waits for these handlers instead of killing it with a traceback.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop_reactor, reactor))
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+
+
+def run_reactor(reactor: Any) -> None:
+    """Run the child's reactor until stopped, without Twisted's signal handlers."""
+    reactor.run(installSignalHandlers=False)
+
+
+def stop_reactor(reactor: Any) -> None:
+    """Stop ``reactor`` unless it is already stopping (never raises ReactorNotRunning)."""
+    from twisted.internet.error import ReactorNotRunning
+
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
 
 
 def enable_nodelay(transport: Any, status: StatusBoard) -> None:

@@ -11,8 +11,9 @@ from tlspyo.local_protocol_for_client import LocalProtocolForClient, LocalProtoc
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
 
-from tm_dist.transport.child import enable_nodelay
+from tm_dist.transport.child import enable_nodelay, prepare_signals, run_reactor, stop_reactor
 from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.queues import BoundedQueue
 from tm_dist.transport.status import FailureKind, LinkState, Slot, StatusBoard
 
 __all__ = ["LinkFactory", "LinkProcess", "LinkProtocol"]
@@ -84,7 +85,7 @@ class LinkProtocol(ClientProtocol):
         pending.clear()
         if again:
             logger.info("link will resend %d unacknowledged message(s)", len(again))
-            self._link.store[:0] = again
+            self._link.store.prepend(again)
 
     def _kill(self, why: str) -> None:
         self._link.status.add(Slot.FRAME_REJECTS)
@@ -127,7 +128,7 @@ class LinkProtocol(ClientProtocol):
             self._hello_stamp = self._link.ack_stamp
             self._state = "ALIVE"
             while self._link.store:
-                cmd_, dest, payload = self._link.store.pop(0)
+                cmd_, dest, payload = self._link.store.popleft()
                 self.send_obj(cmd=cmd_, dest=dest, obj=payload)
         elif cmd == "OBJ":
             endpoint = self._link.endpoint
@@ -190,6 +191,10 @@ class _LocalForLink(LocalProtocolForClient):
         self.transport.setTcpNoDelay(True)
         super().connectionMade()
 
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._client.close(1)  # the parent is gone (or sent STOP): stop
+
 
 class _LocalForLinkFactory(LocalProtocolForClientFactory):
     def buildProtocol(self, addr: Any) -> _LocalForLink:
@@ -215,6 +220,8 @@ class LinkProcess(Client):
         reconnect_initial_delay_s: float,
         reconnect_max_delay_s: float,
         status: StatusBoard,
+        queue_max_messages: int,
+        queue_max_bytes: int,
     ) -> None:
         super().__init__(
             ip_server=host,
@@ -236,6 +243,16 @@ class LinkProcess(Client):
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self._tls_cert_pem = tls_cert_pem
         self._connect_timeout_s = connect_timeout_s
+        self._stopping = False
+        self._queue_caps = (queue_max_messages, queue_max_bytes)
+
+    def _dropped(self, n: int) -> None:
+        if self.status.get(Slot.QUEUE_DROPS) == 0:
+            logger.warning(
+                "link outbox at its cap while the relay is unreachable: dropping the oldest "
+                "messages (counted in the link's queue_drops)"
+            )
+        self.status.add(Slot.QUEUE_DROPS, n)
 
     def run(self) -> None:
         """Connect, reconnect and relay messages until STOP (runs in the child process)."""
@@ -243,6 +260,10 @@ class LinkProcess(Client):
         from twisted.internet import ssl
 
         reactor: Any = twisted_reactor  # zope interfaces do not type-check as methods
+        prepare_signals(reactor)
+        # messages waiting for the relay while the connection is down: bounded, oldest dropped
+        # (made here, in the child: a queue with a callback does not cross "spawn")
+        self.store: BoundedQueue[Any] = BoundedQueue(*self._queue_caps, on_drop=self._dropped)
         reactor.connectTCP("127.0.0.1", self._local_com_port, _LocalForLinkFactory(self))
         factory = LinkFactory(self)
         self.status.set(Slot.STATE, LinkState.CONNECTING)
@@ -256,16 +277,20 @@ class LinkProcess(Client):
         else:
             reactor.connectTCP(self._ip_server, self._port_server, factory, timeout=timeout)
         self._reactor = reactor
-        reactor.run()
+        run_reactor(reactor)
         self._reactor = None
 
     def close(self, counter: int) -> None:
-        """Stop once every acknowledgement is in, or after about a second."""
+        """Stop once every acknowledgement is in, or after about a second (idempotent)."""
+        if counter == 1:
+            if self._stopping:
+                return
+            self._stopping = True
         if self.check_acks() or counter > 20:
             if self._reactor is not None:
                 if self.to_server is not None:
                     self.to_server.transport.loseConnection()
-                self._reactor.stop()
+                stop_reactor(self._reactor)
         else:
             from twisted.internet import reactor as twisted_reactor
 

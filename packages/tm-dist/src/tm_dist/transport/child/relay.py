@@ -15,8 +15,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tm_dist.errors import InvalidValueError
-from tm_dist.transport.child import enable_nodelay
+from tm_dist.transport.child import enable_nodelay, prepare_signals, run_reactor, stop_reactor
 from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.queues import BoundedQueue
 from tm_dist.transport.status import Slot, StatusBoard
 
 __all__ = ["RelayFactory", "RelayProcess", "RelayProtocol", "ServerTLSContext"]
@@ -134,6 +135,7 @@ class RelayProtocol(ServerProtocol):
         ):
             raise InvalidValueError("destination must map group names to copy counts in [-16, 16]")
         super().forward_obj_to_dest(obj=obj, dest=dest)
+        self._relay.report_queues()
 
     def retrieve_consumables(self, groups: Any) -> None:
         if not isinstance(groups, dict) or not all(
@@ -141,6 +143,7 @@ class RelayProtocol(ServerProtocol):
         ):
             raise InvalidValueError("a notification must map group names to counts")
         super().retrieve_consumables(groups=groups)
+        self._relay.report_queues()
 
 
 class RelayFactory(Factory):
@@ -158,6 +161,10 @@ class _LocalForRelay(LocalProtocolForServer):
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
         super().connectionMade()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._server.close(1)  # the parent is gone (or sent STOP): stop serving
 
 
 class _LocalForRelayFactory(LocalProtocolForServerFactory):
@@ -180,6 +187,8 @@ class RelayProcess(Server):
         max_message_bytes: int,
         tls: ServerTLSContext | None,
         status: StatusBoard,
+        queue_max_messages: int,
+        queue_max_bytes: int,
     ) -> None:
         super().__init__(
             port=port,
@@ -194,7 +203,35 @@ class RelayProcess(Server):
         self.host = host
         self.max_message_bytes = max_message_bytes
         self.status = status
+        self.queue_max_messages = queue_max_messages
+        self.queue_max_bytes = queue_max_bytes
         self._tls = tls
+        self._stopping = False
+
+    def add_group(self, group: str, max_consumables: int | None = None) -> None:
+        """tlspyo's group, with its consumables in a :class:`BoundedQueue` (drop oldest)."""
+        fresh = group not in self.group_info
+        super().add_group(group, max_consumables)
+        if fresh:
+            self.group_info[group]["to_consume"] = BoundedQueue(
+                self.queue_max_messages, self.queue_max_bytes, on_drop=self._dropped
+            )
+
+    def _dropped(self, n: int) -> None:
+        if self.status.get(Slot.QUEUE_DROPS) == 0:
+            logger.warning(
+                "relay queue at its cap (%d messages, %d bytes): dropping the oldest messages "
+                "(counted in the relay's queue_drops); is the trainer connected and keeping up?",
+                self.queue_max_messages,
+                self.queue_max_bytes,
+            )
+        self.status.add(Slot.QUEUE_DROPS, n)
+
+    def report_queues(self) -> None:
+        """Publish how many messages and bytes wait in the groups' queues."""
+        queues = [g["to_consume"] for g in self.group_info.values()]
+        self.status.set(Slot.QUEUED_MESSAGES, sum(len(q) for q in queues))
+        self.status.set(Slot.QUEUED_BYTES, sum(getattr(q, "queued_bytes", 0) for q in queues))
 
     def run(self) -> None:
         """Listen and serve until the parent sends STOP (runs in the child process)."""
@@ -203,6 +240,7 @@ class RelayProcess(Server):
 
         reactor: Any = twisted_reactor  # zope interfaces do not type-check as methods
 
+        prepare_signals(reactor)
         reactor.connectTCP("127.0.0.1", self._local_com_port, _LocalForRelayFactory(self))
         factory = RelayFactory(self)
         try:
@@ -216,17 +254,21 @@ class RelayProcess(Server):
             return
         self.status.set(Slot.PORT, port.getHost().port)
         self._reactor = reactor
-        reactor.run()
+        run_reactor(reactor)
         self._reactor = None
 
     def close(self, counter: int) -> None:
-        """Stop once every acknowledgement is in, or after about a second."""
+        """Stop once every acknowledgement is in, or after about a second (idempotent)."""
+        if counter == 1:
+            if self._stopping:
+                return
+            self._stopping = True
         if self.check_acks() or counter > 20:
             if self._reactor is not None:
                 for identifier in list(self.to_clients):
                     self.to_clients[identifier].transport.loseConnection()
                     self.delete_client(identifier)
-                self._reactor.stop()
+                stop_reactor(self._reactor)
         else:
             from twisted.internet import reactor as twisted_reactor
 
