@@ -5,10 +5,12 @@ Each run trains lidar-sac with tiny networks and one car for a few hundred steps
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -259,3 +261,48 @@ def test_stop_at_lap_stops_after_a_fast_enough_evaluation(
     assert step_of(latest_checkpoint(run_dir / "checkpoints")) == 100
     best: dict[str, Any] = json.loads((run_dir / "best" / "evaluation.json").read_text())
     assert best["finished"] and best["lap_time"] == 30.0
+
+
+class _Stats:
+    """What RichProgress reads of the trainer's episode statistics."""
+
+    def __init__(self, best_training_lap: float) -> None:
+        self.stats = SimpleNamespace(
+            episodes=3, last_return=1.5, last_progress=0.4, best_lap=best_training_lap
+        )
+
+
+def test_the_live_line_shows_the_evaluations_and_the_bar_follows_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(train_cli.time, "perf_counter", lambda: clock[0])
+    console = Console(file=io.StringIO(), width=200)
+    trainer = SimpleNamespace(evaluator=None)
+    with Progress(console=console) as progress:
+        bar = train_cli.RichProgress(progress, 1_000_000, _Stats(31.0), trainer, minutes=10.0)
+        bar.refresh()
+        assert "best eval" not in progress.tasks[0].fields["info"]  # no evaluation yet
+        clock[0] += 150.0  # a quarter of the 10 minutes, few steps: the time budget leads
+        bar.num_timesteps = 20_000
+        best = EvalRecord(
+            timesteps=20_000,
+            wall_s=140.0,
+            episode_return=50.0,
+            progress=1.0,
+            finished=True,
+            lap_time=42.5,
+            wall_contacts=0,
+        )
+        trainer.evaluator = SimpleNamespace(best=best)
+        bar.refresh()
+        info = progress.tasks[0].fields["info"]
+        assert progress.tasks[0].completed == 250
+        assert "best eval lap 42.500 s" in info and "31.000" not in info  # not a training lap
+        assert "20,000/1,000,000 steps" in info
+        bar.num_timesteps = 900_000  # now the steps lead
+        bar.refresh()
+        assert progress.tasks[0].completed == 900

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -120,24 +126,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class RichProgress(BaseCallback):
-    """A live progress bar: steps, steps/s, last episode return, progress and best lap."""
+BAR_UNITS = 1000
+"""The bar counts thousandths of the run's budget (its steps, or its minutes when sooner)."""
 
-    def __init__(self, progress: Progress, total: int, stats: Any, evaluator: Any) -> None:
+
+class RichProgress(BaseCallback):
+    """A live progress bar over the run's real budget, with an ETA, and a status line: steps,
+    steps/s, the last training episode, and the evaluations' best lap (the policy ``best/``
+    holds, which is what the run publishes).
+
+    Args:
+        total: the step budget.
+        minutes: the wall-clock budget, if any: the bar follows whichever budget runs out first.
+        evaluator: where the evaluations are (anything with ``.evaluator.best``, read at each
+            refresh: the trainer creates its evaluator when the run starts).
+    """
+
+    def __init__(
+        self, progress: Progress, total: int, stats: Any, trainer: Any, minutes: float | None
+    ) -> None:
         super().__init__()
         self.progress = progress
         self.total = total
+        self.minutes = minutes
         self.stats = stats
-        self.evaluator = evaluator
-        self.task = progress.add_task("training", total=total, info="")
+        self.trainer = trainer
+        self.task = progress.add_task("training", total=BAR_UNITS, info="")
         self._last = 0.0
         self._last_line = 0.0
         self._t0 = time.perf_counter()
+        self._run_t0 = self._t0
         self._steps0 = 0
 
     def _on_training_start(self) -> None:
         self._t0 = time.perf_counter()
         self._steps0 = self.num_timesteps
+
+    def fraction(self) -> float:
+        """How much of the run's budget is spent (0…1): steps, or time when that is sooner."""
+        done = self.num_timesteps / max(self.total, 1)
+        if self.minutes is not None:
+            done = max(done, (time.perf_counter() - self._run_t0) / (60.0 * self.minutes))
+        return min(done, 1.0)
 
     def _on_step(self) -> bool:
         now = time.perf_counter()
@@ -149,17 +179,20 @@ class RichProgress(BaseCallback):
     def refresh(self) -> None:
         s = self.stats.stats
         rate = (self.num_timesteps - self._steps0) / max(time.perf_counter() - self._t0, 1e-9)
-        ev = self.evaluator.best if self.evaluator is not None else None
-        parts = [f"{rate:,.0f} steps/s", f"ep {s.episodes}"]
+        evaluator = getattr(self.trainer, "evaluator", None)
+        ev = evaluator.best if evaluator is not None else None
+        parts = [f"{self.num_timesteps:,}/{self.total:,} steps", f"{rate:,.0f} steps/s"]
+        parts.append(f"ep {s.episodes}")
         if s.episodes:
             parts += [f"return {s.last_return:.1f}", f"progress {s.last_progress:.0%}"]
-        if s.best_lap is not None:
-            parts.append(f"best lap {s.best_lap:.3f} s")
-        if ev is not None:
+        if ev is not None:  # the evaluations' best: what best/ and policy/ hold
             parts.append(
-                f"eval lap {ev.lap_time:.3f} s" if ev.finished else f"eval {ev.progress:.0%}"
+                f"best eval lap {ev.lap_time:.3f} s"
+                if ev.finished and ev.lap_time is not None
+                else f"best eval {ev.progress:.0%}"
             )
-        self.progress.update(self.task, completed=self.num_timesteps, info=" · ".join(parts))
+        completed = round(BAR_UNITS * self.fraction())
+        self.progress.update(self.task, completed=completed, info=" · ".join(parts))
         console = self.progress.console
         now = time.perf_counter()
         if not console.is_terminal and now - self._last_line >= 30.0:
@@ -287,15 +320,21 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
     try:
         with Progress(*columns, console=err, transient=False) as progress:
-            bar = RichProgress(progress, total, trainer.stats, None)
-            result = trainer.run([bar], on_imitation=_imitation_line(progress.console))
-            bar.evaluator = trainer.evaluator
+            bar = RichProgress(progress, total, trainer.stats, trainer, args.minutes)
+            line = _imitation_line(progress.console)
+
+            def on_imitation(it: DaggerIteration) -> None:
+                line(it)
+                bar.refresh()  # the time budget moves on during DAgger too
+
+            result = trainer.run([bar], on_imitation=on_imitation)
             bar.refresh()
     finally:
         trainer.close()
