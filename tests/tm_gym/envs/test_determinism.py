@@ -44,7 +44,7 @@ def assert_identical(a: Any, b: Any, where: str) -> None:
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype, where
         np.testing.assert_array_equal(a, b, err_msg=where)
     elif isinstance(a, float):
-        assert type(b) is float and (a == b or (a != a and b != b)), f"{where}: {a!r} != {b!r}"
+        assert type(b) is type(a) and (a == b or (a != a and b != b)), f"{where}: {a!r} != {b!r}"
     else:
         assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
 

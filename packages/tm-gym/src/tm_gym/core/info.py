@@ -19,9 +19,11 @@ key                    meaning
 ``failed``             the episode ended for lack of progress
 =====================  =================================================================
 
-Every value has a fixed type and shape from the first step on (``lap_time`` is a float, +inf
-until the finish, never None), so recorders that store infos in typed arrays work: Minari's
-``DataCollector(record_infos=True)``, TorchRL's batched environments. +inf rather than NaN: an
+Every value is a NumPy scalar or array of a fixed dtype and shape from the first step on
+(``lap_time`` is a float64, +inf until the finish, never None), so recorders that store infos
+in typed arrays work: Minari's ``DataCollector(record_infos=True)``, TorchRL's info readers
+(which read each value's ``dtype``). Floats are ``np.float64``, a subclass of Python's float;
+counters are ``np.int64`` and flags ``np.bool_`` (``int()``/``bool()`` them for JSON). +inf rather than NaN: an
 unfinished lap is slower than any finished one (``min`` and ``<=`` stay right), and it equals
 itself, so Gymnasium's ``check_env`` (which compares two infos exactly) passes.
 :func:`lap_time_of` reads the lap time back as ``float | None``.
@@ -92,18 +94,18 @@ def step_info(
     """The info of one car; ``race_time`` and ``lap_time`` are rounded to the millisecond, and
     ``lap_time`` is :data:`NO_LAP` (+inf) unless ``finished``."""
     return {
-        "race_time": round(race_time, 3),
-        "progress": progress,
-        "checkpoint": checkpoint,
-        "checkpoints_total": checkpoints_total,
-        "finished": finished,
-        "lap_time": round(lap_time, 3) if finished and lap_time is not None else NO_LAP,
+        "race_time": np.float64(round(race_time, 3)),
+        "progress": np.float64(progress),
+        "checkpoint": np.int64(checkpoint),
+        "checkpoints_total": np.int64(checkpoints_total),
+        "finished": np.bool_(finished),
+        "lap_time": np.float64(round(lap_time, 3) if finished and lap_time is not None else NO_LAP),
         "position": position,
-        "speed_kmh": speed_kmh,
-        "gear": gear,
-        "rpm": rpm,
-        "wall_contacts": wall_contacts,
-        "failed": failed,
+        "speed_kmh": np.float64(speed_kmh),
+        "gear": np.int64(gear),
+        "rpm": np.float64(rpm),
+        "wall_contacts": np.int64(wall_contacts),
+        "failed": np.bool_(failed),
     }
 
 

@@ -225,8 +225,8 @@ class TrackManiaEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         if self._keep is not None:
             self._capture = self._capture_of(self._first(obs), *respawned[0])
         self._running = True
-        info = {k: (v[0].item() if np.ndim(v[0]) == 0 else v[0]) for k, v in binfo.items()}
-        info["lap_time"] = NO_LAP
+        info = {k: v[0] for k, v in binfo.items()}  # NumPy scalars, as step() gives
+        info["lap_time"] = np.float64(NO_LAP)
         return self._first(obs), info
 
     def step(
