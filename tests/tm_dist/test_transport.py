@@ -155,9 +155,9 @@ def test_bad_arguments_are_explained(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # relay and link processes
-def test_worker_to_trainer_and_broadcast_to_workers(
-    relay: RelayServer, closing: Callable[[Any], Any]
-) -> None:
+def test_worker_to_trainer_and_broadcast_to_workers(closing: Callable[[Any], Any]) -> None:
+    # a relay of its own: the shared one keeps the last broadcast of whichever test ran before
+    relay = closing(RelayServer(PASSWORD, port=0, **PLAIN).start())
     trainer = _link(closing, relay.port, "trainers")
     workers = [_link(closing, relay.port, "workers") for _ in range(2)]
 
