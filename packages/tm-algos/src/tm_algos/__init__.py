@@ -29,6 +29,9 @@ Modules:
 * :mod:`tm_algos.checkpoint` — full training state in safetensors + JSON + npz, atomically.
 * :mod:`tm_algos.imitation` — DAgger from the simulator's privileged teachers (the scripted
   expert, a LIDAR policy) into a pixel policy, behaviour cloning, ``.tmrec`` demonstrations.
+* :mod:`tm_algos.perception` — a CNN trained on the simulator's labels to read the 19 LIDAR
+  distances off a frame: ``PixelLidarWrapper`` (a LIDAR policy drives from pixels) and the
+  ``PerceptionExtractor`` (preset extractor ``"perception"``, frozen or fine-tuned).
 * :mod:`tm_algos.training`, :mod:`tm_algos.callbacks` — what ``tm-train`` runs.
 * :mod:`tm_algos.evaluation` — what ``tm-eval`` runs.
 * :mod:`tm_algos.errors` — :class:`TMAlgosError`, the base of every error tm_algos raises.
@@ -57,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "load_preset": "tm_algos.presets",
     "make_model": "tm_algos.factory",
     "make_vec_env": "tm_algos.factory",
+    "SimVecEnv": "tm_algos.sim_vec_env",
     "TMCNNExtractor": "tm_algos.extractors",
     "TMLidarExtractor": "tm_algos.extractors",
     "TMViTExtractor": "tm_algos.extractors",
@@ -87,6 +91,13 @@ _EXPORTS: dict[str, str] = {
     "run_dagger": "tm_algos.imitation.dagger",
     "EvalReport": "tm_algos.evaluation",
     "evaluate": "tm_algos.evaluation",
+    "EncoderConfig": "tm_algos.perception",
+    "PerceptionEncoder": "tm_algos.perception",
+    "PixelLidarWrapper": "tm_algos.perception",
+    "load_encoder": "tm_algos.perception",
+    "save_encoder": "tm_algos.perception",
+    "train_encoder": "tm_algos.perception",
+    "PerceptionExtractor": "tm_algos.extractors",
 }
 
 __all__ = [
@@ -98,6 +109,7 @@ __all__ = [
     "CheckpointError",
     "DemoError",
     "DictCrossQ",
+    "EncoderConfig",
     "EvalReport",
     "FastImageSAC",
     "FrameStackReplayBuffer",
@@ -106,10 +118,14 @@ __all__ = [
     "InvalidTypeError",
     "InvalidValueError",
     "LoadedPolicy",
+    "PerceptionEncoder",
+    "PerceptionExtractor",
+    "PixelLidarWrapper",
     "PolicyFileError",
     "Preset",
     "PresetError",
     "RunDirError",
+    "SimVecEnv",
     "TMAlgosError",
     "TMCNNExtractor",
     "TMLidarExtractor",
@@ -126,6 +142,7 @@ __all__ = [
     "list_presets",
     "load_checkpoint",
     "load_demonstrations",
+    "load_encoder",
     "load_policy",
     "load_preset",
     "make_model",
@@ -135,6 +152,8 @@ __all__ = [
     "policy_to_bytes",
     "run_dagger",
     "save_checkpoint",
+    "save_encoder",
+    "train_encoder",
 ]
 
 if TYPE_CHECKING:
@@ -147,6 +166,7 @@ if TYPE_CHECKING:
     from tm_algos.errors import InvalidTypeError, InvalidValueError, TMAlgosError
     from tm_algos.evaluation import EvalReport, evaluate
     from tm_algos.extractors import (
+        PerceptionExtractor,
         TMCNNExtractor,
         TMLidarExtractor,
         TMViTExtractor,
@@ -159,6 +179,14 @@ if TYPE_CHECKING:
     from tm_algos.imitation.dagger import run_dagger
     from tm_algos.imitation.dataset import ImitationDataset
     from tm_algos.imitation.demos import DemoError, load_demonstrations
+    from tm_algos.perception import (
+        EncoderConfig,
+        PerceptionEncoder,
+        PixelLidarWrapper,
+        load_encoder,
+        save_encoder,
+        train_encoder,
+    )
     from tm_algos.policy.as_bytes import policy_from_bytes, policy_to_bytes
     from tm_algos.policy.export import export_policy
     from tm_algos.policy.format import PolicyFileError
@@ -174,6 +202,7 @@ if TYPE_CHECKING:
     )
     from tm_algos.redq import REDQ
     from tm_algos.registry import ALGORITHMS, AlgorithmSpec, algorithm
+    from tm_algos.sim_vec_env import SimVecEnv
     from tm_algos.training import RunDirError, TrainConfig, Trainer, TrainResult
 
 

@@ -8,7 +8,10 @@ feature vector that SB3's SAC, TQC, PPO and sb3-contrib's RecurrentPPO put their
 - :class:`TMViTExtractor` (``"images"``): frame patches and a telemetry token through a
   transformer encoder;
 - :class:`TMLidarExtractor` (``"lidar"``, ``"lidar_progress"``): an MLP on the scans, speed,
-  past actions (and progress).
+  past actions (and progress);
+- :class:`PerceptionExtractor` (``"images"``, preset name ``"perception"``): a trained
+  :class:`~tm_algos.perception.PerceptionEncoder` (pixels → LIDAR) on every frame, frozen or
+  fine-tuned, then an MLP as the LIDAR one's.
 
 With RecurrentPPO's ``"MultiInputLstmPolicy"`` the LSTM sits on top of the extractor: the
 CNN-LSTM path is ``TMCNNExtractor`` there.
@@ -41,12 +44,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from tm_algos.errors import InvalidValueError
-from tm_gym.core.geometry import LIDAR_RANGE
+from tm_gym.core.geometry import LIDAR_BEAMS, LIDAR_RANGE
 from tm_gym.core.settings import MAX_GEAR, MAX_RPM, MAX_SPEED_KMH
 
 __all__ = [
     "ARCHS",
     "TELEMETRY_SCALES",
+    "PerceptionExtractor",
     "TMCNNExtractor",
     "TMLidarExtractor",
     "TMViTExtractor",
@@ -67,7 +71,7 @@ TELEMETRY_SCALES: Mapping[str, float] = {
 
 _ORDER = ("speed", "gear", "rpm", "progress", "actions", "lidar")
 ARCHS: Mapping[str, tuple[str, ...]] = {
-    "images": ("small", "tmrl", "vit"),
+    "images": ("small", "tmrl", "vit", "perception"),
     "lidar": ("mlp",),
     "lidar_progress": ("mlp",),
 }
@@ -355,12 +359,114 @@ class TMLidarExtractor(BaseFeaturesExtractor):
         return self.mlp(self.telemetry(observations))
 
 
+class PerceptionExtractor(BaseFeaturesExtractor):
+    """A trained perception encoder (pixels → LIDAR) on every frame of the stack, then an MLP.
+
+    The encoder (:func:`tm_algos.perception.load_encoder` of ``path``) reads each of the ``H``
+    frames; ``features="lidar"`` keeps its predicted scans (``H × 19`` values, metres / 150),
+    ``features="trunk"`` the trunk's hidden layer (``H × hidden`` values). They are joined with
+    the scaled telemetry and past actions (:class:`TelemetryNorm`) and go through an MLP of
+    widths ``hidden`` (ReLU), as :class:`TMLidarExtractor` does with exact scans;
+    ``features_dim``, when given (presets such as ``images-sac`` set it), replaces the last
+    width, so ``features_dim`` is the output size.
+
+    ``freeze=True`` (default) keeps the encoder's weights fixed: they get no gradient and the
+    encoder stays in evaluation mode; ``freeze=False`` fine-tunes it with the rest of the
+    network. Either way its weights are part of the policy's state, so an exported policy
+    carries them; rebuilding the policy reads ``path`` again for the encoder's shape, so keep
+    the encoder directory with the policy.
+
+    Raises:
+        InvalidValueError: no ``images`` key, frames that do not fit the encoder, or a bad
+            setting; ``EncoderFileError`` when ``path`` is not a saved encoder.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        path: str = "",
+        freeze: bool = True,
+        features: str = "lidar",
+        hidden: Sequence[int] = (256, 256),
+        features_dim: int | None = None,
+    ) -> None:
+        from tm_algos.perception import load_encoder
+
+        who = "PerceptionExtractor"
+        d, (c, h, w) = _image_space(observation_space, who)
+        if not path:
+            raise InvalidValueError(
+                f"{who}: path={path!r}; give the directory of a trained encoder "
+                "([policy.extractor_kwargs] path = 'runs/perception/encoder', written by "
+                "benchmarks/perception.py or tm_algos.perception.save_encoder)"
+            )
+        if not isinstance(freeze, bool):
+            raise InvalidValueError(f"{who}: freeze={freeze!r}; expected true or false")
+        if features not in ("lidar", "trunk"):
+            raise InvalidValueError(f"{who}: features={features!r}; expected 'lidar' or 'trunk'")
+        widths = tuple(hidden)
+        if features_dim is not None:
+            widths = (*widths[:-1], features_dim)
+        if any(not _int_at_least(n, 1) for n in widths):
+            raise InvalidValueError(
+                f"{who}: hidden={hidden!r}, features_dim={features_dim!r}; expected integers >= 1"
+            )
+        encoder = load_encoder(path)
+        cfg = encoder.config
+        if c % cfg.channels or (h, w) != (cfg.img_size, cfg.img_size):
+            raise InvalidValueError(
+                f"{who}: frames of shape {(c, h, w)}; the encoder at {path!r} reads "
+                f"{cfg.channels}-channel {cfg.img_size}x{cfg.img_size} frames: set "
+                f"img_size={cfg.img_size}, grayscale={cfg.channels == 1}"
+            )
+        telemetry = TelemetryNorm(d)
+        per_frame = LIDAR_BEAMS if features == "lidar" else encoder.features_dim
+        n_in = (c // cfg.channels) * per_frame + telemetry.out_dim
+        super().__init__(d, widths[-1] if widths else n_in)
+        self.encoder = encoder
+        self.frame_channels = cfg.channels
+        self.freeze = freeze
+        self.feature_kind = features
+        self.telemetry = telemetry
+        if freeze:
+            self.encoder.requires_grad_(False)
+        mods: list[nn.Module] = []
+        n = n_in
+        for width in widths:
+            mods += [nn.Linear(n, width), nn.ReLU()]
+            n = width
+        self.mlp = nn.Sequential(*mods)
+
+    def train(self, mode: bool = True) -> PerceptionExtractor:
+        super().train(mode)
+        if self.freeze:
+            self.encoder.eval()
+        return self
+
+    def _per_frame(self, images: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = images.shape
+        frames = _pixels(images).reshape(b * (c // self.frame_channels), self.frame_channels, h, w)
+        z = self.encoder.features(frames)
+        if self.feature_kind == "lidar":
+            z = self.encoder.head(z) / LIDAR_RANGE
+        return z.reshape(b, -1)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.freeze:
+            with torch.no_grad():
+                seen = self._per_frame(observations["images"])
+        else:
+            seen = self._per_frame(observations["images"])
+        return self.mlp(torch.cat([seen, self.telemetry(observations)], dim=1))
+
+
 def policy_kwargs_for(
     obs_type: str, arch: str | None = None, **extractor_kwargs: Any
 ) -> dict[str, Any]:
     """``policy_kwargs`` for SB3 / sb3-contrib with the right extractor for ``obs_type``.
 
-    ``arch``: ``"small"`` (default), ``"tmrl"`` or ``"vit"`` for ``"images"``; ``"mlp"``
+    ``arch``: ``"small"`` (default), ``"tmrl"``, ``"vit"`` or ``"perception"`` (give
+    ``path=`` the trained encoder's directory) for ``"images"``; ``"mlp"``
     (default) for ``"lidar"`` and ``"lidar_progress"``. ``extractor_kwargs`` go to the extractor
     (e.g. ``augment_shift=4``, ``features_dim=128``, ``hidden=(128, 128)``).
     Works with ``"MultiInputPolicy"`` (SAC, TQC, PPO) and ``"MultiInputLstmPolicy"``
@@ -385,6 +491,8 @@ def policy_kwargs_for(
         cls, kwargs = TMCNNExtractor, {"arch": a}
     elif a == "vit":
         cls = TMViTExtractor
+    elif a == "perception":
+        cls = PerceptionExtractor
     else:
         cls = TMLidarExtractor
     kwargs.update(extractor_kwargs)

@@ -415,6 +415,7 @@ EXTRACTORS: Mapping[str, tuple[str, str]] = MappingProxyType(
         "cnn-small": ("images", "small"),
         "cnn-tmrl": ("images", "tmrl"),
         "vit": ("images", "vit"),
+        "perception": ("images", "perception"),  # kwargs: path (required), freeze, features
     }
 )
 """Feature extractor names a preset may use (``policy.extractor``)."""

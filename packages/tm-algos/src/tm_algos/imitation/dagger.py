@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 from stable_baselines3.common.policies import BasePolicy
@@ -46,6 +45,7 @@ from tm_algos.errors import InvalidValueError
 from tm_algos.imitation.bc import BehaviourCloning
 from tm_algos.imitation.config import ImitationConfig
 from tm_algos.imitation.dataset import ImitationDataset
+from tm_algos.imitation.fleet import Fleet, Obs
 
 __all__ = [
     "DaggerIteration",
@@ -58,9 +58,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-SIM_ENV_ID = "TrackMania-Sim-v0"
-Obs = dict[str, NDArray[Any]]
 
 
 class Teacher(Protocol):
@@ -163,54 +160,8 @@ class DaggerResult:
     stopped_early: bool = False
 
 
-class _Fleet:
-    """The cars: one native vector environment per track, stepped together."""
-
-    def __init__(
-        self, env_kwargs: Mapping[str, Any], tracks: Sequence[str], n_envs: int, seed: int
-    ) -> None:
-        import tm_gym  # noqa: F401  (registers the environment ids)
-
-        names = list(tracks) or [str(env_kwargs.get("track", "default"))]
-        if n_envs < len(names):
-            raise InvalidValueError(
-                f"imitation: n_envs={n_envs} cars cannot drive {len(names)} tracks; give at "
-                "least one car per track"
-            )
-        counts = [n_envs // len(names) + (i < n_envs % len(names)) for i in range(len(names))]
-        kwargs = {k: v for k, v in env_kwargs.items() if k not in ("track", "backend")}
-        self.envs = [
-            gym.make_vec(
-                SIM_ENV_ID, num_envs=c, vectorization_mode="vector_entry_point", track=t, **kwargs
-            )
-            for t, c in zip(names, counts, strict=True)
-        ]
-        self.counts = counts
-        self.n = n_envs
-        self.obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]
-        self.first = [np.ones(c, dtype=bool) for c in counts]
-        self.done = [np.zeros(c, dtype=bool) for c in counts]
-
-    def observations(self) -> Obs:
-        return {k: np.concatenate([o[k] for o in self.obs]) for k in self.obs[0]}
-
-    def step(self, actions: NDArray[np.float32]) -> None:
-        start = 0
-        for i, env in enumerate(self.envs):
-            a = actions[start : start + self.counts[i]]
-            start += self.counts[i]
-            obs, _, term, trunc, _ = env.step(a)
-            self.first[i] = self.done[i]  # autoreset: the step after an end gives a reset
-            self.done[i] = term | trunc
-            self.obs[i] = obs
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-
 def _collect(
-    fleet: _Fleet,
+    fleet: Fleet,
     teacher: Teacher,
     bc: BehaviourCloning,
     dataset: ImitationDataset,
@@ -270,7 +221,7 @@ def run_dagger(
     budget = [s for s in (seconds, None if config.minutes is None else config.minutes * 60) if s]
     deadline = time.perf_counter() + min(budget) if budget else None
     teacher = teacher if teacher is not None else make_teacher(config.teacher)
-    fleet = _Fleet(env_kwargs, config.tracks, config.n_envs, seed)
+    fleet = Fleet(env_kwargs, config.tracks, config.n_envs, seed)
     space = fleet.envs[0].single_observation_space
     if dataset is None:
         dataset = ImitationDataset(

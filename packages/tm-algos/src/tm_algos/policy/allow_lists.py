@@ -26,7 +26,12 @@ from torch import nn
 
 import tm_algos.registry as registry
 from tm_algos.errors import InvalidTypeError
-from tm_algos.extractors import TMCNNExtractor, TMLidarExtractor, TMViTExtractor
+from tm_algos.extractors import (
+    PerceptionExtractor,
+    TMCNNExtractor,
+    TMLidarExtractor,
+    TMViTExtractor,
+)
 from tm_algos.policy.format import PolicyFileError
 
 __all__ = [
@@ -57,6 +62,7 @@ FEATURE_EXTRACTORS: dict[str, type[BaseFeaturesExtractor]] = {
     "TMCNNExtractor": TMCNNExtractor,
     "TMViTExtractor": TMViTExtractor,
     "TMLidarExtractor": TMLidarExtractor,
+    "PerceptionExtractor": PerceptionExtractor,
 }
 """Allow list of feature extractors, by the name written in ``policy.json``."""
 
