@@ -166,7 +166,7 @@ def test_export_loads_with_minari_and_matches_the_env(images_run: Any, tmp_path:
     try:
         assert env.spec is not None and env.spec.kwargs["track"] == "default"
         assert env.observation_space == ds.observation_space
-        obs, info = env.reset(seed=0)
+        obs, _ = env.reset(seed=0)
         _same_obs({k: v[None] for k, v in obs.items()}, [truth[0][0][0]])
     finally:
         env.close()
