@@ -8,14 +8,28 @@ reader reads each info value's dtype, so every value is a NumPy scalar or array 
 from __future__ import annotations
 
 import math
+import multiprocessing
+from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 
-torchrl_envs = pytest.importorskip("torchrl.envs")
-gym_like = pytest.importorskip("torchrl.envs.gym_like")
+
+@pytest.fixture
+def torchrl_envs() -> Iterator[ModuleType]:
+    """torchrl.envs, imported here: importing it sets the process-wide multiprocessing start
+    method to "spawn", which is put back afterwards so the rest of the suite is unaffected."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    try:
+        yield pytest.importorskip("torchrl.envs")
+    finally:
+        multiprocessing.set_start_method(before, force=True)
 
 
 def make_env() -> object:
+    import torchrl.envs as torchrl_envs
+    from torchrl.envs import gym_like
+
     env = torchrl_envs.GymEnv("tm_gym:TrackMania-Sim-v0", obs_type="lidar", ep_max_length=20)
     env.set_info_dict_reader(
         gym_like.default_info_dict_reader(["lap_time", "progress", "finished", "wall_contacts"])
@@ -24,7 +38,7 @@ def make_env() -> object:
 
 
 @pytest.mark.slow  # two spawned worker processes
-def test_parallel_env_rolls_out_with_infos() -> None:
+def test_parallel_env_rolls_out_with_infos(torchrl_envs: ModuleType) -> None:
     env = torchrl_envs.ParallelEnv(2, make_env)
     try:
         td = env.rollout(25, break_when_any_done=False)  # crosses one episode end per worker

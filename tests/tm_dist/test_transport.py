@@ -339,6 +339,18 @@ def test_unacknowledged_messages_are_resent_after_a_relay_crash(
 # ------------------------------------------------------------------------------ TLS
 
 
+@pytest.mark.slow  # a relay process
+def test_a_tls_relay_starts_as_a_spawned_process(
+    tmp_path: Path, closing: Callable[[Any], Any]
+) -> None:
+    """Windows and macOS spawn children (and importing some libraries, TorchRL among them,
+    makes Linux do so too): the relay's TLS settings must cross to a spawned child."""
+    keys = make_cert(tmp_path / "server").keys_dir
+    server = RelayServer(PASSWORD, port=0, keys_dir=keys, use_tls=True, start_method="spawn")
+    closing(server.start())
+    assert server.running and server.port > 0
+
+
 @pytest.mark.slow  # relay and link processes
 def test_tls_exchange_and_wrong_certificate(tmp_path: Path, closing: Callable[[Any], Any]) -> None:
     keys = make_cert(tmp_path / "server").keys_dir

@@ -48,6 +48,9 @@ class ChildProcess:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if masking else None
         try:
             self.process.start()
+        except BaseException:
+            self._listener.close()  # the child never started: nothing will connect
+            raise
         finally:
             if old is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -41,6 +41,11 @@ class ServerTLSContext:
         self._cert_pem = cert_pem
         self._context: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a spawned relay child receives: the PEM bytes, never the built context (an
+        OpenSSL object, which cannot cross a process; the child builds its own)."""
+        return {"_key_pem": self._key_pem, "_cert_pem": self._cert_pem, "_context": None}
+
     def getContext(self) -> Any:
         if self._context is None:
             from cryptography import x509
