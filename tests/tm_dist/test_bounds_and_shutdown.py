@@ -19,12 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tm_dist.testing import kill_by_pid
 from tm_dist.transport import Link, RelayServer
 from tm_dist.transport.queues import BoundedQueue
 
@@ -32,39 +33,11 @@ PASSWORD = "bounds-and-shutdown-password-31"
 MIB = 1 << 20
 
 
-def _kill_by_pid(pid: int | None) -> None:
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return
-
-
 def _rss_mib(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(r"VmRSS:\s+(\d+)\s+kB", text)
     assert m is not None
     return int(m.group(1)) / 1024
-
-
-@pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    started: list[Any] = []
-
-    def register(thing: Any) -> Any:
-        started.append(thing)
-        return thing
-
-    try:
-        yield register
-    finally:
-        for thing in reversed(started):
-            pid = thing.pid
-            try:
-                thing.stop()
-            finally:
-                _kill_by_pid(pid)
 
 
 # ------------------------------------------------------------------------------ the queues
@@ -219,7 +192,7 @@ def test_every_role_stops_cleanly_on_a_signal_to_its_group(tmp_path: Path, how: 
                 try:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    _kill_by_pid(p.pid)
+                    kill_by_pid(p.pid)
     errors = {name: path.read_text(errors="replace") for name, path in logs.items()}
     for name, code in codes.items():
         assert code in (0, 130), f"{name} exited with {code}:\n{errors[name]}"

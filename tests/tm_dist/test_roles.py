@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -43,6 +42,7 @@ from tm_dist.settings import (
     TrainerSettings,
     WorkerSettings,
 )
+from tm_dist.testing import kill_by_pid
 from tm_dist.transport import AuthenticationError, Link, RelayServer
 from tm_dist.wire import (
     EpisodeChunk,
@@ -74,15 +74,6 @@ def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = WAIT_S)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
         time.sleep(0.05)
-
-
-def _kill_by_pid(pid: int | None) -> None:
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return
 
 
 def _conn(port: int, password: str = PASSWORD) -> ConnectionSettings:
@@ -246,10 +237,10 @@ def _running_cluster(run_dir: Path) -> Iterator[Cluster]:
         if link is not None:
             pid = link.pid
             link.stop()
-            _kill_by_pid(pid)
+            kill_by_pid(pid)
         pid = relay.pid
         relay.stop()
-        _kill_by_pid(pid)
+        kill_by_pid(pid)
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +253,7 @@ def intruder(cluster: Cluster) -> Iterator[Link]:
     finally:
         pid = link.pid
         link.stop()
-        _kill_by_pid(pid)
+        kill_by_pid(pid)
 
 
 # -------------------------------------------------------------------------------- the cluster
@@ -470,7 +461,7 @@ def relay() -> Iterator[RelayServer]:
     finally:
         pid = server.pid
         server.stop()
-        _kill_by_pid(pid)
+        kill_by_pid(pid)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from tm_dist.certs import make_cert
 from tm_dist.settings import ConnectionSettings, Secret
+from tm_dist.testing import kill_by_pid
 from tm_dist.transport import (
     AuthenticationError,
     InsecureConnectionError,
@@ -50,16 +51,6 @@ MSGPACK_CODEC: dict[str, Any] = {
 }
 
 
-def _kill_by_pid(pid: int | None) -> None:
-    """Last resort after stop(): make sure the child with this PID is gone."""
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return
-
-
 def _is_gone(pid: int | None) -> bool:
     assert pid is not None
     try:
@@ -67,26 +58,6 @@ def _is_gone(pid: int | None) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-@pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    """Register relays and links to stop (then kill by PID) at the end of a test."""
-    started: list[Any] = []
-
-    def register(thing: Any) -> Any:
-        started.append(thing)
-        return thing
-
-    try:
-        yield register
-    finally:
-        for thing in reversed(started):
-            pid = thing.pid
-            try:
-                thing.stop()
-            finally:
-                _kill_by_pid(pid)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +69,7 @@ def relay() -> Iterator[RelayServer]:
     finally:
         pid = server.pid
         server.stop()
-        _kill_by_pid(pid)
+        kill_by_pid(pid)
 
 
 def _link(closing: Callable[[Any], Any], port: int, groups: str, **kwargs: Any) -> Link:

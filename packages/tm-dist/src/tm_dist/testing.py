@@ -1,4 +1,5 @@
-"""Fakes for tests and benchmarks: episode chunks re-encoded with poisoned content.
+"""Helpers for tests and benchmarks: episode chunks re-encoded with poisoned content, and
+:func:`kill_by_pid`, the last resort that stops a relay or link child a test started.
 
 A buggy or hostile worker is simulated by decoding an honest :class:`~tm_dist.wire.EpisodeChunk`,
 changing its transitions or its statistics, and encoding it again with the same codec, so the
@@ -12,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from typing import Final
 
 import numpy as np
@@ -21,7 +24,21 @@ from tm_dist.codec import EpisodeDecoder, EpisodeEncoder, Transitions
 from tm_dist.errors import InvalidValueError
 from tm_dist.wire import EpisodeChunk, StatValue
 
-__all__ = ["POISON_KINDS", "encode_transitions", "poison_chunk"]
+__all__ = ["POISON_KINDS", "encode_transitions", "kill_by_pid", "poison_chunk"]
+
+
+def kill_by_pid(pid: int | None) -> None:
+    """Make sure the process ``pid`` is gone (SIGKILL; nothing if it already is, or is None).
+
+    For after a child's own ``stop()``: a test or benchmark that started a process ends it by
+    its PID, whatever happened."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+
 
 POISON_KINDS: Final = (
     "reward_nan",
