@@ -52,7 +52,7 @@ from tm_algos.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tm_algos.errors import TMAlgosError
+from tm_algos.errors import InvalidValueError, TMAlgosError
 from tm_algos.factory import env_kwargs_of, make_model, make_vec_env
 from tm_algos.imitation.config import ImitationConfig
 from tm_algos.policy.export import export_policy
@@ -99,6 +99,46 @@ class TrainConfig:
     algorithms also start RL with their transitions in the replay buffer."""
     publish_best: bool = True
     """End the run with ``policy/`` a copy of ``best/`` (the best evaluated policy)."""
+    init_from: str | Path | None = None
+    """A policy directory (``policy.json`` + ``policy.safetensors``) whose weights a new run
+    starts from, e.g. a simulator-trained policy to fine-tune on the game; same spaces and
+    network needed."""
+
+
+def init_from_policy(model: BaseAlgorithm, policy_dir: str | Path) -> None:
+    """Load the weights of the policy in ``policy_dir`` into ``model``'s policy.
+
+    The file is read like any policy (JSON + safetensors, allow-listed classes, no pickle).
+
+    Raises:
+        PolicyFileError: the directory is not a readable policy.
+        InvalidValueError: its observation or action space, or its network, differs from the
+            model's (the message says which, and that the preset must match).
+    """
+    from tm_algos.policy import load_policy
+
+    loaded = load_policy(policy_dir)
+    where = f"--init-from {policy_dir}"
+    for name, theirs, ours in (
+        ("observation space", loaded.observation_space, model.observation_space),
+        ("action space", loaded.action_space, model.action_space),
+    ):
+        if theirs != ours:
+            raise InvalidValueError(
+                f"{where}: its {name} is {theirs}, this run's is {ours}; start from a policy of "
+                "the same preset and env settings (obs_type, img_size, img_hist_len, ...)"
+            )
+    state = loaded.policy.state_dict()
+    target = model.policy.state_dict()
+    missing = sorted(set(target) - set(state))
+    extra = sorted(set(state) - set(target))
+    wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    if missing or extra or wrong:
+        raise InvalidValueError(
+            f"{where}: its network differs from this run's (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}, other shapes {wrong[:3]}); start from a policy of the same preset"
+        )
+    model.policy.load_state_dict(state)
 
 
 @dataclass(frozen=True)
@@ -192,6 +232,11 @@ class Trainer:
     def build(self) -> BaseAlgorithm:
         """Create the environments and the model (loading the last checkpoint with resume)."""
         cfg = self.config
+        if cfg.resume and cfg.init_from is not None:
+            raise InvalidValueError(
+                f"--init-from {cfg.init_from} starts a new run and --resume continues one: "
+                "pass only one of them"
+            )
         self.preset, info = self._resolve_preset()
         threads = cfg.torch_threads
         if (
@@ -221,6 +266,9 @@ class Trainer:
             load_checkpoint(self.model, ckpt)
             _log.info("resumed from %s at %d steps", ckpt, self.model.num_timesteps)
         else:
+            if cfg.init_from is not None:
+                init_from_policy(self.model, cfg.init_from)
+                _log.info("starting from the weights of %s", cfg.init_from)
             _write_json(self.run_dir / "run.json", info)
         self._env_kwargs = env_kwargs_of(self.preset, env_kwargs)
         self._built = True

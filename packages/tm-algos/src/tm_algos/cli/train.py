@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recordings (tm-gym record) to pre-train on by behaviour cloning; off-policy "
         "algorithms also start with them in their replay buffer",
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="POLICY_DIR",
+        help="start a new run from this policy's weights (same preset and spaces), e.g. a "
+        "simulator-trained policy to fine-tune on the game",
+    )
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
@@ -280,6 +287,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         wandb=args.wandb,
         torch_threads=args.threads,
         demos=tuple(args.demos),
+        init_from=args.init_from,
     )
 
 
