@@ -35,6 +35,7 @@ from tm_dist.transport import (
     check_security,
     free_local_port,
 )
+from tm_dist.transport.framing import auth_token
 from tm_dist.wire import tlspyo_serializer
 
 PASSWORD = "correct horse battery staple"
@@ -356,7 +357,7 @@ class _CreatesFile:
 
 
 def _raw_frame(payload: bytes, password: str = PASSWORD) -> bytes:
-    return f"{len(payload):<10}{password}".encode() + payload
+    return f"{len(payload):<10}{auth_token(password)}".encode() + payload
 
 
 def _send_raw(port: int, data: bytes) -> None:
@@ -386,7 +387,7 @@ def test_garbage_and_hostile_frames_are_dropped(
     before = relay.stats()
 
     _send_raw(relay.port, b"this is not a tlspyo frame at all" * 4)
-    _send_raw(relay.port, b"9999999999" + PASSWORD.encode() + b"x" * 64)  # oversized
+    _send_raw(relay.port, b"9999999999" + auth_token(PASSWORD).encode() + b"x" * 64)  # oversized
     _send_raw(relay.port, _raw_frame(hostile))  # relay's deserializer must refuse it
     _send_raw(relay.port, _raw_frame(tlspyo_serializer(12345)))  # decodes, but is no tlspyo frame
     _send_raw(relay.port, _raw_frame(hostile, password="guess" * 6))

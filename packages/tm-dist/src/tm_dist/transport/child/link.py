@@ -12,7 +12,14 @@ from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.python.failure import Failure
 
 from tm_dist.transport.child import enable_nodelay, prepare_signals, run_reactor, stop_reactor
-from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.framing import (
+    AUTH_TOKEN_SIZE,
+    HEADER_SIZE,
+    Deserializer,
+    Serializer,
+    auth_token,
+    parse_length,
+)
 from tm_dist.transport.queues import BoundedQueue
 from tm_dist.transport.status import FailureKind, LinkState, Slot, StatusBoard
 
@@ -30,7 +37,7 @@ class LinkProtocol(ClientProtocol):
     def __init__(self, client: LinkProcess) -> None:
         super().__init__(
             client=client,
-            password=client.password,
+            password=auth_token(client.password),  # the token stands for the password
             header_size=HEADER_SIZE,
             groups=client.groups,
         )
@@ -72,7 +79,7 @@ class LinkProtocol(ClientProtocol):
         """
         pending = self._link.pending_acks
         again: list[tuple[str, Any, Any]] = []
-        skip = HEADER_SIZE + len(self._link.password.encode("utf-8"))
+        skip = HEADER_SIZE + AUTH_TOKEN_SIZE
         for stamp in sorted(pending):
             frame = pending[stamp][1]
             try:

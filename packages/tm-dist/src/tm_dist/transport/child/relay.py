@@ -16,7 +16,14 @@ from zope.interface import implementer
 
 from tm_dist.errors import InvalidValueError
 from tm_dist.transport.child import enable_nodelay, prepare_signals, run_reactor, stop_reactor
-from tm_dist.transport.framing import HEADER_SIZE, Deserializer, Serializer, parse_length
+from tm_dist.transport.framing import (
+    AUTH_TOKEN_SIZE,
+    HEADER_SIZE,
+    Deserializer,
+    Serializer,
+    auth_token,
+    parse_length,
+)
 from tm_dist.transport.queues import BoundedQueue
 from tm_dist.transport.status import Slot, StatusBoard
 
@@ -73,7 +80,8 @@ class RelayProtocol(ServerProtocol):
         super().__init__(server)
         self._relay = server
         self._peer = peer
-        self._expected_password = server.password.encode("utf-8")
+        self._expected_token = auth_token(server.password).encode("ascii")
+        self._len_password = AUTH_TOKEN_SIZE  # what tlspyo's loop waits for before a header
         self._my_stamps: set[int] = set()
 
     def connectionMade(self) -> None:
@@ -106,7 +114,7 @@ class RelayProtocol(ServerProtocol):
         return 0, len(self._buffer) + 1, None
 
     def process_header(self) -> tuple[int, int, None]:
-        start = HEADER_SIZE + len(self._expected_password)
+        start = HEADER_SIZE + AUTH_TOKEN_SIZE  # the same for every password: its length is secret
         if len(self._buffer) < start:
             return 0, len(self._buffer) + 1, None
         length = parse_length(self._buffer, self._relay.max_message_bytes)
@@ -116,7 +124,7 @@ class RelayProtocol(ServerProtocol):
                 Slot.FRAME_REJECTS,
             )
         received = bytes(self._buffer[HEADER_SIZE:start])
-        if not hmac.compare_digest(received, self._expected_password):
+        if not hmac.compare_digest(received, self._expected_token):
             return self._reject("wrong password", Slot.PASSWORD_REJECTS)
         return start, start + length, None
 
