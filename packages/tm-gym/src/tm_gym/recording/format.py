@@ -39,13 +39,27 @@ compressed. ``meta`` holds ``format`` (``"tm-gym-recording/1"``), ``tm_gym_versi
 :class:`~tm_gym.core.settings.EnvSettings` fields), ``reward_config`` (the
 :class:`~tm_gym.reward.RewardConfig` fields), ``observation_space`` (a description),
 ``env_id`` and free-form ``notes``.
+
+A recording is untrusted input, and a few kilobytes of zip can declare gigabytes of array.
+:func:`load_recording` therefore reads every member's ``.npy`` header first (its shape and
+dtype, a few hundred bytes, without decompressing the data) and refuses the file before any
+array is read when a member
+
+* holds Python objects (pickles) or is not a plain ``.npy`` array,
+* declares more (or fewer) bytes than the zip says the member holds,
+* has one row per capture or step and more than ``max_captures`` rows (default
+  :data:`MAX_CAPTURES`),
+* or when all members together declare more than ``max_bytes`` (default
+  :data:`MAX_RECORDING_BYTES`), or ``meta`` more than :data:`MAX_META_BYTES`.
+
+Pass larger limits to :func:`load_recording` for a big recording you trust.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -58,10 +72,28 @@ from numpy.typing import NDArray
 from tm_gym.core.telemetry import ROW_SIZE
 from tm_gym.error import RecordingFormatError
 
-__all__ = ["FORMAT", "FRAME_KINDS", "Recording", "load_recording", "save_recording"]
+__all__ = [
+    "FORMAT",
+    "FRAME_KINDS",
+    "MAX_CAPTURES",
+    "MAX_META_BYTES",
+    "MAX_RECORDING_BYTES",
+    "Recording",
+    "load_recording",
+    "save_recording",
+]
 
 FORMAT = "tm-gym-recording/1"
 FRAME_KINDS = ("window", "agent", "none")
+MAX_RECORDING_BYTES = 2 * 1024**3
+"""Default limit on the uncompressed size of all arrays of a recording together (2 GiB):
+about 21,000 captures of 256x128 RGB window frames, or 500,000 of 64x64 grayscale ones."""
+MAX_CAPTURES = 1_000_000
+"""Default limit on the rows of the per-capture and per-step arrays (14 hours at 20 Hz)."""
+MAX_META_BYTES = 4 * 1024**2
+"""Limit on the ``meta`` array (its JSON text, stored as UTF-32: a million characters)."""
+_MAX_NPY_HEADER = 10_000
+"""Longest ``.npy`` header read (numpy's own default; tm-gym writes about 128 bytes)."""
 
 _REQUIRED = (
     "telemetry",
@@ -76,6 +108,8 @@ _REQUIRED = (
     "meta",
 )
 _OPTIONAL = ("lidar", "reference", "position", "agent_frames")
+_PER_ROW = {f"{k}.npy" for k in _REQUIRED + _OPTIONAL if k not in ("meta", "reference")}
+"""The members with one row per capture or per step (bounded by ``max_captures``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,39 +291,158 @@ def save_recording(rec: Recording, path: str | Path) -> Path:
     return p
 
 
-def load_recording(path: str | Path) -> Recording:
+def _fmt_bytes(n: int) -> str:
+    return f"{n:,} bytes ({n / 1024**3:.2f} GiB)" if n >= 1024**3 else f"{n:,} bytes"
+
+
+def _declared_size(src: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_rows: float) -> int:
+    """The bytes member ``info`` declares in its ``.npy`` header, checked against the zip.
+
+    Reads only the header (it decompresses a few hundred bytes); refuses object dtypes,
+    arrays with more than ``max_rows`` rows, and sizes the member cannot hold.
+    """
+    name = info.filename
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh, _MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh, _MAX_NPY_HEADER)
+        else:
+            raise _fail(
+                src,
+                f"member {name!r} is a .npy file of version {version}; expected 1.0 or 2.0 — "
+                "the file was not written by tm-gym",
+            )
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise _fail(
+            src,
+            f"member {name!r} holds Python objects (dtype {dtype}), which are never unpickled; "
+            "a tm-gym recording holds only numbers and text — the file is not a recording",
+        )
+    if any(d < 0 for d in shape):
+        raise _fail(src, f"member {name!r} declares the impossible shape {shape}")
+    declared = math.prod(shape) * dtype.itemsize
+    if offset + declared != info.file_size:
+        raise _fail(
+            src,
+            f"member {name!r} declares shape {shape} {dtype} ({_fmt_bytes(declared)}) but the "
+            f"zip holds {_fmt_bytes(max(info.file_size - offset, 0))} of data for it; the file "
+            "is damaged or forged — record it again",
+        )
+    if shape and shape[0] > max_rows:
+        raise _fail(
+            src,
+            f"member {name!r} declares {shape[0]:,} rows (shape {shape}), more than the limit "
+            f"of {max_rows:,}; pass max_captures={shape[0]} to load_recording if you trust "
+            "this file",
+        )
+    return declared
+
+
+def _check_sizes(src: str, zf: zipfile.ZipFile, max_bytes: int, max_captures: int) -> None:
+    """Refuse the recording before reading any array when its members declare too much."""
+    known = {f"{k}.npy" for k in _REQUIRED + _OPTIONAL}
+    sizes = {
+        info.filename: _declared_size(
+            src, zf, info, max_captures if info.filename in _PER_ROW else math.inf
+        )
+        for info in zf.infolist()
+        if info.filename in known
+    }
+    meta = sizes.get("meta.npy", 0)
+    if meta > MAX_META_BYTES:
+        raise _fail(
+            src,
+            f"member 'meta.npy' declares {_fmt_bytes(meta)}, more than the limit of "
+            f"{_fmt_bytes(MAX_META_BYTES)} for the metadata; the file is not a tm-gym recording",
+        )
+    total = sum(sizes.values())
+    if total > max_bytes:
+        big = max(sizes, key=sizes.__getitem__)
+        raise _fail(
+            src,
+            f"its arrays declare {_fmt_bytes(total)} in all (member {big!r}: "
+            f"{_fmt_bytes(sizes[big])}), more than the limit of {_fmt_bytes(max_bytes)}; pass "
+            f"max_bytes={total} to load_recording if you trust this file and have the memory",
+        )
+
+
+def _read_arrays(src: str, p: Path, max_bytes: int, max_captures: int) -> dict[str, NDArray[Any]]:
+    """The known arrays of the recording at ``p``, after :func:`_check_sizes` allowed them."""
+    with p.open("rb") as f, zipfile.ZipFile(f) as zf:
+        names = {n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")}
+        missing = [k for k in _REQUIRED if k not in names]
+        if missing:
+            raise _fail(src, f"missing arrays {missing}; is this a tm-gym recording ({FORMAT})?")
+        _check_sizes(src, zf, max_bytes, max_captures)
+        arrays: dict[str, NDArray[Any]] = {}
+        for k in _REQUIRED + _OPTIONAL:
+            if k in names:
+                with zf.open(f"{k}.npy") as fh:
+                    arrays[k] = np.lib.format.read_array(
+                        fh, allow_pickle=False, max_header_size=_MAX_NPY_HEADER
+                    )
+        return arrays
+
+
+def load_recording(
+    path: str | Path,
+    *,
+    max_bytes: int = MAX_RECORDING_BYTES,
+    max_captures: int = MAX_CAPTURES,
+) -> Recording:
     """Read and validate a recording (never unpickles anything).
+
+    Every member's declared shape and size is checked against the zip and the limits before
+    any array is read (see the module docstring), so a small forged file cannot make this
+    allocate gigabytes.
+
+    Args:
+        path: the ``.tmrec`` file.
+        max_bytes: the most bytes all arrays may declare together (uncompressed).
+        max_captures: the most rows any array may declare (captures and steps).
 
     Raises:
         FileNotFoundError: no such file.
-        RecordingFormatError: the file is truncated, corrupt, or not a tm-gym recording; the
-            message names the file and what is wrong.
+        RecordingFormatError: the file is truncated, corrupt, over a limit, or not a tm-gym
+            recording; the message names the file, the member and what is wrong.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"recording {str(p)!r} does not exist")
     src = str(p)
     try:
-        data = p.read_bytes()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            missing = [k for k in _REQUIRED if k not in z.files]
-            if missing:
-                raise _fail(
-                    src, f"missing arrays {missing}; is this a tm-gym recording ({FORMAT})?"
-                )
-            arrays = {k: z[k] for k in z.files if k in _REQUIRED + _OPTIONAL}
+        arrays = _read_arrays(src, p, max_bytes, max_captures)
     except RecordingFormatError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        KeyError,
+        RuntimeError,  # an encrypted member
+        NotImplementedError,  # an unsupported compression method
+    ) as e:
         raise _fail(
             src,
             f"cannot read it ({type(e).__name__}: {e}); the file is truncated or "
             "corrupt — record it again",
         ) from None
+    meta_arr = arrays.pop("meta")
+    if meta_arr.dtype.kind != "U" or meta_arr.shape != ():
+        raise _fail(
+            src, f"meta has shape {meta_arr.shape} and dtype {meta_arr.dtype}; expected a string"
+        )
     try:
-        meta = json.loads(str(arrays.pop("meta")))
+        meta = json.loads(str(meta_arr))
     except json.JSONDecodeError as e:
         raise _fail(src, f"meta is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _fail(src, "meta is JSON nested too deeply to be tm-gym metadata") from None
     if not isinstance(meta, dict):
         raise _fail(src, "meta must be a JSON object")
     fields_ = {f.name for f in dataclasses.fields(Recording)}

@@ -25,6 +25,22 @@ key                meaning
 The road continues past the finish line to the end of the centre line (a run-off), and walls
 close both ends. Unknown keys are rejected so typos do not pass silently.
 
+Size limits, checked before any expensive work (a track file is untrusted input: a JSON text
+nested 100,000 deep or listing 200,000 pieces must be refused at once, not crash the parser or
+resample for minutes). A valid track nests 3 levels deep (object, list, piece) and the largest
+generated tracks are 2 km long; each limit leaves a wide margin above that:
+
+=============================  ==============  ============================================
+limit                          value           what it bounds
+=============================  ==============  ============================================
+:data:`MAX_TRACK_BYTES`        16 MiB          the JSON file (bytes) or text (characters)
+:data:`MAX_NESTING`            8               nesting depth of lists and objects
+:data:`MAX_SEGMENTS`           20,000          pieces in ``segments``
+:data:`MAX_POINTS`             100,000         points in ``centerline`` (and ``widths``)
+:data:`MAX_CHECKPOINTS`        1,000           entries in ``checkpoints``
+:data:`MAX_TRACK_LENGTH`       50,000 m        length of the whole centre line
+=============================  ==============  ============================================
+
 Geometry is resampled every :data:`SAMPLE_SPACING` metres; distances "along the centre line" are
 arc lengths of that resampled line, starting at 0 at its first point.
 """
@@ -47,6 +63,12 @@ from tm_gym.error import TrackFormatError
 __all__ = [
     "BORDER_WIDTH",
     "FORMAT",
+    "MAX_CHECKPOINTS",
+    "MAX_NESTING",
+    "MAX_POINTS",
+    "MAX_SEGMENTS",
+    "MAX_TRACK_BYTES",
+    "MAX_TRACK_LENGTH",
     "SAMPLE_SPACING",
     "Track",
     "track_from_dict",
@@ -59,6 +81,21 @@ SAMPLE_SPACING = 0.5
 BORDER_WIDTH = 0.8
 """Width of the black border band painted inside each wall, metres."""
 MIN_WIDTH, MAX_WIDTH = 8.0, 80.0
+MAX_TRACK_BYTES = 16 * 1024 * 1024
+"""Largest track file in bytes (or JSON text in characters) that is parsed at all."""
+MAX_NESTING = 8
+"""Deepest nesting of JSON lists and objects accepted (a valid track needs 3)."""
+MAX_SEGMENTS = 20_000
+"""Most pieces in ``segments``."""
+MAX_POINTS = 100_000
+"""Most points in ``centerline`` (and numbers in ``widths``)."""
+MAX_CHECKPOINTS = 1_000
+"""Most entries in ``checkpoints``."""
+MAX_TRACK_LENGTH = 50_000.0
+"""Longest centre line in metres (the self-overlap check grows with its square)."""
+_MAX_NODES = 4 * MAX_POINTS + 8 * MAX_SEGMENTS + MAX_CHECKPOINTS + 64
+"""Most lists, objects and values a description may hold (what the limits above allow)."""
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _TOP_KEYS = {
     "format",
@@ -208,6 +245,83 @@ def _number(where: str, value: Any, lo: float | None = None, hi: float | None = 
     return v
 
 
+def _nesting_of_json(text: str) -> int:
+    """The deepest nesting of lists and objects in JSON ``text``, found without parsing it.
+
+    Exact for valid JSON (brackets inside strings are skipped); for invalid JSON it is only an
+    estimate, and the parser reports the syntax error afterwards.
+    """
+    bare = _JSON_STRING_RE.sub('""', text).encode("utf-8", "replace")
+    b = np.frombuffer(bare, dtype=np.uint8)
+    opens = ((b == 0x5B) | (b == 0x7B)).astype(np.int64)
+    closes = ((b == 0x5D) | (b == 0x7D)).astype(np.int64)
+    return int(np.cumsum(opens - closes).max(initial=0))
+
+
+def _check_nesting(origin: str, data: Any) -> None:
+    """Refuse a description nested deeper than :data:`MAX_NESTING` or with too many values.
+
+    Walks the lists and objects with an explicit stack (never recursion), so a hostile
+    description cannot raise :class:`RecursionError` here or later in an error message.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        obj, depth = stack.pop()
+        nodes += 1
+        if nodes > _MAX_NODES:
+            raise _err(
+                origin,
+                f"the description holds more than {_MAX_NODES:,} values; the limits are "
+                f"{MAX_SEGMENTS:,} pieces or {MAX_POINTS:,} points — is this a track?",
+            )
+        if not isinstance(obj, (dict, list, tuple)):
+            continue
+        if depth > MAX_NESTING:
+            raise _err(
+                origin,
+                f"lists and objects are nested more than {MAX_NESTING} deep; a track needs "
+                "only 3 (the object, its lists, their pieces or points) — is this a track?",
+            )
+        children = obj.values() if isinstance(obj, dict) else obj
+        stack.extend((child, depth + 1) for child in children)
+
+
+_COUNT_LIMITS = (
+    ("segments", MAX_SEGMENTS, "pieces", "merge consecutive pieces into longer ones"),
+    ("centerline", MAX_POINTS, "points", "resample it more coarsely (tm-gym uses 0.5 m)"),
+    ("widths", MAX_POINTS, "widths", "give one width per centerline point"),
+    ("checkpoints", MAX_CHECKPOINTS, "checkpoints", "use fewer checkpoints"),
+)
+
+
+def _check_counts(origin: str, data: dict[str, Any]) -> None:
+    """Refuse lists longer than their documented limit, before any of them is read."""
+    for key, limit, what, fix in _COUNT_LIMITS:
+        value = data.get(key)
+        if isinstance(value, list) and len(value) > limit:
+            raise _err(
+                f"{origin}: {key}",
+                f"{len(value):,} {what}, more than the limit of {limit:,}; {fix}",
+            )
+
+
+def _metres(x: float) -> str:
+    """``x`` for a message: with thousands separators, or in e-notation when enormous."""
+    return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
+
+
+def _check_room(where: str, piece: float, room: float) -> None:
+    """Refuse a piece ``piece`` metres long when only ``room`` metres of track are left."""
+    if piece > room:
+        raise _err(
+            where,
+            f"this {_metres(piece)} m piece takes the centre line past the limit of "
+            f"{MAX_TRACK_LENGTH:,.0f} m (it is {MAX_TRACK_LENGTH - room:,.0f} m long before "
+            "it); shorten the pieces or split the track",
+        )
+
+
 def _segments_to_polyline(
     origin: str, segs: Any, x0: float, y0: float, heading_deg: float, default_width: float
 ) -> tuple[FloatArray, FloatArray]:
@@ -218,6 +332,7 @@ def _segments_to_polyline(
     widths: list[float] = []
     h = math.radians(heading_deg)
     w_prev = default_width
+    room = MAX_TRACK_LENGTH
     for i, seg in enumerate(segs):
         where = f"{origin}: segments[{i}]"
         if not isinstance(seg, dict):
@@ -229,9 +344,10 @@ def _segments_to_polyline(
             )
         w = _number(f"{where}.width", seg.get("width", w_prev), MIN_WIDTH, MAX_WIDTH)
         if "straight" in seg:
-            _lay_straight(where, seg, pts, h)
+            room -= _lay_straight(where, seg, pts, h, room)
         elif "turn" in seg:
-            h = _lay_turn(where, seg, pts, h, w)
+            h, piece = _lay_turn(where, seg, pts, h, w, room)
+            room -= piece
         else:
             raise _err(where, "expected 'straight' or 'turn'")
         # one width per point added by this piece, ramping from the previous width
@@ -243,25 +359,36 @@ def _segments_to_polyline(
 
 
 def _lay_straight(
-    where: str, seg: dict[str, Any], pts: list[tuple[float, float]], h: float
-) -> None:
-    """Append the points of the straight piece ``seg`` (every 2 m at most), heading ``h``."""
+    where: str, seg: dict[str, Any], pts: list[tuple[float, float]], h: float, room: float
+) -> float:
+    """Append the points of the straight piece ``seg`` (every 2 m at most), heading ``h``.
+
+    Returns its length; refuses it when longer than ``room`` (metres of track left).
+    """
     if "turn" in seg or "radius" in seg:
         raise _err(where, "a piece is either {'straight': L} or {'turn': A, 'radius': R}")
     length = _number(f"{where}.straight", seg["straight"], 1.0, 10_000.0)
+    _check_room(where, length, room)
     x, y = pts[-1]
     n = max(1, math.ceil(length / 2.0))
     for k in range(1, n + 1):
         d = length * k / n
         pts.append((x + d * math.cos(h), y + d * math.sin(h)))
+    return length
 
 
 def _lay_turn(
-    where: str, seg: dict[str, Any], pts: list[tuple[float, float]], h: float, w: float
-) -> float:
+    where: str,
+    seg: dict[str, Any],
+    pts: list[tuple[float, float]],
+    h: float,
+    w: float,
+    room: float,
+) -> tuple[float, float]:
     """Append the points of the turn ``seg`` (road ``w`` m wide) from heading ``h``.
 
-    Returns the heading (radians) at the end of the turn.
+    Returns the heading (radians) at the end of the turn and the turn's length; refuses the
+    turn when longer than ``room`` (metres of track left).
     """
     if "radius" not in seg:
         raise _err(where, "a turn needs a 'radius' in metres")
@@ -275,16 +402,17 @@ def _lay_turn(
             f"{r:g} m is too tight for a {w:g} m wide road; use a radius of at "
             f"least {w / 2 + 2:g} m",
         )
+    a_total = math.radians(abs(ang))
+    _check_room(where, a_total * r, room)
     x, y = pts[-1]
     sign = 1.0 if ang > 0 else -1.0
     cx = x - sign * r * math.sin(h)
     cy = y + sign * r * math.cos(h)
-    a_total = math.radians(abs(ang))
     n = max(2, math.ceil(a_total * r / 2.0))
     for k in range(1, n + 1):
         hk = h + sign * a_total * k / n
         pts.append((cx + sign * r * math.sin(hk), cy - sign * r * math.cos(hk)))
-    return h + sign * a_total
+    return h + sign * a_total, a_total * r
 
 
 def _resample(points: FloatArray, widths: FloatArray, spacing: float) -> tuple[FloatArray, ...]:
@@ -298,29 +426,77 @@ def _resample(points: FloatArray, widths: FloatArray, spacing: float) -> tuple[F
     return out, np.interp(s_new, s, widths)
 
 
+def _first_clash(p: FloatArray, w: FloatArray, s: FloatArray) -> tuple[int, int] | None:
+    """The first pair ``(i, j)``, ``i < j``, of points whose roads overlap, or ``None``.
+
+    ``i`` is the smallest index with a clash and ``j`` the smallest it clashes with (the
+    relation is symmetric). Two points can only clash closer than ``max(w) + 4`` m, so the
+    points are binned into square cells of that size and each is compared only with the nine
+    cells around its own: linear in the track's length instead of quadratic. Points are taken
+    in order in chunks, so the scan stops at the first chunk that holds a clash.
+    """
+    reach = float(w.max()) + 4.0
+    cells = np.floor((p - p.min(axis=0)) / reach).astype(np.int64)
+    members: dict[tuple[int, int], list[int]] = {}
+    for idx, (cx, cy) in enumerate(cells.tolist()):
+        members.setdefault((cx, cy), []).append(idx)
+    near: dict[tuple[int, int], list[int]] = {}
+    chunk = 64
+    for lo in range(0, len(p), chunk):
+        rows = np.arange(lo, min(lo + chunk, len(p)))
+        cand_l: list[int] = []
+        for cx, cy in {(int(a), int(b)) for a, b in cells[rows]}:
+            if (cx, cy) not in near:
+                near[cx, cy] = [
+                    j
+                    for dx in (-1, 0, 1)
+                    for dy in (-1, 0, 1)
+                    for j in members.get((cx + dx, cy + dy), [])
+                ]
+            cand_l.extend(near[cx, cy])
+        cols = np.unique(np.asarray(cand_l, dtype=np.int64))
+        cols = cols[cols > lo]
+        wsum = w[rows][:, None] + w[cols][None, :]
+        d = np.hypot(
+            p[cols, 0][None, :] - p[rows, 0][:, None], p[cols, 1][None, :] - p[rows, 1][:, None]
+        )
+        clash = (cols[None, :] > rows[:, None]) & (
+            s[cols][None, :] - s[rows][:, None] > wsum * 1.6 + 10.0
+        )
+        clash &= d < wsum / 2 + 4.0
+        if np.any(clash):
+            r, c = np.nonzero(clash)  # row-major: the first hit has the smallest i, then j
+            return int(rows[r[0]]), int(cols[c[0]])
+    return None
+
+
 def _check_overlap(origin: str, pts: FloatArray, widths: FloatArray) -> None:
-    """Reject tracks whose road comes back over itself (walls would cross)."""
+    """Reject tracks whose road comes back over itself (walls would cross).
+
+    Reports the first point along the line that clashes, with the first point it clashes with.
+    """
     step = 4  # check every 2 m
     p = pts[::step]
     w = widths[::step]
-    s = np.arange(len(p)) * step * SAMPLE_SPACING
-    for i in range(len(p)):
-        d = np.hypot(p[:, 0] - p[i, 0], p[:, 1] - p[i, 1])
-        far_along = np.abs(s - s[i]) > (w[i] + w) * 1.6 + 10.0
-        clash = far_along & (d < (w[i] + w) / 2 + 4.0)
-        if np.any(clash):
-            j = int(np.argmax(clash))
-            raise _err(
-                origin,
-                f"the road overlaps itself: near {s[i]:.0f} m and {s[j]:.0f} m "
-                f"along the centre line (points {p[i].round(1).tolist()} and "
-                f"{p[j].round(1).tolist()} are {d[j]:.1f} m apart); move the "
-                "pieces apart or narrow the road",
-            )
+    s: FloatArray = np.arange(len(p), dtype=np.float64) * (step * SAMPLE_SPACING)
+    found = _first_clash(p, w, s)
+    if found is not None:
+        i, j = found
+        raise _err(
+            origin,
+            f"the road overlaps itself: near {s[i]:.0f} m and {s[j]:.0f} m "
+            f"along the centre line (points {p[i].round(1).tolist()} and "
+            f"{p[j].round(1).tolist()} are {math.hypot(*(p[j] - p[i])):.1f} m apart); move "
+            "the pieces apart or narrow the road",
+        )
 
 
 def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     """Validate a track description (as loaded from JSON) and build the :class:`Track`.
+
+    The size limits in the module docstring are checked first (list lengths, then nesting,
+    then the centre line's length before it is resampled), so an oversized or deeply nested
+    description is refused at once.
 
     Raises:
         TrackFormatError: naming ``origin`` and the offending key when anything is wrong.
@@ -330,6 +506,8 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise _err(origin, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    _check_counts(origin, data)
+    _check_nesting(origin, data)
     if data.get("format") != FORMAT:
         raise _err(f"{origin}: format", f"expected {FORMAT!r}, got {data.get('format')!r}")
     name = data.get("name")
@@ -347,6 +525,14 @@ def track_from_dict(data: Any, origin: str = "<track>") -> Track:
         pts, wid = _centerline_polyline(origin, data, width)
     else:
         pts, wid = _segments_polyline(origin, data, width)
+    with np.errstate(over="ignore", invalid="ignore"):
+        raw_length = float(np.sum(np.hypot(*np.diff(pts, axis=0).T)))
+    if not raw_length <= MAX_TRACK_LENGTH:  # also refuses inf and NaN
+        raise _err(
+            f"{origin}: centerline",
+            f"the centre line is {_metres(raw_length)} m long, more than the limit of "
+            f"{MAX_TRACK_LENGTH:,.0f} m; check the units (metres) or split the track",
+        )
 
     centre, widths = _resample(pts, wid, SAMPLE_SPACING)
     total = (len(centre) - 1) * SAMPLE_SPACING
@@ -440,11 +626,33 @@ def _race_marks(origin: str, data: dict[str, Any], total: float) -> tuple[float,
 
 
 def track_from_json(text: str, origin: str = "<track>") -> Track:
-    """Parse and validate a track from its JSON text (``origin`` names it in errors)."""
+    """Parse and validate a track from its JSON text (``origin`` names it in errors).
+
+    The text's size (:data:`MAX_TRACK_BYTES` characters) and nesting (:data:`MAX_NESTING`)
+    are checked before it is parsed, so the JSON parser never recurses deeply.
+
+    Raises:
+        TrackFormatError: the text is too large, too deeply nested, not JSON, or not a track.
+    """
+    if len(text) > MAX_TRACK_BYTES:
+        raise _err(
+            origin,
+            f"{len(text):,} characters of JSON, more than the limit of {MAX_TRACK_BYTES:,} "
+            "for a track; a track file is far smaller — is this the right file?",
+        )
+    depth = _nesting_of_json(text)
+    if depth > MAX_NESTING:
+        raise _err(
+            origin,
+            f"the JSON is nested {depth:,} deep, more than the limit of {MAX_NESTING} (a track "
+            "needs 3: the object, its lists, their pieces or points) — is this a track file?",
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise TrackFormatError(
             f"{origin}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
         ) from None
+    except RecursionError:  # only if the scan above misjudged invalid JSON
+        raise _err(origin, f"the JSON is nested too deeply (the limit is {MAX_NESTING})") from None
     return track_from_dict(data, origin)

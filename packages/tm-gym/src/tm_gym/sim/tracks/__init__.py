@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tm_gym.error import TrackFormatError
 from tm_gym.sim.generator import generate_track
-from tm_gym.sim.track import Track, track_from_json
+from tm_gym.sim.track import MAX_TRACK_BYTES, Track, track_from_json
 
 __all__ = ["GEN_PREFIX", "builtin_track_names", "load_track"]
 
@@ -59,7 +59,8 @@ def load_track(track: str | Path | Track) -> Track:
     anew each time (they may change on disk).
 
     Raises:
-        TrackFormatError: the file is not a valid track (the message says what and where).
+        TrackFormatError: the file is not a valid track (the message says what and where),
+            or exceeds a size limit of :mod:`tm_gym.sim.track` (checked before it is read).
         FileNotFoundError: the name is neither a built-in track nor an existing file.
     """
     if isinstance(track, Track):
@@ -79,6 +80,22 @@ def load_track(track: str | Path | Track) -> Track:
                 f"track {key!r} is neither a built-in track ({', '.join(builtin_track_names())}),"
                 " gen:SEED, nor an existing .json file"
             )
-        return track_from_json(path.read_text(encoding="utf-8"), str(path))
+        return track_from_json(_read_track_file(path), str(path))
     _CACHE[key] = result
     return result
+
+
+def _read_track_file(path: Path) -> str:
+    """The text of the track file ``path``, refused before reading when over the size limit."""
+    size = path.stat().st_size
+    if size > MAX_TRACK_BYTES:
+        raise TrackFormatError(
+            f"{path}: the file is {size:,} bytes, more than the limit of {MAX_TRACK_BYTES:,} "
+            "for a track file (format in tm_gym.sim.track) — is this the right file?"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TrackFormatError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a track file is JSON"
+        ) from None
