@@ -198,11 +198,13 @@ def test_recording_the_emulator_replays_bit_for_bit(
             np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
 
 
+@pytest.mark.parametrize("driver", ["person", "keyboard"])
 def test_recording_a_person_driving_the_emulator(
-    on_display: str, reference: str, tmp_path: Path
+    on_display: str, reference: str, tmp_path: Path, driver: str
 ) -> None:
-    """`tm-gym record --driver person`: nothing is sent; the person's keys (here pressed with
-    xdotool, as a person would) are read back from the telemetry into the recorded actions."""
+    """`tm-gym record --driver keyboard|person`: nothing is sent; the person's keys (here pressed
+    with xdotool, as a person would) are read back from the telemetry into the recorded actions
+    (`--driver gamepad` in the game reads a pad's inputs back the same way)."""
     out = tmp_path / "person.tmrec"
     with EmulatorProcess(display=on_display, countdown=COUNTDOWN) as emu:
         env = {**os.environ, "DISPLAY": on_display}
@@ -214,7 +216,7 @@ def test_recording_a_person_driving_the_emulator(
         subprocess.run(["xdotool", "keydown", "Up", "Left"], env=env, check=True)
         try:
             code = main([
-                "record", "--out", str(out), "--backend", "emulator", "--driver", "person",
+                "record", "--out", str(out), "--backend", "emulator", "--driver", driver,
                 "--reward-trajectory", reference, "--telemetry-port", str(emu.port),
                 "--window-title", emu.title, "--max-steps", "30", "--obs-type", "lidar",
             ])  # fmt: skip
@@ -226,3 +228,4 @@ def test_recording_a_person_driving_the_emulator(
     late = rec.actions[10:]
     assert np.all(late[:, 0] == 1.0) and np.all(late[:, 2] == -1.0)  # gas held, full left
     assert rec.telemetry[-1, 1] > 5.0  # and the car drove (distance driven, metres)
+    assert rec.meta["notes"] == f"driver: {driver}"

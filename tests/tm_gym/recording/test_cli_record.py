@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tm_gym.cli.main import main
 from tm_gym.recording import load_recording
@@ -37,3 +38,28 @@ def test_record_usage_errors(tmp_path: Path) -> None:
         main(["record", "--out", str(tmp_path / "x.tmrec"), "--realtime", "--backend", "game"]) == 2
     )
     assert not (tmp_path / "x.tmrec").exists()
+
+
+def test_person_drivers_are_checked_against_the_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "x.tmrec")
+    ref = ["--reward-trajectory", str(tmp_path / "reward.npz")]
+    cases = [
+        (["--backend", "sim", "--driver", "gamepad"], "is for the game or the emulator"),
+        (["--backend", "sim", "--driver", "person"], "is for the game or the emulator"),
+        (["--backend", "emulator", "--driver", "gamepad", *ref], "reads the keyboard only"),
+        (["--backend", "game", "--driver", "expert", *ref], "needs --backend sim"),
+        (["--backend", "game", "--driver", "gamepad"], "needs --reward-trajectory"),
+    ]
+    for argv, message in cases:
+        assert main(["record", "--out", out, *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "x.tmrec").exists()
+
+
+def test_the_driver_is_kept_in_the_notes(tmp_path: Path) -> None:
+    out = tmp_path / "n.tmrec"
+    argv = ["record", "--out", str(out), "--obs-type", "lidar", "--max-steps", "3"]
+    assert main([*argv, "--driver", "random", "--notes", "lap 1"]) == 0
+    assert load_recording(out).meta["notes"] == "driver: random; lap 1"

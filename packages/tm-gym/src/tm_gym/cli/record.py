@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "run"]
 
 BACKENDS = ("sim", "game", "emulator")
-DRIVERS = ("expert", "random", "keyboard", "person")
+DRIVERS = ("expert", "random", "keyboard", "gamepad", "person")
+PERSON_DRIVERS = ("keyboard", "gamepad", "person")
+"""With the game or the emulator: a person drives with their own keyboard or gamepad (``person``:
+either); nothing is sent to the game, and the inputs are read back from the telemetry."""
 
 
 def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> None:
@@ -58,7 +61,16 @@ def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> No
         default="images",
         help="(default: %(default)s)",
     )
-    p.add_argument("--driver", choices=DRIVERS, default="expert", help="(default: %(default)s)")
+    p.add_argument(
+        "--driver",
+        choices=DRIVERS,
+        default="expert",
+        help=(
+            "expert/random: scripted (sim); keyboard: you drive, in the simulator's window (sim) "
+            "or in the game/emulator; gamepad: you drive the game with a pad; person: either "
+            "(game/emulator: the inputs are read back from the telemetry). Default: %(default)s"
+        ),
+    )
     p.add_argument("--episodes", type=positive_int, default=1, help="(default: %(default)s)")
     p.add_argument(
         "--max-steps", type=positive_int, default=None, help="cut each episode after N steps"
@@ -98,25 +110,17 @@ def _make_env(args: argparse.Namespace) -> Any:
 
     kw: dict[str, Any] = {"obs_type": args.obs_type}
     if args.backend == "sim":
+        if args.driver in ("gamepad", "person"):
+            raise CLIError(
+                f"--driver {args.driver} is for the game or the emulator; in the simulator use "
+                "--driver keyboard (its own window)"
+            )
         if args.driver == "keyboard":
             kw["render_mode"] = "rgb_array"
         return gym.make("TrackMania-Sim-v0", track=args.track, realtime=args.realtime, **kw)
-    if args.driver == "expert":
-        raise CLIError("--driver expert needs --backend sim (the expert reads the simulator)")
-    if args.driver == "person" and args.backend == "sim":
-        raise CLIError(
-            "--driver person is for the game or the emulator; in the simulator use "
-            "--driver keyboard"
-        )
-    if args.driver == "keyboard":
-        raise CLIError(
-            "--driver keyboard opens the simulator's own window; to record a person driving "
-            "the game or the emulator use --driver person"
-        )
-    if args.reward_trajectory is None:
-        raise CLIError(f"--backend {args.backend} needs --reward-trajectory PATH")
-    if args.driver == "person":
-        kw["controller"] = "none"
+    _check_live_driver(args)
+    if args.driver in PERSON_DRIVERS:
+        kw["controller"] = "none"  # the person drives; their inputs come back in the telemetry
     elif args.backend == "emulator":
         kw["controller"] = "keyboard"
     else:
@@ -124,6 +128,19 @@ def _make_env(args: argparse.Namespace) -> Any:
     kw["telemetry_port"] = args.telemetry_port
     kw["window_title"] = args.window_title
     return gym.make("TrackMania-v0", backend="game", reward_trajectory=args.reward_trajectory, **kw)
+
+
+def _check_live_driver(args: argparse.Namespace) -> None:
+    """Refuse --driver/--backend pairs that cannot record the game or the emulator."""
+    if args.driver == "expert":
+        raise CLIError("--driver expert needs --backend sim (the expert reads the simulator)")
+    if args.driver == "gamepad" and args.backend == "emulator":
+        raise CLIError(
+            "--driver gamepad: the emulator's window reads the keyboard only; "
+            "use --driver keyboard with --backend emulator"
+        )
+    if args.reward_trajectory is None:
+        raise CLIError(f"--backend {args.backend} needs --reward-trajectory PATH")
 
 
 def _person_inputs(env: Any) -> np.ndarray:
@@ -147,7 +164,7 @@ def _driver(args: argparse.Namespace, env: Any, window: Any) -> Callable[[], np.
     if args.driver == "random":
         rng = np.random.default_rng(args.seed)
         return lambda: rng.uniform(-1.0, 1.0, 3).astype(np.float32)
-    if args.driver == "person":
+    if args.backend != "sim":  # keyboard, gamepad, person: the person drives the game
         return lambda: _person_inputs(env)
     from tm_gym.human import action_from_keys
 
@@ -179,12 +196,12 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         env,
         args.out,
         full_frames=args.full_frames,
-        notes=args.notes,
+        notes=f"driver: {args.driver}" + (f"; {args.notes}" if args.notes else ""),
         backend=None if args.backend != "emulator" else "emulator",
     )
     steps_total = 0
     try:
-        if args.driver == "keyboard":
+        if args.driver == "keyboard" and args.backend == "sim":
             from tm_gym.human import PlayWindow
 
             window = PlayWindow(title="tm-gym record").__enter__()
