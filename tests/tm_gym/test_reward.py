@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import pickle
@@ -354,3 +355,31 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_reward_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         RewardConfig(**kwargs)
+
+
+def _npz_declaring(path: Path, shape: tuple[int, ...]) -> None:
+    """An npz whose ``points.npy`` header declares ``shape`` but holds only a few bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("points.npy", header.getvalue() + b"\0" * 64)
+
+
+def test_a_reference_declaring_a_huge_array_is_refused_before_reading(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.npz"
+    _npz_declaring(bomb, (500_000_000, 3))  # 12 GB of float64, declared in a 200-byte file
+    with pytest.raises(TrajectoryFormatError, match=r"bomb\.npz.*declares shape \(500000000, 3\)"):
+        ReferenceTrajectory.load(bomb)
+    wide = tmp_path / "wide.npz"
+    _npz_declaring(wide, (10, 20_000_000))
+    with pytest.raises(TrajectoryFormatError, match=r"wide\.npz.*more than a reference may"):
+        ReferenceTrajectory.load(wide)
+
+
+def test_a_deeply_nested_json_reference_is_a_format_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TrajectoryFormatError, match=r"deep\.json.*nested too deeply"):
+        ReferenceTrajectory.load(deep)

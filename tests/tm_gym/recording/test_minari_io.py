@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,19 @@ def test_recorder_output_exports_the_envs_observations(
         np.testing.assert_array_equal(
             ep.observations[key][:n], np.stack([o[key] for o in policy.seen]), err_msg=key
         )
+
+
+def test_garbled_tm_gym_metadata_is_a_format_error(tmp_path: Path) -> None:
+    env = TrackManiaEnv(obs_type="lidar", ep_max_length=5)
+    try:
+        rec, _ = record_by_hand(env, [5], seed=1)
+    finally:
+        env.close()
+    export_minari(rec, "garbled-v0", data_path=tmp_path)
+    (meta_file,) = tmp_path.rglob("metadata.json")
+    meta = json.loads(meta_file.read_text())
+    key = next(k for k, v in meta.items() if isinstance(v, str) and '"settings"' in v)
+    meta[key] = "[" * 100_000  # nested past any recursion limit, and not what export writes
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(RecordingFormatError, match=r"garbled-v0.*export the recording again"):
+        import_minari("garbled-v0", data_path=tmp_path)

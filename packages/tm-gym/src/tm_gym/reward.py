@@ -47,6 +47,10 @@ __all__ = [
 
 REFERENCE_SPACING = 0.1
 REFERENCE_FORMAT = "tm-gym-reference/1"
+MAX_REFERENCE_POINTS = 2_000_000
+"""Most points a reference file may declare (200 km at the 0.1 m spacing), checked before reading."""
+MAX_REFERENCE_BYTES = 128 * 1024 * 1024
+"""Largest reference file read (JSON text, or the npz's declared ``points`` array)."""
 
 
 @dataclass(frozen=True)
@@ -158,10 +162,13 @@ class ReferenceTrajectory:
                 "or pass reward_trajectory=None"
             )
         if p.suffix == ".json":
+            _check_reference_size(p, p.stat().st_size, "the file")
             try:
                 data = json.loads(p.read_text("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise TrajectoryFormatError(f"{p}: not valid JSON ({e})") from None
+            except RecursionError:
+                raise TrajectoryFormatError(f"{p}: JSON nested too deeply; re-record it") from None
             if not isinstance(data, dict) or data.get("format") != REFERENCE_FORMAT:
                 raise TrajectoryFormatError(
                     f"{p}: expected an object with format {REFERENCE_FORMAT!r}"
@@ -175,6 +182,7 @@ class ReferenceTrajectory:
                 ) from None
         else:
             try:
+                _check_npz_points(p)
                 with p.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
                     if "points" not in z.files:
                         raise TrajectoryFormatError(f"{p}: no 'points' array (found {z.files})")
@@ -192,6 +200,41 @@ class ReferenceTrajectory:
             return cls(pts)
         except TrajectoryFormatError as e:
             raise TrajectoryFormatError(f"{p}: {e}") from None
+
+
+def _check_reference_size(path: Path, nbytes: int, what: str) -> None:
+    if nbytes > MAX_REFERENCE_BYTES:
+        raise TrajectoryFormatError(
+            f"{path}: {what} holds {nbytes:,} bytes, more than a reference may "
+            f"({MAX_REFERENCE_BYTES:,}); this is not a reference trajectory: record one with "
+            "`tm-gym record-reward`"
+        )
+
+
+def _check_npz_points(path: Path) -> None:
+    """Refuse an npz whose ``points`` array declares too much, from its header alone."""
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo("points.npy")
+        except KeyError:
+            return  # reported with the file's members below
+        with zf.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise TrajectoryFormatError(
+                    f"{path}: 'points' uses npy format {version}; re-record the reference"
+                )
+    n = math.prod(shape)
+    if len(shape) != 2 or shape[0] > MAX_REFERENCE_POINTS:
+        raise TrajectoryFormatError(
+            f"{path}: 'points' declares shape {shape}; a reference is at most "
+            f"{MAX_REFERENCE_POINTS:,} rows of [x, y(, z)]: re-record it with `tm-gym record-reward`"
+        )
+    _check_reference_size(path, n * dtype.itemsize, "'points'")
 
 
 @njit(cache=True)

@@ -388,6 +388,18 @@ def _episode_telemetry(obs: dict[str, Any], infos: dict[str, Any], n: int) -> ND
     return tel
 
 
+def _read_meta(dataset_id: str, raw: str) -> tuple[dict[str, Any], EnvSettings]:
+    """The recording metadata that :func:`export_minari` stored, and its env settings."""
+    try:
+        meta = json.loads(raw)
+        return meta, EnvSettings(**meta["settings"])
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as e:
+        raise RecordingFormatError(
+            f"Minari dataset {dataset_id!r}: its {META_KEY!r} metadata is not what export_minari "
+            f"writes ({type(e).__name__}: {e}); export the recording again"
+        ) from None
+
+
 def import_minari(
     dataset_id: str, out_path: str | Path | None = None, *, data_path: str | Path | None = None
 ) -> Recording:
@@ -408,8 +420,7 @@ def import_minari(
             f"Minari dataset {dataset_id!r} has no {META_KEY!r} metadata; only datasets written "
             "by tm_gym.recording.minari_io.export_minari can be imported"
         )
-    meta = json.loads(raw)
-    s = EnvSettings(**meta["settings"])
+    meta, s = _read_meta(dataset_id, raw)
     k = 1 if s.grayscale else 3
     tel_l: list[NDArray[np.float32]] = []
     frames_l: list[NDArray[np.uint8]] = []
