@@ -10,6 +10,7 @@ a gradient step that goes non-finite is undone instead of killing the trainer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,156 @@ def test_honest_unfinished_episodes_report_no_lap(episodes: list[list[EpisodeChu
     """tm-gym reports lap_time = +inf until the finish: a worker sends None, not infinity."""
     finals = [ep[-1].stats for ep in episodes]
     assert all(not s["finished"] and s["lap_time"] is None for s in finals)
+
+
+# -- issue 15: poisoned values never persist --------------------------------------------------
+
+
+def _resumed(tmp_path: Path) -> Learner:
+    torch.set_num_threads(1)
+    preset = apply_overrides(load_preset("lidar-sac"), TINY)
+    return Learner(preset, tmp_path, tensorboard=False, device="cpu", seed=1, resume=True)
+
+
+def _optimizer_tensors(learner: Learner) -> list[torch.Tensor]:
+    model = learner.model
+    opts = [model.actor.optimizer, model.critic.optimizer]  # type: ignore[attr-defined]
+    return [t for o in opts for s in o.state.values() for t in s.values() if t.is_floating_point()]
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def test_non_finite_episode_stats_never_break_a_checkpoint(
+    tmp_path: Path, episodes: list[list[EpisodeChunk]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A test episode whose stats hold infinity (tm-gym's "no lap yet", as workers of earlier
+    versions send it) used to make every later checkpoint fail, so that SIGTERM ended the
+    trainer with no checkpoint; a NaN return is refused at ingestion."""
+    learner = _learner(tmp_path)
+    learner.weights()
+    chunks = [dataclasses.replace(c, test=True) for c in episodes[0]]
+    with_nan = [*chunks[:-1], dataclasses.replace(chunks[-1], stats={"return": float("nan")})]
+    with pytest.raises(InvalidChunkError, match="finite"):
+        for chunk in with_nan:
+            learner.ingest(chunk)
+    stats = {**chunks[-1].stats, "lap_time": float("inf"), "finished": False}
+    chunks = [dataclasses.replace(c, episode=c.episode + 1) for c in chunks]
+    chunks[-1] = dataclasses.replace(chunks[-1], stats=stats)
+    with caplog.at_level(logging.WARNING, logger="tm_dist.learner"):
+        for chunk in chunks:
+            learner.ingest(chunk)
+    ckpt = learner.checkpoint()  # before the fix: InvalidTypeError (inf in the metadata)
+    assert ckpt.is_dir()
+    assert learner.stats.test_episodes == 1 and learner.stats.non_finite_stats == 1
+    assert learner.stats.last_test is not None and learner.stats.last_test["lap_time"] is None
+    assert "lap_time=inf" in caplog.text
+    assert _resumed(tmp_path).stats.test_episodes == 1
+
+
+def test_non_finite_optimizer_state_is_never_checkpointed(
+    tmp_path: Path, episodes: list[list[EpisodeChunk]]
+) -> None:
+    """Finite weights with an infinite Adam moment (the weight never moves again) count as
+    a diverged state: the last good one is restored before the checkpoint."""
+    learner = _learner(tmp_path)
+    for ep in episodes[:3]:
+        for chunk in ep:
+            learner.ingest(chunk)
+    assert learner.train(max_steps=4) > 0
+    learner._guard.snapshot()  # as after snapshot_every good updates: Adam has moments
+    for t in _optimizer_tensors(learner):
+        t.fill_(float("inf"))
+    assert learner.checkpoint().is_dir()
+    resumed = _resumed(tmp_path)
+    assert resumed.stats.env_steps == learner.stats.env_steps
+    assert _optimizer_tensors(resumed) and _all_finite(_optimizer_tensors(resumed))
+
+
+def test_a_state_that_stays_non_finite_is_not_checkpointed(
+    tmp_path: Path, episodes: list[list[EpisodeChunk]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """When even the last good state in memory is not finite, nothing is written: the last
+    good checkpoint stays, and a resumed trainer starts from it."""
+    learner = _learner(tmp_path)
+    for chunk in episodes[0]:
+        learner.ingest(chunk)
+    good = learner.checkpoint()
+    for ep in episodes[1:3]:
+        for chunk in ep:
+            learner.ingest(chunk)
+    with torch.no_grad():
+        for p in learner.model.policy.parameters():
+            p.fill_(float("nan"))
+    learner._guard.snapshot()  # the copy in memory is poisoned too
+    with caplog.at_level(logging.ERROR, logger="tm_dist.learner"):
+        assert learner.checkpoint() == good
+    assert learner.stats.refused_checkpoints == 1
+    assert "no checkpoint written" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [good.name]
+    resumed = _resumed(tmp_path)
+    assert resumed.stats.env_steps == sum(c.n_steps for c in episodes[0])
+    assert _all_finite(list(resumed.model.policy.parameters()))
+
+
+def test_no_good_checkpoint_to_fall_back_on_is_an_error(
+    tmp_path: Path, episodes: list[list[EpisodeChunk]]
+) -> None:
+    from tm_algos.checkpoint import NonFiniteStateError
+
+    learner = _learner(tmp_path)
+    with torch.no_grad():
+        for p in learner.model.policy.parameters():
+            p.fill_(float("nan"))
+    learner._guard.snapshot()
+    with pytest.raises(NonFiniteStateError, match="NaN or infinity"):
+        learner.checkpoint()
+    assert not list((tmp_path / "checkpoints").glob("step-*"))
+
+
+def _edit_meta(ckpt: Path, edit: Any) -> None:
+    state = json.loads((ckpt / "state.json").read_text())
+    edit(state["meta"])
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def _set_stat(key: str, value: Any) -> Any:
+    return lambda meta: meta["learner"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_set_stat("env_steps", "abc"), r"\['env_steps'\] = 'abc': expected an int >= 0"),
+        (_set_stat("env_steps", -3), r"\['env_steps'\] = -3"),
+        (_set_stat("train_steps", 2.5), r"\['train_steps'\] = 2.5"),
+        (_set_stat("best_lap", "fast"), r"\['best_lap'\] = 'fast'"),
+        (_set_stat("episodes_by_worker", {"w": -1}), r"\['episodes_by_worker'\]"),
+        (_set_stat("banned_workers", "w-1"), r"\['banned_workers'\] = 'w-1'"),
+        (lambda meta: meta["learner"].pop("env_steps"), r"has no \['env_steps'\]"),
+        (lambda meta: meta.pop("learner"), r"meta\['learner'\] = None"),
+        (lambda meta: meta.__setitem__("version", "v2"), r"meta\['version'\] = 'v2'"),
+    ],
+    ids=["str", "negative", "float", "lap", "by-worker", "banned", "missing", "none", "version"],
+)
+def test_resume_validates_the_checkpoints_metadata(
+    tmp_path: Path, episodes: list[list[EpisodeChunk]], edit: Any, match: str
+) -> None:
+    from tm_algos.checkpoint import CheckpointError
+
+    learner = _learner(tmp_path)
+    for chunk in episodes[0]:
+        learner.ingest(chunk)
+    ckpt = learner.checkpoint()
+    _edit_meta(ckpt, edit)
+    with pytest.raises(CheckpointError, match=match) as info:
+        _resumed(tmp_path)
+    assert str(ckpt / "state.json") in str(info.value)
+    assert "delete its checkpoint directory" in str(info.value)  # the fix
+
+
+def test_every_learner_statistic_is_validated_on_resume() -> None:
+    from tm_dist.learner import _META_RULES, LearnerStats
+
+    assert {str(f.type) for f in dataclasses.fields(LearnerStats)} <= set(_META_RULES)

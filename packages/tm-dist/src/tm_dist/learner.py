@@ -20,7 +20,18 @@ worker with ``ban_after`` invalid chunks among its last ``BAN_WINDOW`` is discon
 later chunks are dropped unread and :meth:`Learner.take_new_bans` names it once, so that the
 trainer tells the worker to stop. A gradient step that raises or leaves a non-finite weight is
 undone: the last good weights and optimizer states come back, ``stats.skipped_updates`` counts
-it, and training goes on; a checkpoint never holds non-finite weights.
+it, and training goes on.
+
+Nothing non-finite is persisted: an episode's NaN or infinite statistics become None when it
+comes in (``stats.non_finite_stats``), weights and optimizer states that went non-finite are
+replaced by the last good ones before a checkpoint, a state still not finite is not written
+(``stats.refused_checkpoints``; the last good checkpoint stays, and pruning never removes it),
+and a resumed learner starts from the newest good checkpoint, its metadata checked.
+
+Half-received episodes are held in bounded memory: at most
+``LearnerConfig.max_pending_per_worker`` per worker, ``max_pending_episodes`` and
+``max_pending_bytes`` in total; beyond, the oldest are dropped, counted in
+``stats.pending_dropped`` and logged (at most every ``LOG_EVERY_S``).
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +57,9 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from tm_algos.checkpoint import (
+    STATE_NAME,
+    CheckpointError,
+    NonFiniteStateError,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -117,10 +132,25 @@ class LearnerConfig:
     the live game (:func:`~tm_dist.validation.expert_lap_floor`)."""
     ban_after: int = 10
     """Disconnect a worker with this many invalid chunks among its last ``BAN_WINDOW``."""
+    max_pending_per_worker: int = 8
+    """Half-received episodes kept per worker; beyond, its oldest is dropped (an honest worker
+    has one in flight, a few after a reconnection)."""
+    max_pending_episodes: int = 1024
+    """Half-received episodes kept in total, all workers together; beyond, the oldest goes."""
+    max_pending_bytes: int = 256 * 2**20
+    """Memory held by half-received episodes in total (array bytes plus a per-chunk overhead
+    estimate); beyond, the oldest episodes are dropped."""
 
     def __post_init__(self) -> None:
-        if self.ban_after < 1:
-            raise InvalidValueError(f"ban_after={self.ban_after}: expected an int >= 1")
+        for name in ("ban_after", "max_pending_per_worker", "max_pending_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidValueError(f"{name}={value!r}: expected an int >= 1")
+        if self.max_pending_bytes < 2**20:
+            raise InvalidValueError(
+                f"max_pending_bytes={self.max_pending_bytes!r}: expected at least 1 MiB "
+                f"({2**20} bytes); the default is 256 MiB"
+            )
 
 
 @dataclass
@@ -149,6 +179,14 @@ class LearnerStats:
     """Chunks of disconnected workers, dropped unread."""
     skipped_updates: int = 0
     """Gradient updates undone because they raised or left non-finite weights."""
+    pending_dropped: int = 0
+    """Half-received episodes dropped to keep the trainer's memory bounded
+    (``LearnerConfig.max_pending_*``); also counted in ``dropped_episodes``."""
+    non_finite_stats: int = 0
+    """Episode statistics that were NaN or infinite, replaced by None when the episode came in
+    (e.g. ``lap_time = inf`` from a worker of an earlier version)."""
+    refused_checkpoints: int = 0
+    """Checkpoints not written because the state was not finite (the last good one stays)."""
 
 
 @dataclass
@@ -156,6 +194,13 @@ class _Pending:
     chunks: list[Transitions]
     version: int
     last_seen: float = field(default_factory=time.monotonic)
+    nbytes: int = 0
+
+
+CHUNK_OVERHEAD_BYTES = 2048
+"""What a held chunk costs beyond its arrays (Python objects), for ``max_pending_bytes``."""
+LOG_EVERY_S = 30.0
+"""Repeated warnings (memory-bound drops, non-finite statistics) are logged at most this often."""
 
 
 PENDING_TIMEOUT_S = 300.0
@@ -207,6 +252,9 @@ class Learner:
         self.stats = LearnerStats()
         self.version = 0
         self._pending: dict[tuple[str, int], _Pending] = {}
+        self._pending_by_worker: dict[str, int] = {}
+        self._pending_bytes = 0
+        self._quiet = {"bounded": _RateLimited(), "stats": _RateLimited()}
         self._history: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._done: dict[tuple[str, int], None] = {}  # recently completed episodes, in order
         self._last_broadcast = -(10**18)
@@ -274,7 +322,7 @@ class Learner:
                 chunk.chunk,
                 len(pending.chunks),
             )
-            del self._pending[key]
+            self._drop_pending(key)
             self.stats.dropped_episodes += 1
             return 0
         part = self.decoder.decode(chunk.payload)
@@ -287,13 +335,18 @@ class Learner:
         )
         if pending is None:
             pending = self._pending[key] = _Pending([], chunk.weights_version)
+            self._pending_by_worker[chunk.worker] = self._pending_by_worker.get(chunk.worker, 0) + 1
         pending.chunks.append(part)
         pending.last_seen = time.monotonic()
+        size = _nbytes(part)
+        pending.nbytes += size
+        self._pending_bytes += size
         if not chunk.final:
             self._evict_idle(pending.last_seen)
+            self._bound_pending(chunk.worker)
             return 0
         lap = self._check_results(chunk, pending.chunks)
-        del self._pending[key]
+        self._drop_pending(key)
         self._done[key] = None
         while len(self._done) > 100_000:
             self._done.pop(next(iter(self._done)))
@@ -322,7 +375,7 @@ class Learner:
     def _reject(self, chunk: EpisodeChunk, key: tuple[str, int], error: Exception) -> None:
         """Drop ``chunk`` and its episode, count it against its worker, maybe disconnect it."""
         s = self.stats
-        if self._pending.pop(key, None) is not None or chunk.chunk == 0:
+        if self._drop_pending(key) is not None or chunk.chunk == 0:
             s.dropped_episodes += 1
         self._rejected[key] = None
         while len(self._rejected) > 10_000:
@@ -350,7 +403,7 @@ class Learner:
             self.stats.banned_workers.append(worker)
             self._new_bans.append(worker)
             for key in [k for k in self._pending if k[0] == worker]:
-                del self._pending[key]
+                self._drop_pending(key)
                 self.stats.dropped_episodes += 1
             _log.error(
                 "disconnecting worker %s: %d of its last %d chunks were invalid",
@@ -373,13 +426,70 @@ class Learner:
                 key[0],
                 PENDING_TIMEOUT_S,
             )
-            del self._pending[key]
+            self._drop_pending(key)
             self.stats.dropped_episodes += 1
+
+    # -- bounded memory for half-received episodes ---------------------------------------------
+
+    @property
+    def pending_episodes(self) -> int:
+        """Half-received episodes held now (at most ``config.max_pending_episodes``)."""
+        return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Memory they hold by the ``max_pending_bytes`` estimate (array bytes + overhead)."""
+        return self._pending_bytes
+
+    def _drop_pending(self, key: tuple[str, int]) -> _Pending | None:
+        """Forget the half-received episode ``key`` (None if there was none)."""
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._pending_bytes -= pending.nbytes
+            left = self._pending_by_worker.get(key[0], 0) - 1
+            if left > 0:
+                self._pending_by_worker[key[0]] = left
+            else:
+                self._pending_by_worker.pop(key[0], None)
+        return pending
+
+    def _bound_pending(self, worker: str) -> None:
+        """Drop the oldest half-received episodes (``worker``'s first, then anyone's) while a
+        ``LearnerConfig.max_pending_*`` cap is exceeded; count and log (rate-limited)."""
+        cfg, dropped = self.config, 0
+        while self._pending_by_worker.get(worker, 0) > cfg.max_pending_per_worker:
+            self._drop_pending(next(k for k in self._pending if k[0] == worker))
+            dropped += 1
+        while self._pending and (
+            len(self._pending) > cfg.max_pending_episodes
+            or self._pending_bytes > cfg.max_pending_bytes
+        ):
+            self._drop_pending(next(iter(self._pending)))
+            dropped += 1
+        if not dropped:
+            return
+        self.stats.pending_dropped += dropped
+        self.stats.dropped_episodes += dropped
+        self._quiet["bounded"].warn(
+            dropped,
+            "dropped %d half-received episodes (the oldest; %d in all so far, the latest by "
+            "worker %s) to bound the trainer's memory: at most %d per worker, %d in total, "
+            "%d MiB; %d held now",
+            lambda n: (
+                n,
+                self.stats.pending_dropped,
+                worker,
+                cfg.max_pending_per_worker,
+                cfg.max_pending_episodes,
+                cfg.max_pending_bytes // 2**20,
+                len(self._pending),
+            ),
+        )
 
     def _commit(self, chunk: EpisodeChunk, pending: _Pending, lap: float | None) -> int:
         s = self.stats
         s.episodes_by_worker[chunk.worker] = s.episodes_by_worker.get(chunk.worker, 0) + 1
-        st = dict(chunk.stats)
+        st = self._finite_stats(chunk)
         if chunk.test:
             s.test_episodes += 1
             s.last_test = st
@@ -406,6 +516,32 @@ class Learner:
             s.best_lap = lap if s.best_lap is None else min(s.best_lap, lap)
         self._log_episode("rollout", st)
         return n
+
+    def _finite_stats(self, chunk: EpisodeChunk) -> dict[str, Any]:
+        """``chunk.stats`` with every NaN or infinity replaced by None (counted, logged at
+        most every ``LOG_EVERY_S``): nothing non-finite is kept, so none reaches a checkpoint."""
+        out: dict[str, Any] = {}
+        bad = []
+        for key, value in chunk.stats.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                bad.append(f"{key}={value}")
+                value = None
+            out[key] = value
+        if bad:
+            self.stats.non_finite_stats += len(bad)
+            self._quiet["stats"].warn(
+                len(bad),
+                "episode %d of worker %s: statistics %s are not finite, kept as None "
+                "(%d such values since the last line, %d in all)",
+                lambda n: (
+                    chunk.episode,
+                    chunk.worker,
+                    ", ".join(bad),
+                    n,
+                    self.stats.non_finite_stats,
+                ),
+            )
+        return out
 
     def _add(self, tr: Transitions) -> int:
         if self.ppo is not None:
@@ -473,6 +609,8 @@ class Learner:
         self.model.logger.record("trainer/train_steps", s.train_steps)
         self.model.logger.record("trainer/dropped_episodes", s.dropped_episodes)
         self.model.logger.record("trainer/stale_episodes", s.stale_episodes)
+        self.model.logger.record("trainer/pending_dropped", s.pending_dropped)
+        self.model.logger.record("trainer/pending_episodes", len(self._pending))
         self.model.logger.dump(step=s.env_steps)
 
     @property
@@ -542,36 +680,159 @@ class Learner:
         return self.checkpoint()
 
     def checkpoint(self) -> Path:
-        """Atomically write the full state (weights, optimizers, replay buffer, counters).
+        """Atomically write the full state (weights, optimizers, replay buffer, counters);
+        returns the checkpoint directory.
 
-        Never writes non-finite weights: the last good ones are restored first.
+        Never persists a non-finite state: non-finite weights or optimizer states are first
+        replaced by the last good ones (:class:`WeightsGuard`), statistics hold only finite
+        numbers (NaN/infinity become None), and a state that is still not finite is refused
+        (logged, counted in ``stats.refused_checkpoints``): then nothing is written and the
+        last good checkpoint is returned. Pruning keeps two checkpoints and never takes the
+        newest good one away.
+
+        Raises:
+            NonFiniteStateError: the state is not finite and there is no good checkpoint to
+                fall back on (nothing is written).
         """
         self._guard.ensure_finite()
         self._last_checkpoint = self.stats.env_steps
-        meta = {"learner": dataclasses.asdict(self.stats), "version": self.version}
-        path = save_checkpoint(
-            self.model,
-            self.run_dir / "checkpoints" / f"step-{self.stats.env_steps:010d}",
-            meta=meta,
-        )
+        root = self.run_dir / "checkpoints"
+        meta = {"learner": _finite_json(dataclasses.asdict(self.stats)), "version": self.version}
+        try:
+            path = save_checkpoint(
+                self.model, root / f"step-{self.stats.env_steps:010d}", meta=meta
+            )
+        except NonFiniteStateError as e:
+            self.stats.refused_checkpoints += 1
+            last = latest_checkpoint(root)
+            _log.error("no checkpoint written: %s; the last good checkpoint stays: %s", e, last)
+            if last is None:
+                raise
+            return last
         export_policy(
             self.model, self.run_dir / "policy", env_settings=dataclasses.asdict(self.settings)
         )
-        prune_checkpoints(self.run_dir / "checkpoints", keep=2)
+        prune_checkpoints(root, keep=2)
         return path
 
     def _resume(self) -> None:
+        """Continue from the newest good checkpoint (complete, finite; newer bad ones are
+        skipped with a warning by :func:`~tm_algos.checkpoint.latest_checkpoint`).
+
+        Raises:
+            CheckpointError: the checkpoint's files or its learner metadata are not valid
+                (the message names the file, the key, the value and the fix).
+        """
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is None:
             _log.info("no checkpoint in %s: starting fresh", self.run_dir / "checkpoints")
             return
         meta = load_checkpoint(self.model, ckpt)
-        saved = dict(meta.get("learner", {}))
-        names = {f.name for f in dataclasses.fields(LearnerStats)}
-        self.stats = LearnerStats(**{k: v for k, v in saved.items() if k in names})
-        self.version = int(meta.get("version", 0))
+        self.stats, self.version = _stats_from_meta(meta, ckpt / STATE_NAME)
         self._last_checkpoint = self.stats.env_steps
         _log.info("resumed from %s at %d env steps", ckpt, self.stats.env_steps)
+
+
+REQUIRED_META = ("env_steps", "train_steps", "episodes")
+"""Learner statistics a checkpoint must hold; the others default (older checkpoints)."""
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` (JSON data) with every NaN or infinity replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_META_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_count, "an int >= 0"),
+    "float | None": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "dict[str, Any] | None": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "dict[str, int]": (
+        lambda v: isinstance(v, dict) and all(_is_count(n) for n in v.values()),
+        "an object of worker names to ints >= 0",
+    ),
+    "list[str]": (
+        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "a list of worker names",
+    ),
+}
+
+
+def _stats_from_meta(meta: Mapping[str, Any], where: Path) -> tuple[LearnerStats, int]:
+    """The learner statistics and weights version a checkpoint's ``meta`` holds, each value
+    checked against :class:`LearnerStats`' field types.
+
+    Raises:
+        CheckpointError: a key of ``REQUIRED_META`` or ``version`` is missing, or a value has
+            the wrong type or range; names ``where``, the key, the value and the fix.
+    """
+    fix = (
+        "the file was edited or is corrupt (or not written by tm-dist's trainer): delete its "
+        "checkpoint directory to resume from the one before it, or start a new run directory"
+    )
+    saved = meta.get("learner")
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{where}: meta['learner'] = {saved!r:.60}: expected an object; {fix}"
+        )
+    version: int = meta.get("version", -1)
+    if not _is_count(version):
+        raise CheckpointError(
+            f"{where}: meta['version'] = {version!r:.60}: expected an int >= 0; {fix}"
+        )
+    missing = [k for k in REQUIRED_META if k not in saved]
+    if missing:
+        raise CheckpointError(f"{where}: meta['learner'] has no {missing}; {fix}")
+    values = {}
+    for f in dataclasses.fields(LearnerStats):
+        if f.name not in saved:
+            continue
+        ok, expected = _META_RULES[str(f.type)]
+        value = saved[f.name]
+        if not ok(value):
+            raise CheckpointError(
+                f"{where}: meta['learner'][{f.name!r}] = {value!r:.60}: expected {expected}; {fix}"
+            )
+        values[f.name] = value
+    return LearnerStats(**values), version
+
+
+def _nbytes(part: Transitions) -> int:
+    """Memory held by ``part``: its arrays (``obs`` and ``next_obs`` share theirs) plus the
+    estimated overhead of its Python objects."""
+    arrays = [*part.obs.values(), part.action, part.reward, part.terminated, part.truncated]
+    return sum(int(a.nbytes) for a in arrays) + CHUNK_OVERHEAD_BYTES
+
+
+class _RateLimited:
+    """A repeated warning, logged at most every ``every_s`` with the count since its last line."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last = -math.inf
+        self._count = 0
+
+    def warn(self, n: int, msg: str, args: Callable[[int], tuple[Any, ...]]) -> None:
+        """Count ``n`` more; log ``msg % args(count since the last line)`` if it is time."""
+        self._count += n
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        _log.warning(msg, *args(self._count))
+        self._last, self._count = now, 0
 
 
 def _float(v: Any) -> float | None:
@@ -623,13 +884,23 @@ class WeightsGuard:
                 t.copy_(good_tensors[n])
 
     def finite(self) -> bool:
-        """Whether every weight of the policy (and the saved tensors) is finite."""
+        """Whether every weight of the policy, every optimizer state (Adam's moments: an
+        infinite one freezes its weight for good) and the saved tensors are finite."""
+        states, tensors = self._objects()
         params: list[torch.Tensor] = list(self.model.policy.parameters())
-        params += list(self._objects()[1].values())
+        params += list(tensors.values())
+        for obj in states.values():
+            if isinstance(obj, torch.optim.Optimizer):
+                params += [
+                    t
+                    for per_param in obj.state.values()
+                    for t in per_param.values()
+                    if isinstance(t, torch.Tensor) and t.is_floating_point()
+                ]
         if not params:
             return True
         with torch.no_grad():
-            flags = torch.stack([torch.isfinite(p).all() for p in params])
+            flags = torch.stack([torch.isfinite(p).all().cpu() for p in params])
             return bool(flags.all().item())
 
     def run(self, update: Any) -> bool:
@@ -654,9 +925,13 @@ class WeightsGuard:
         return True
 
     def ensure_finite(self) -> None:
-        """Restore the last good state if any weight is not finite (before a checkpoint)."""
+        """Restore the last good state if any weight or optimizer state is not finite
+        (before a checkpoint)."""
         if not self.finite():
-            _log.error("non-finite weights before a checkpoint: restoring the last good weights")
+            _log.error(
+                "non-finite weights or optimizer state before a checkpoint: restoring the last "
+                "good weights"
+            )
             self.restore()
 
 

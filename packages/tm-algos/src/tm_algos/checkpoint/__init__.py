@@ -17,8 +17,12 @@ off-policy algorithms, ``replay_buffer.npz``. The pieces:
 * :mod:`~tm_algos.checkpoint.save` / :mod:`~tm_algos.checkpoint.load` — :func:`save_checkpoint`
   and :func:`load_checkpoint`, which restores into a model built with the same settings,
   checking every file first;
-* :mod:`~tm_algos.checkpoint.catalog` — :func:`latest_checkpoint` and
-  :func:`prune_checkpoints`.
+* :mod:`~tm_algos.checkpoint.catalog` — :func:`latest_checkpoint` (the newest *good*
+  checkpoint: it loads and holds no NaN/infinity), :func:`is_good_checkpoint` and
+  :func:`prune_checkpoints`, which never deletes the newest good one.
+
+A checkpoint never persists a diverged state: :func:`save_checkpoint` refuses NaN or infinity
+in any tensor (weights, optimizer state) with :class:`NonFiniteStateError` and writes nothing.
 
 >>> from tm_algos.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 >>> save_checkpoint(model, "runs/sac/ckpt/step_0010000", meta={"run": "sac"})  # doctest: +SKIP
@@ -29,7 +33,11 @@ off-policy algorithms, ``replay_buffer.npz``. The pieces:
 
 from __future__ import annotations
 
-from tm_algos.checkpoint.catalog import latest_checkpoint, prune_checkpoints
+from tm_algos.checkpoint.catalog import (
+    is_good_checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+)
 from tm_algos.checkpoint.format import (
     BUFFER_NAME,
     FORMAT,
@@ -37,6 +45,7 @@ from tm_algos.checkpoint.format import (
     VERSION,
     WEIGHTS_NAME,
     CheckpointError,
+    NonFiniteStateError,
 )
 from tm_algos.checkpoint.load import load_checkpoint
 from tm_algos.checkpoint.save import save_checkpoint
@@ -48,6 +57,8 @@ __all__ = [
     "VERSION",
     "WEIGHTS_NAME",
     "CheckpointError",
+    "NonFiniteStateError",
+    "is_good_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",

@@ -33,6 +33,7 @@ __all__ = [
     "VERSION",
     "WEIGHTS_NAME",
     "CheckpointError",
+    "NonFiniteStateError",
     "check_file",
     "plain",
     "read_state",
@@ -50,6 +51,11 @@ _CHUNK = 1 << 20
 
 class CheckpointError(TMAlgosError, ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """The state to save holds NaN or infinity (weights, optimizer state, other tensors):
+    nothing is written, so that the last good checkpoint stays the latest one."""
 
 
 def plain(value: Any, where: str) -> Any:

@@ -68,10 +68,19 @@ def load_checkpoint(
     :param replay_buffer: also restore the replay buffer, when the checkpoint holds one.
     :param rng: also restore the random generators (PyTorch, NumPy, Python ``random``, the
         action space): training continues exactly as it would have without the break.
-    :raises CheckpointError: a file is missing, corrupt or does not fit ``model``.
+    :raises CheckpointError: a file is missing, corrupt or does not fit ``model``, or a value
+        of ``state.json`` is not what :func:`~tm_algos.checkpoint.save_checkpoint` writes (a
+        counter that is not a count, ``meta`` that is not an object); the error names the
+        file, the key and the value. Nothing is changed then.
     """
     path = Path(path_dir)
     state = read_state(path)
+    meta = state.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path / STATE_NAME}: meta is {meta!r:.60}, expected an object (save_checkpoint "
+            "writes one): the file was edited or is corrupt; load another checkpoint"
+        )
     tensors = _read_weights(path, state)
     where = str(path / STATE_NAME)
     try:
@@ -91,5 +100,4 @@ def load_checkpoint(
             raise CheckpointError(f"{where}: random generator state unusable ({e})") from e
     model._last_obs = None  # the next learn() resets the environment
     logger.info("loaded checkpoint %s (%d timesteps)", path, model.num_timesteps)
-    meta = state.get("meta", {})
-    return dict(meta) if isinstance(meta, dict) else {}
+    return dict(meta)

@@ -15,6 +15,7 @@ checkpoint that does not fit changes nothing.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,12 +33,14 @@ from tm_algos.errors import InvalidTypeError
 __all__ = [
     "ModelState",
     "check",
+    "check_counters",
     "check_module",
     "check_optimizer",
     "collect",
     "counters",
     "decode",
     "encode",
+    "non_finite",
     "restore",
     "structure",
 ]
@@ -182,6 +185,16 @@ def check_optimizer(where: str, opt: th.optim.Optimizer, saved: Any) -> None:
 # -- saving -----------------------------------------------------------------------------------
 
 
+def non_finite(tensors: Mapping[str, th.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` that hold a NaN or an infinity."""
+    bad = []
+    with th.no_grad():
+        for name, t in tensors.items():
+            if (t.is_floating_point() or t.is_complex()) and not bool(th.isfinite(t).all()):
+                bad.append(name)
+    return bad
+
+
 def _cpu(t: th.Tensor) -> th.Tensor:
     return t.detach().cpu().clone().contiguous()
 
@@ -294,11 +307,46 @@ def _check_variables(
     return variables
 
 
+_INT_COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls")
+_FIX = "the file was edited or is corrupt: load another checkpoint (delete this one and "
+_FIX += "latest_checkpoint finds the one before it)"
+
+
 def _table(state: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     value = state.get(key, {})
     if not isinstance(value, dict):
-        raise CheckpointError(f"{where}: {key} is {value!r:.60}, expected an object; it is corrupt")
+        raise CheckpointError(f"{where}: {key} is {value!r:.60}, expected an object; {_FIX}")
     return value
+
+
+def _bad_counter(where: str, key: str, value: Any, expected: str) -> CheckpointError:
+    return CheckpointError(
+        f"{where}: counters[{key!r}] = {value!r:.60}: expected {expected}; {_FIX}"
+    )
+
+
+def check_counters(model: BaseAlgorithm, state: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``state``'s ``counters``, each of the right type and range: SB3's step and update
+    counts ints >= 0 (``num_timesteps`` required), the others finite numbers.
+
+    Raises:
+        CheckpointError: naming ``where``, the counter, its value and the fix.
+    """
+    table = _table(state, "counters", where)
+    if "num_timesteps" not in table:
+        raise CheckpointError(
+            f"{where}: counters has no 'num_timesteps' (it has {sorted(table)}); {_FIX}"
+        )
+    known = counters(model)
+    for key, value in table.items():
+        if key not in known:
+            continue  # another version's counter: ignored on restore
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _INT_COUNTERS and not (number and isinstance(value, int) and value >= 0):
+            raise _bad_counter(where, key, value, "an int >= 0")
+        if not (number and math.isfinite(value)):
+            raise _bad_counter(where, key, value, "a finite number")
+    return table
 
 
 def check(
@@ -329,7 +377,7 @@ def check(
         modules=tuple(modules),
         optimizers=tuple(optimizers),
         variables=_check_variables(model, variable_names, state, tensors, where),
-        counters=_table(state, "counters", where),
+        counters=check_counters(model, state, where),
         info_buffers=_table(state, "info_buffers", where),
     )
 

@@ -26,6 +26,7 @@ from tm_algos.checkpoint.format import (
     VERSION,
     WEIGHTS_NAME,
     CheckpointError,
+    NonFiniteStateError,
     plain,
 )
 from tm_algos.checkpoint.rng import rng_state
@@ -51,7 +52,12 @@ def save_checkpoint(
         :func:`~tm_algos.checkpoint.load_checkpoint` (run name, config, ...).
     :param replay_buffer: also store the replay buffer (off-policy algorithms).
     :return: the checkpoint directory.
-    :raises TypeError: when ``meta`` holds something JSON cannot store.
+    :raises TypeError: when ``meta`` holds something JSON cannot store (a NaN or an infinity
+        included).
+    :raises NonFiniteStateError: a weight, an optimizer state or another tensor of the model
+        is NaN or infinite; nothing is written, the previous checkpoints stay as they were.
+        (The replay buffer is saved as it is: what enters it is the caller's to validate, and
+        a buffer with one bad reward must not stop every later checkpoint.)
     """
     target = Path(path_dir)
     if target.exists() and not target.is_dir():
@@ -70,6 +76,14 @@ def save_checkpoint(
         "replay_buffer": None,
         "meta": meta_json,
     }
+    bad = model_state.non_finite(tensors)
+    if bad:
+        raise NonFiniteStateError(
+            f"not saving {target}: {len(bad)} tensors of the model hold NaN or infinity "
+            f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); a checkpoint never "
+            "persists a diverged state. Resume from the last good checkpoint "
+            "(latest_checkpoint) and lower the learning rate or check the rewards"
+        )
     buffer = getattr(model, "replay_buffer", None) if replay_buffer else None
     arrays: dict[str, NDArray[Any]] = {}
     if isinstance(buffer, BaseBuffer):

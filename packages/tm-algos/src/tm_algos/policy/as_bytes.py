@@ -94,8 +94,8 @@ def policy_from_bytes(
     """Rebuild a policy from :func:`policy_to_bytes` output, without executing anything."""
     try:
         config = json.loads(config_json)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise PolicyFileError(f"{_WHERE}: the description is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, TypeError, RecursionError) as e:
+        raise PolicyFileError(f"{_WHERE}: the description is not valid JSON ({e!r:.200})") from e
     config = check_config(config, _WHERE)
     policy = build_policy(config, _WHERE)
     _load(policy, weights, config.get("weights_subset"))

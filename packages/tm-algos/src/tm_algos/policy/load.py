@@ -21,7 +21,13 @@ from safetensors.torch import load_file
 from stable_baselines3.common.policies import BasePolicy
 
 import tm_algos.policy.allow_lists as allow_lists
-from tm_algos.policy.format import JSON_NAME, WEIGHTS_NAME, PolicyFileError, read_config
+from tm_algos.policy.format import (
+    JSON_NAME,
+    WEIGHTS_NAME,
+    PolicyFileError,
+    check_network,
+    read_config,
+)
 from tm_algos.policy.loaded import LoadedPolicy
 from tm_algos.policy.spaces import space_from_description
 
@@ -32,9 +38,32 @@ def _constant_schedule(_progress: float) -> float:
     return 0.0
 
 
+_BUILD_ERRORS = (
+    TypeError,
+    ValueError,
+    AssertionError,
+    RuntimeError,
+    MemoryError,
+    OverflowError,
+    IndexError,
+    KeyError,
+)
+"""What building a policy from arguments it does not accept raises (torch, SB3, extractors)."""
+
+
 def build_policy(config: dict[str, Any], where: Path | str) -> BasePolicy:
     """A fresh policy of the network ``config`` (a checked ``policy.json``) describes; errors
-    name ``where``."""
+    name ``where``.
+
+    Every size is bounded before anything is built (:func:`~tm_algos.policy.format.
+    check_network`, and the spaces' sizes), and whatever the constructors raise for arguments
+    they do not accept becomes a :class:`PolicyFileError`.
+
+    Raises:
+        PolicyFileError: a class that is not allowed, a size out of bounds, or arguments the
+            policy cannot be built from; the message names the key and the value.
+    """
+    check_network(config, where)
     algo = config["algorithm"]
     allow_lists.lookup(algo, allow_lists.ALGORITHM_CLASSES, "algorithm")
     policy_cls = allow_lists.lookup(
@@ -64,7 +93,7 @@ def build_policy(config: dict[str, Any], where: Path | str) -> BasePolicy:
             features_extractor_kwargs=fe_kwargs,
             **kwargs,
         )
-    except (TypeError, ValueError, AssertionError) as e:
+    except _BUILD_ERRORS as e:
         if isinstance(e, PolicyFileError):
             raise
         raise PolicyFileError(

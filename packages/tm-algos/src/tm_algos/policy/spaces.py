@@ -18,7 +18,20 @@ from numpy.typing import NDArray
 
 from tm_algos.errors import TMAlgosError
 
-__all__ = ["SpaceFormatError", "describe_space", "space_from_description"]
+__all__ = [
+    "MAX_DICT_KEYS",
+    "MAX_SPACE_ELEMENTS",
+    "SpaceFormatError",
+    "describe_space",
+    "space_from_description",
+]
+
+MAX_SPACE_ELEMENTS = 2**24
+"""Most elements of one Box a description may give (16 Mi: 4 frames of 1024 x 1024 x 4)."""
+MAX_DICT_KEYS = 64
+"""Most entries of one Dict space; Dicts nest at most ``_MAX_DEPTH`` deep."""
+_MAX_DIMS = 8
+_MAX_DEPTH = 4
 
 
 class SpaceFormatError(TMAlgosError, ValueError):
@@ -77,29 +90,47 @@ def _unbound(value: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: st
     return arr.astype(dtype)
 
 
-def space_from_description(d: Any, where: str = "space") -> spaces.Space[Any]:
-    """The inverse of :func:`describe_space`, validating every field."""
+def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= _MAX_DIMS
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise SpaceFormatError(
+            f"{where}.shape={shape!r:.80}: expected a list of at most {_MAX_DIMS} positive ints"
+        )
+    if math.prod(shape) > MAX_SPACE_ELEMENTS:
+        raise SpaceFormatError(
+            f"{where}.shape={shape!r:.80}: {math.prod(shape):,} elements, at most "
+            f"{MAX_SPACE_ELEMENTS:,} allowed; this is not a space tm-gym makes"
+        )
+    return tuple(shape)
+
+
+def space_from_description(d: Any, where: str = "space", _depth: int = 0) -> spaces.Space[Any]:
+    """The inverse of :func:`describe_space`, validating every field; sizes are bounded
+    (:data:`MAX_SPACE_ELEMENTS` per Box, :data:`MAX_DICT_KEYS` per Dict) before anything is
+    allocated."""
     if not isinstance(d, Mapping):
         raise SpaceFormatError(f"{where}={d!r}: expected an object with a 'kind'")
     kind = d.get("kind")
     if kind == "Dict":
         subs = d.get("spaces")
-        if not isinstance(subs, Mapping) or not subs:
-            raise SpaceFormatError(f"{where}.spaces={subs!r}: expected a non-empty object")
+        if not isinstance(subs, Mapping) or not subs or len(subs) > MAX_DICT_KEYS:
+            raise SpaceFormatError(
+                f"{where}.spaces={subs!r:.80}: expected an object of 1 to {MAX_DICT_KEYS} spaces"
+            )
+        if _depth >= _MAX_DEPTH:
+            raise SpaceFormatError(f"{where}: Dict spaces nested more than {_MAX_DEPTH} deep")
         return spaces.Dict(
-            {str(k): space_from_description(v, f"{where}.{k}") for k, v in subs.items()}
+            {str(k): space_from_description(v, f"{where}.{k}", _depth + 1) for k, v in subs.items()}
         )
     if kind == "Box":
-        shape = d.get("shape")
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-        ):
-            raise SpaceFormatError(f"{where}.shape={shape!r}: expected a list of positive ints")
+        shape = _check_shape(d.get("shape"), where)
         if d.get("dtype") not in _DTYPES:
             raise SpaceFormatError(f"{where}.dtype={d.get('dtype')!r}: expected one of {_DTYPES}")
         dtype = np.dtype(d["dtype"])
-        low = _unbound(d.get("low"), tuple(shape), dtype, f"{where}.low")
-        high = _unbound(d.get("high"), tuple(shape), dtype, f"{where}.high")
-        return spaces.Box(low, high, shape=tuple(shape), dtype=dtype.type)
+        low = _unbound(d.get("low"), shape, dtype, f"{where}.low")
+        high = _unbound(d.get("high"), shape, dtype, f"{where}.high")
+        return spaces.Box(low, high, shape=shape, dtype=dtype.type)
     raise SpaceFormatError(f"{where}.kind={kind!r}: expected 'Box' or 'Dict'")
