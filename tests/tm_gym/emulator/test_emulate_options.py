@@ -46,6 +46,9 @@ def test_no_options_mean_the_standard_look_and_car(monkeypatch: pytest.MonkeyPat
     assert main(["emulate"]) == 0
     assert _FakeWindow.configs[0].visuals == Visuals()
     assert _FakeWindow.configs[0].car_params == CarParams()
+    assert _FakeWindow.configs[0].finish_popup  # like the game
+    assert main(["emulate", "--no-finish-popup"]) == 0
+    assert not _FakeWindow.configs[1].finish_popup
 
 
 @pytest.mark.parametrize(

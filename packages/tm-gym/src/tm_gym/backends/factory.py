@@ -21,6 +21,12 @@ those of :class:`~tm_gym.envs.trackmania.TrackManiaEnv`, plus:
                                   for the game
 ``respawn_wait``                  real-time backends: seconds waited after a respawn (1.5 for
                                   the game's start lights, 0 for the simulator)
+``finish_popup``                  ``game``: ``"dismiss"`` (default: after a finished episode the
+                                  next reset closes the game's finish pop-up like TMRL, gamepad
+                                  A or a click on "Improve") or ``"ignore"``
+``finish_settle``                 ``game``: seconds between the respawn and that press (0.5)
+``finish_button``                 ``game``, keyboard: where "Improve" is, as fractions of the
+                                  window's client area ((0.55, 0.60), TMRL's spot; unverified)
 ``camera``                        ``game``: :class:`~tm_gym.core.geometry.CameraSpec` of the
                                   game's camera, for the LIDAR read from screenshots
 ``time_step_timeout_factor``      real-time backends: rtgym's (1.0)

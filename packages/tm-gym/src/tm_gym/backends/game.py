@@ -7,6 +7,15 @@ client area) and a controller — the virtual gamepad
 (:class:`KeyboardForWindow`) or nobody (:class:`~tm_gym.game.person.PersonController`, a person
 drives while a recording runs). rtgym paces them (:class:`~tm_gym.realtime.env.TrackManiaRealtimeEnv`).
 This is the one place where the game's hardware is wired; each port is imported only when used.
+
+The finish pop-up: after a finish the game shows its end-of-race menu, which swallows the respawn
+input. With ``finish_popup="dismiss"`` (the default) the reset after a finished episode closes it
+the way TMRL does — respawn, wait ``finish_settle`` seconds (0.5), then the gamepad presses A, or
+the keyboard controller clicks the left mouse button at ``finish_button`` (fractions of the
+window's client area; default :data:`~tm_gym.core.ports.FINISH_BUTTON` = (0.55, 0.60), TMRL's
+spot for the "Improve" button, not yet verified in the game on our side) — and respawns again.
+A person driving (``controller="none"``) closes it themselves. ``finish_popup="ignore"`` turns
+this off. After a crash or a timeout nothing is pressed.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from numpy.typing import NDArray
 
 from tm_gym.backends.common import env_settings
 from tm_gym.core.geometry import CameraSpec
-from tm_gym.core.ports import Controller
+from tm_gym.core.ports import FINISH_BUTTON, Controller
 from tm_gym.core.settings import CONTROLLERS
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import (
@@ -32,9 +41,15 @@ from tm_gym.error import (
 )
 from tm_gym.game.capture import ScreenCapture, find_window
 from tm_gym.game.keyboard import KeyboardController
+from tm_gym.game.keyboard.keys import check_relative_point
 from tm_gym.game.telemetry_client import TelemetryClient
 from tm_gym.realtime.env import TrackManiaRealtimeEnv
-from tm_gym.realtime.interface import GAME_RESPAWN_WAIT, RealtimeBackend
+from tm_gym.realtime.interface import (
+    FINISH_SETTLE,
+    GAME_RESPAWN_WAIT,
+    FinishPopup,
+    RealtimeBackend,
+)
 from tm_gym.reward import ReferenceTrajectory, RewardConfig
 
 __all__ = ["NO_GAME_HINT", "REWARD_FIX", "KeyboardForWindow", "make_controller", "make_game_env"]
@@ -56,16 +71,25 @@ REWARD_FIX = (
 
 
 class KeyboardForWindow:
-    """The keyboard controller aimed at the window titled ``window_title`` (found on open)."""
+    """The keyboard controller aimed at the window titled ``window_title`` (found on open).
 
-    def __init__(self, window_title: str) -> None:
+    A :class:`~tm_gym.core.ports.Controller` and a :class:`~tm_gym.core.ports.FinishDismisser`:
+    :meth:`dismiss_finish` clicks ``finish_button`` (fractions of the window's client area).
+    """
+
+    def __init__(
+        self, window_title: str, *, finish_button: tuple[float, float] = FINISH_BUTTON
+    ) -> None:
         self.window_title = window_title
+        self.finish_button = check_relative_point("finish_button", finish_button)
         self._inner: Any = None
 
     def open(self) -> None:
         if self._inner is None:
             geometry = find_window(self.window_title)
-            inner = KeyboardController(window_id=geometry.window_id or None)
+            inner = KeyboardController(
+                window_id=geometry.window_id or None, finish_button=self.finish_button
+            )
             inner.open()
             self._inner = inner
 
@@ -100,6 +124,9 @@ class KeyboardForWindow:
     def release(self) -> None:
         if self._inner is not None:
             self._inner.release()
+
+    def dismiss_finish(self) -> None:
+        self._ctl().dismiss_finish()
 
 
 class _GameTelemetryClient(TelemetryClient):
@@ -155,14 +182,19 @@ def _load_reference(reward_trajectory: str | None) -> ReferenceTrajectory:
     return ReferenceTrajectory.load(path)
 
 
-def make_controller(controller: str, window_title: str) -> Controller:
-    """The controller port named ``controller`` (:data:`~tm_gym.core.settings.CONTROLLERS`)."""
+def make_controller(
+    controller: str, window_title: str, *, finish_button: tuple[float, float] = FINISH_BUTTON
+) -> Controller:
+    """The controller port named ``controller`` (:data:`~tm_gym.core.settings.CONTROLLERS`);
+    ``finish_button`` is where the keyboard controller clicks to close the finish pop-up
+    (checked whatever the controller, so a mistake shows before the keyboard is used)."""
+    finish_button = check_relative_point("finish_button", finish_button)
     if controller == "gamepad":
         from tm_gym.game.gamepad import GamepadController
 
         return GamepadController()
     if controller == "keyboard":
-        return KeyboardForWindow(window_title)
+        return KeyboardForWindow(window_title, finish_button=finish_button)
     if controller == "none":
         from tm_gym.game.person import PersonController
 
@@ -182,6 +214,9 @@ def make_game_env(
     reward_trajectory: str | None = None,
     reward_config: RewardConfig | None = None,
     respawn_wait: float | None = None,
+    finish_popup: FinishPopup = "dismiss",
+    finish_settle: float = FINISH_SETTLE,
+    finish_button: tuple[float, float] = FINISH_BUTTON,
     camera: CameraSpec | None = None,
     time_step_timeout_factor: float = 1.0,
     render_mode: str | None = None,
@@ -189,6 +224,10 @@ def make_game_env(
 ) -> gym.Env[Any, Any]:
     """The live game (see the module docstring); ``settings`` are
     :class:`~tm_gym.core.settings.EnvSettings` fields.
+
+    ``finish_popup`` (``"dismiss"`` or ``"ignore"``), ``finish_settle`` (seconds between the
+    respawn and the dismissal, 0.5) and ``finish_button`` (where the keyboard clicks, fractions of
+    the client area) say how the reset after a finish closes the game's finish pop-up.
 
     Raises:
         BackendUnavailableError: no ``reward_trajectory`` or no such file (the message says how
@@ -205,9 +244,11 @@ def make_game_env(
     backend = RealtimeBackend(
         telemetry=_GameTelemetryClient(telemetry_host, telemetry_port, timeout=telemetry_timeout),
         frames=_GameScreenCapture(window_title),
-        controller=make_controller(controller, window_title),
+        controller=make_controller(controller, window_title, finish_button=finish_button),
         respawn_wait=GAME_RESPAWN_WAIT if respawn_wait is None else respawn_wait,
         camera=camera,
+        finish_popup=finish_popup,
+        finish_settle=finish_settle,
     )
     return TrackManiaRealtimeEnv(
         backend,

@@ -54,6 +54,12 @@ def add_parser(subparsers: Any, *, parents: list[argparse.ArgumentParser]) -> No
         help="seconds the car is held after a respawn, like the start lights (1.5)",
     )
     parser.add_argument(
+        "--no-finish-popup",
+        action="store_true",
+        help="after a finish, respawn at once instead of showing the game's pop-up, which only "
+        "a click on its Improve button closes (shown by default, like the game)",
+    )
+    parser.add_argument(
         "--visuals",
         nargs="+",
         action="extend",
@@ -146,6 +152,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         countdown=args.countdown,
         visuals=visuals,
         car_params=car_params,
+        finish_popup=not args.no_finish_popup,
     )
     try:
         import tkinter  # noqa: F401

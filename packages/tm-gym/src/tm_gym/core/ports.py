@@ -8,6 +8,11 @@ a socket before ``open()`` / ``__enter__``:
 * a :class:`FrameSource` — a screenshot of the game window's client area (RGB);
 * a :class:`Controller` — applies an action and respawns the car.
 
+A controller may also be a :class:`FinishDismisser`: it can close the pop-up the game shows
+after a finish (the end-of-race menu with its "Improve" button), which otherwise swallows the
+respawn input. The capability is optional: a controller without ``dismiss_finish()`` is still a
+:class:`Controller`, and the real-time layer then leaves the pop-up alone.
+
 The real-time layer (:mod:`tm_gym.realtime`) only talks to these protocols, so every backend is
 driven by the same code, and each adapter can be tested on its own.
 """
@@ -22,7 +27,24 @@ from numpy.typing import NDArray
 
 from tm_gym.core.telemetry import TelemetryRecord
 
-__all__ = ["Controller", "FrameSource", "Port", "TelemetrySource"]
+__all__ = [
+    "FINISH_BUTTON",
+    "Controller",
+    "FinishDismisser",
+    "FrameSource",
+    "Port",
+    "TelemetrySource",
+]
+
+FINISH_BUTTON: tuple[float, float] = (0.55, 0.60)
+"""Where the finish pop-up's "Improve" button is, as fractions ``(across, down)`` of the game
+window's client area (0, 0 = top-left corner; 1, 1 = bottom-right).
+
+Taken from TMRL, which clicks at screen (550, 320) for its 958×488 window and (138, 108) for its
+256×128 one, both placed at the top-left of the screen: about 52-57 % across and 59-60 % down
+once the title bar is taken off. Nobody has checked this spot in the real game on our side; it is
+a default that can be changed (``make_env(..., finish_button=(x, y))``). ``tm-gym emulate`` draws
+its button around this spot."""
 
 
 @runtime_checkable
@@ -80,4 +102,24 @@ class Controller(Port, Protocol):
 
     def release(self) -> None:
         """Release every input (neutral)."""
+        ...
+
+
+@runtime_checkable
+class FinishDismisser(Protocol):
+    """An optional controller capability: close the game's finish pop-up.
+
+    After a finish the game shows its end-of-race menu; until that menu is closed, the respawn
+    input does nothing (TMRL closes it with the gamepad's A button, or a mouse click on the
+    "Improve" button when it drives with the keyboard). The real-time layer calls
+    :meth:`dismiss_finish` at the reset after a finished episode, when the controller has it.
+    """
+
+    def dismiss_finish(self) -> None:
+        """Close the finish pop-up (blocks for as long as the press or click takes).
+
+        The real-time layer calls it only right after a respawn that followed a finish, and
+        respawns once more afterwards, so a press or click the game did not need is undone.
+        Raises :class:`~tm_gym.error.ControllerError` when the input cannot be sent.
+        """
         ...

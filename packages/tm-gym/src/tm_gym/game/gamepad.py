@@ -2,7 +2,9 @@
 
 The mapping is TMRL's: gas → right trigger, brake → left trigger (both analog, active above 0
 only), steer → left stick X (−1 full left … +1 full right); respawn = press B for
-``press_time`` seconds. :func:`gamepad_state` is the pure part of that mapping.
+``press_time`` seconds; closing the finish pop-up (:meth:`GamepadController.dismiss_finish`, a
+:class:`~tm_gym.core.ports.FinishDismisser`) = press A (XInput button 0x1000) for ``press_time``
+seconds. :func:`gamepad_state` is the pure part of that mapping.
 
 The pad itself comes from `vgamepad <https://pypi.org/project/vgamepad/>`_, imported only in
 :meth:`GamepadController.open`:
@@ -20,6 +22,7 @@ Example::
     with GamepadController() as pad:
         pad.apply(np.array([1.0, 0.0, -0.3], np.float32))  # full gas, a little left
         pad.respawn()
+        pad.dismiss_finish()  # close the end-of-race menu after a finish
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ class GamepadController:
         pad_factory: Makes the pad (no arguments). Default: ``vgamepad.VX360Gamepad``, imported
             in :meth:`open`. Tests pass a fake.
         respawn_button: Pad button that respawns the car (TrackMania's default is B).
-        press_time: Seconds :meth:`respawn` holds the button.
+        dismiss_button: Pad button that closes the finish pop-up (A, like TMRL).
+        press_time: Seconds :meth:`respawn` and :meth:`dismiss_finish` hold their button.
 
     Nothing happens before :meth:`open` (or ``with``); :meth:`close` resets the pad to neutral
     and lets it go, and may be called any number of times.
@@ -131,23 +135,22 @@ class GamepadController:
         *,
         pad_factory: Callable[[], Pad] | None = None,
         respawn_button: str = "B",
+        dismiss_button: str = "A",
         press_time: float = 0.1,
     ) -> None:
-        button = str(respawn_button).upper()
-        if button not in BUTTONS:
-            raise ControllerError(
-                f"respawn_button={respawn_button!r} is not a pad button; expected one of "
-                f"{', '.join(BUTTONS)} (TrackMania respawns with B by default)"
-            )
+        button = _button_name("respawn_button", respawn_button, "TrackMania respawns with B")
+        dismiss = _button_name("dismiss_button", dismiss_button, "A closes the finish pop-up")
         if not _seconds_in(press_time, 0.0, 5.0):
             raise ControllerError(
                 f"press_time={press_time!r} is invalid; expected seconds in [0, 5] (0.1 works)"
             )
         self._factory = pad_factory
         self.respawn_button = button
+        self.dismiss_button = dismiss
         self.press_time = float(press_time)
         self._pad: Pad | None = None
         self._button: Any = BUTTONS[self.respawn_button]
+        self._dismiss: Any = BUTTONS[self.dismiss_button]
         self._state = NEUTRAL
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -158,7 +161,9 @@ class GamepadController:
             return
         factory = self._factory
         if factory is None:
-            factory, self._button = _vgamepad_factory(self.respawn_button)
+            factory, self._button, self._dismiss = _vgamepad_factory(
+                self.respawn_button, self.dismiss_button
+            )
         try:
             pad = factory()
         except (DependencyNotInstalled, ControllerError):
@@ -197,7 +202,7 @@ class GamepadController:
     def __repr__(self) -> str:
         return (
             f"GamepadController(respawn_button={self.respawn_button!r}, "
-            f"press_time={self.press_time})"
+            f"dismiss_button={self.dismiss_button!r}, press_time={self.press_time})"
         )
 
     # -- Controller --------------------------------------------------------------------------
@@ -217,16 +222,13 @@ class GamepadController:
 
     def respawn(self) -> None:
         """Press the respawn button for ``press_time`` seconds (blocks that long)."""
-        pad = self._require_pad()
-        try:
-            pad.press_button(self._button)
-            pad.update()
-            if self.press_time > 0:
-                time.sleep(self.press_time)
-            pad.release_button(self._button)
-            pad.update()
-        except Exception as exc:
-            raise ControllerError(f"the virtual gamepad stopped working: {exc!r}") from exc
+        self._press(self._button)
+
+    # -- FinishDismisser ---------------------------------------------------------------------
+
+    def dismiss_finish(self) -> None:
+        """Close the finish pop-up: press the dismiss button (A) for ``press_time`` seconds."""
+        self._press(self._dismiss)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -236,6 +238,18 @@ class GamepadController:
                 "the gamepad controller is not open; call open() or use it in a `with` block"
             )
         return self._pad
+
+    def _press(self, button: Any) -> None:
+        pad = self._require_pad()
+        try:
+            pad.press_button(button)
+            pad.update()
+            if self.press_time > 0:
+                time.sleep(self.press_time)
+            pad.release_button(button)
+            pad.update()
+        except Exception as exc:
+            raise ControllerError(f"the virtual gamepad stopped working: {exc!r}") from exc
 
     def _send(self, s: GamepadState) -> None:
         pad = self._require_pad()
@@ -259,17 +273,30 @@ def _seconds_in(value: object, lo: float, hi: float) -> bool:
     )
 
 
-def _vgamepad_factory(button: str) -> tuple[Callable[[], Pad], Any]:
-    """Import vgamepad; return its pad class and the enum member of ``button``."""
+def _button_name(arg: str, value: object, hint: str) -> str:
+    """``value`` as a :data:`BUTTONS` key, or a :class:`ControllerError` naming ``arg``."""
+    button = str(value).upper()
+    if button not in BUTTONS:
+        raise ControllerError(
+            f"{arg}={value!r} is not a pad button; expected one of {', '.join(BUTTONS)} "
+            f"({hint} by default)"
+        )
+    return button
+
+
+def _vgamepad_factory(respawn: str, dismiss: str) -> tuple[Callable[[], Pad], Any, Any]:
+    """Import vgamepad; return its pad class and the enum members of the two buttons."""
     try:
         import vgamepad
     except ImportError as exc:
         raise DependencyNotInstalled(_install_hint(exc)) from exc
     except OSError as exc:  # libevdev's shared library failed to load
         raise DependencyNotInstalled(_install_hint(exc)) from exc
-    member = getattr(vgamepad.XUSB_BUTTON, f"XUSB_GAMEPAD_{button}", BUTTONS[button])
+    members = [
+        getattr(vgamepad.XUSB_BUTTON, f"XUSB_GAMEPAD_{b}", BUTTONS[b]) for b in (respawn, dismiss)
+    ]
     factory: Callable[[], Pad] = vgamepad.VX360Gamepad
-    return factory, member
+    return factory, members[0], members[1]
 
 
 def _install_hint(exc: BaseException) -> str:

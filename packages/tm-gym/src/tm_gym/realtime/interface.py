@@ -10,12 +10,25 @@ be used with rtgym directly (``DEFAULT_CONFIG_DICT`` with ``"interface"`` set to
 returning it). What it does at each rtgym call:
 
 * ``send_control(a)`` → ``controller.apply(a)``;
-* ``reset()`` → release the inputs, respawn, wait ``respawn_wait``, wait for fresh telemetry,
-  capture, localise the car on the reference; returns the observation parts and the info;
+* ``reset()`` → release the inputs, respawn, [after a finish: close the finish pop-up, see
+  below], wait ``respawn_wait``, wait for fresh telemetry, capture, localise the car on the
+  reference; returns the observation parts and the info;
 * ``get_obs_rew_terminated_info()`` → capture (telemetry, then the screenshot and/or LIDAR),
   progress reward (:class:`~tm_gym.reward.ProgressReward` on the car's position), terminated at
   the finish or after too long without progress;
 * ``wait()`` → release the inputs (rtgym calls it when an episode ends, with ``wait_on_done``).
+
+The finish pop-up. After a finish the game shows its end-of-race menu, and until it is closed
+the respawn input does nothing (the telemetry's ``finished`` flag stays 1 meanwhile). TMRL closes
+it at the end of every episode: respawn, sleep 0.5 s, press the gamepad's A (or click the
+"Improve" button with the mouse), and its next reset respawns again. Here the reset that follows
+an episode whose last telemetry record said ``finished`` does the same — release, respawn, wait
+``RealtimeBackend.finish_settle`` (0.5 s), ``controller.dismiss_finish()``, respawn again — when
+``RealtimeBackend.finish_popup`` is ``"dismiss"`` (the default) and the controller is a
+:class:`~tm_gym.core.ports.FinishDismisser` (the gamepad and the keyboard are; a person driving,
+the simulator's ports and a replay are not, and nothing is done for them). After a crash, a
+timeout or a truncated episode nothing is pressed. ``finish_popup="ignore"`` leaves the pop-up to
+someone else; a reset that still sees ``finished`` logs a warning that says so.
 
 With ``record_captures`` set (what a recording needs), every capture also grabs the screenshot
 and the info returned to rtgym carries it under :data:`CAPTURE_KEY` (a
@@ -39,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -48,16 +61,24 @@ from rtgym import RealTimeGymInterface
 
 from tm_gym.core.actions import action_space
 from tm_gym.core.capture import Capture
+from tm_gym.core.config import ConfigError
 from tm_gym.core.geometry import CameraSpec
 from tm_gym.core.info import NO_LAP, RecordInfo
-from tm_gym.core.ports import Controller, FrameSource, TelemetrySource
+from tm_gym.core.ports import Controller, FinishDismisser, FrameSource, TelemetrySource
 from tm_gym.core.settings import EnvSettings
 from tm_gym.core.telemetry import TelemetryRecord
 from tm_gym.error import CaptureError
 from tm_gym.realtime.observation import LidarSource, ObservationBuilder
 from tm_gym.reward import ProgressReward, ReferenceTrajectory, RewardConfig
 
-__all__ = ["CAPTURE_KEY", "RealtimeBackend", "TMRealtimeInterface"]
+__all__ = [
+    "CAPTURE_KEY",
+    "FINISH_POPUP_MODES",
+    "FINISH_SETTLE",
+    "FinishPopup",
+    "RealtimeBackend",
+    "TMRealtimeInterface",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +96,12 @@ CAPTURE_KEY = "_capture"
 
 GAME_RESPAWN_WAIT = 1.5
 """Seconds the game needs after a respawn before the car can drive (the start lights)."""
+
+FinishPopup = Literal["dismiss", "ignore"]
+FINISH_POPUP_MODES: tuple[FinishPopup, ...] = ("dismiss", "ignore")
+"""What a reset after a finish does about the game's finish pop-up (see the module docstring)."""
+FINISH_SETTLE = 0.5
+"""Seconds between the respawn and the dismissal of the finish pop-up (TMRL's figure)."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +126,36 @@ class RealtimeBackend:
     """Checkpoints on the track (-1 when unknown), reported in ``info``."""
     wall_contacts: Callable[[], int] | None = None
     """A wall-contact counter since the respawn (``info["wall_contacts"]`` is -1 without one)."""
+    finish_popup: FinishPopup = "dismiss"
+    """``"dismiss"``: the reset after a finish closes the game's finish pop-up (when the
+    controller is a :class:`~tm_gym.core.ports.FinishDismisser`); ``"ignore"``: it does not."""
+    finish_settle: float = FINISH_SETTLE
+    """Seconds between the respawn and the dismissal of the finish pop-up (0: no wait)."""
 
     def __post_init__(self) -> None:
         w: object = self.respawn_wait
         if not (isinstance(w, (int, float)) and math.isfinite(w) and 0 <= w <= 60):
             raise ValueError(f"respawn_wait={w!r}: expected seconds in [0, 60]")
+        if self.finish_popup not in FINISH_POPUP_MODES:
+            raise ConfigError(
+                f"finish_popup={self.finish_popup!r}: expected one of {list(FINISH_POPUP_MODES)} "
+                "('dismiss' closes the game's end-of-race menu at the next reset, 'ignore' "
+                "leaves it)"
+            )
+        s: object = self.finish_settle
+        if isinstance(s, bool) or not (
+            isinstance(s, (int, float)) and math.isfinite(s) and 0 <= s <= 10
+        ):
+            raise ConfigError(
+                f"finish_settle={s!r}: expected seconds in [0, 10] (TMRL waits 0.5; 0 skips "
+                "the wait)"
+            )
+
+    @property
+    def dismisses_finish(self) -> bool:
+        """Whether a reset after a finish closes the finish pop-up (the setting allows it and
+        the controller can)."""
+        return self.finish_popup == "dismiss" and isinstance(self.controller, FinishDismisser)
 
     @property
     def ports(self) -> tuple[TelemetrySource, FrameSource, Controller]:
@@ -261,12 +313,18 @@ class TMRealtimeInterface(RealTimeGymInterface):
     # -- captures ------------------------------------------------------------------------
     def _reset(self) -> tuple[Obs, Info]:
         b = self.backend
+        finished = bool(self._finished[0])  # how the previous episode ended
         b.controller.release()
         b.controller.respawn()
+        if finished:
+            self._dismiss_finish_popup()
+        self._finished[0] = False
         if b.respawn_wait > 0:
             time.sleep(b.respawn_wait)
         self._t_reset = time.perf_counter()
         rec = b.telemetry.wait_fresh()
+        if rec.finished:
+            self._warn_still_finished()
         self._infos.reset()
         rgb = self._grab()
         self._set_pos(rec)
@@ -276,6 +334,36 @@ class TMRealtimeInterface(RealTimeGymInterface):
         info["lap_time"] = NO_LAP
         self._last_obs, self._last_info = obs, info
         return [p.copy() for p in obs], self._with_capture(info, rec, rgb, obs)
+
+    def _dismiss_finish_popup(self) -> None:
+        """After a finish: settle, close the pop-up, respawn again (see the module docstring)."""
+        b = self.backend
+        ctl = b.controller
+        if not (b.dismisses_finish and isinstance(ctl, FinishDismisser)):
+            return
+        if b.finish_settle > 0:
+            time.sleep(b.finish_settle)
+        ctl.dismiss_finish()
+        logger.debug("dismissed the finish pop-up with %s", type(ctl).__name__)
+        b.controller.respawn()
+
+    def _warn_still_finished(self) -> None:
+        b = self.backend
+        if b.finish_popup != "dismiss":
+            fix = "finish_popup='ignore' leaves it: close it by hand or use finish_popup='dismiss'"
+        elif not isinstance(b.controller, FinishDismisser):
+            fix = f"{type(b.controller).__name__} cannot close it: close it by hand"
+        else:
+            fix = (
+                "dismissing it did not work: check that the game window shows the menu's "
+                "'Improve' button at finish_button (fractions of the client area), or raise "
+                "finish_settle"
+            )
+        logger.warning(
+            "after the reset the telemetry still says 'finished': the game's finish pop-up is "
+            "probably still open, and the respawn did nothing (%s)",
+            fix,
+        )
 
     def _observe(self) -> tuple[Obs, float, bool, Info]:
         rec = self.backend.telemetry.latest()

@@ -3,7 +3,9 @@
 A keyboard is binary, so actions are thresholded with TMRL's rule (:func:`keys_for`): gas if
 ``a[0] > 0``, brake if ``a[1] > 0``, right if ``a[2] > 0.5``, left if ``a[2] < -0.5``.
 :class:`KeyboardController` remembers which keys it holds and sends only the differences (key
-up, then key down), so a step that changes nothing sends nothing.
+up, then key down), so a step that changes nothing sends nothing. Like TMRL's keyboard mode it
+closes the game's finish pop-up with the mouse: :meth:`KeyboardController.dismiss_finish` clicks
+the left button at ``finish_button`` (fractions of the game window's client area).
 
 Two backends, chosen by ``backend="auto"`` from the platform:
 

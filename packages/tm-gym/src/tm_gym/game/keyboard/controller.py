@@ -1,16 +1,25 @@
-"""The keyboard controller: holds the keys an action asks for, sends only the changes."""
+"""The keyboard controller: holds the keys an action asks for, sends only the changes, and
+clicks the finish pop-up's "Improve" button with the mouse (TMRL's keyboard fallback does too)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+from tm_gym.core.ports import FINISH_BUTTON
 from tm_gym.error import ControllerError
-from tm_gym.game.keyboard.keys import KeyBackend, keys_for, ordered
+from tm_gym.game.capture import WindowGeometry, window_geometry
+from tm_gym.game.keyboard.keys import (
+    KeyBackend,
+    check_relative_point,
+    client_point,
+    keys_for,
+    ordered,
+)
 from tm_gym.game.keyboard.xdotool import XdotoolBackend
 
 __all__ = ["BACKENDS", "KeyboardController"]
@@ -35,7 +44,8 @@ def _seconds_in(value: object, lo: float, hi: float) -> bool:
 
 
 class KeyboardController:
-    """Drives the car with key presses (implements :class:`~tm_gym.core.ports.Controller`).
+    """Drives the car with key presses (implements :class:`~tm_gym.core.ports.Controller` and
+    :class:`~tm_gym.core.ports.FinishDismisser`).
 
     Args:
         backend: ``"xdotool"`` (Linux), ``"sendinput"`` (Windows) or ``"auto"`` (by platform).
@@ -43,6 +53,11 @@ class KeyboardController:
             opening; ``None`` sends to whatever window has the focus.
         display: X display for xdotool (``":1"``); ``None`` uses ``$DISPLAY``.
         respawn_hold: Seconds the respawn key is held down.
+        finish_button: Where :meth:`dismiss_finish` clicks: ``(across, down)`` fractions of the
+            game window's client area (default :data:`~tm_gym.core.ports.FINISH_BUTTON`, TMRL's
+            spot for the "Improve" button, not verified in the game on our side).
+        geometry: Reads a window's client area in screen pixels from its id (default
+            :func:`tm_gym.game.capture.window_geometry`; tests pass a fake).
 
     Nothing is started before :meth:`open` (or ``with``); :meth:`close` releases every held key
     and stops the xdotool process, and may be called any number of times.
@@ -55,6 +70,8 @@ class KeyboardController:
         window_id: int | None = None,
         display: str | None = None,
         respawn_hold: float = 0.05,
+        finish_button: tuple[float, float] = FINISH_BUTTON,
+        geometry: Callable[[int], WindowGeometry] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ControllerError(
@@ -69,12 +86,14 @@ class KeyboardController:
             raise ControllerError(
                 f"respawn_hold={respawn_hold!r} is invalid; expected seconds in [0, 5]"
             )
+        self.finish_button = check_relative_point("finish_button", finish_button)
         if backend == "auto":
             backend = "sendinput" if sys.platform == "win32" else "xdotool"
         self.backend = backend
         self.window_id = window_id
         self.display = display
         self.respawn_hold = float(respawn_hold)
+        self._geometry = window_geometry if geometry is None else geometry
         self._impl: KeyBackend | None = None
         self._held: frozenset[str] = frozenset()
 
@@ -142,6 +161,33 @@ class KeyboardController:
     def respawn(self) -> None:
         """Tap the respawn key (BackSpace on Linux, Delete on Windows)."""
         self._require().tap_respawn(self.respawn_hold)
+
+    def click(self, x: int, y: int) -> None:
+        """Click the left mouse button at screen pixel ``(x, y)``."""
+        self._require().click(x, y)
+
+    # -- FinishDismisser ---------------------------------------------------------------------
+
+    def dismiss_finish(self) -> None:
+        """Close the finish pop-up: click :attr:`finish_button` in the game window.
+
+        The window's client area is read again first, so a moved window is followed.
+
+        Raises:
+            ControllerError: no ``window_id`` (the controller does not know where the game
+                is), or the click cannot be sent.
+            CaptureError: the window no longer exists.
+        """
+        impl = self._require()
+        if self.window_id is None:
+            raise ControllerError(
+                "the keyboard controller cannot click the finish pop-up without the game "
+                "window: pass window_id=... (make_env(controller='keyboard') does), or use "
+                "finish_popup='ignore'"
+            )
+        x, y = client_point(self._geometry(self.window_id), self.finish_button)
+        logger.debug("clicking the finish pop-up at screen (%d, %d)", x, y)
+        impl.click(x, y)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The keys of the keyboard controller: TMRL's thresholds, the scan codes, a backend's contract."""
+"""The keys of the keyboard controller: TMRL's thresholds, the scan codes, a backend's contract,
+and where in the game window the mouse clicks to close the finish pop-up."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from tm_gym.error import InvalidActionError
+from tm_gym.error import ControllerError, InvalidActionError
+from tm_gym.game.capture.geometry import WindowGeometry
 
-__all__ = ["KEYS", "ORDER", "SCAN_CODES", "SCAN_RESPAWN", "KeyBackend", "keys_for", "ordered"]
+__all__ = [
+    "KEYS",
+    "ORDER",
+    "SCAN_CODES",
+    "SCAN_RESPAWN",
+    "KeyBackend",
+    "check_relative_point",
+    "client_point",
+    "keys_for",
+    "ordered",
+]
 
 KEYS = frozenset({"up", "down", "left", "right"})
 """The logical keys: up = gas, down = brake, left/right = steer."""
@@ -47,6 +59,34 @@ def keys_for(action: Sequence[float] | Any) -> frozenset[str]:
     return frozenset(keys)
 
 
+def check_relative_point(name: str, value: object) -> tuple[float, float]:
+    """``value`` as ``(across, down)`` fractions of a window's client area, each in [0, 1].
+
+    Raises:
+        ControllerError: not two finite numbers in [0, 1] (the message names ``name``).
+    """
+    try:
+        x, y = (float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        x = y = math.nan
+    if isinstance(value, str) or not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise ControllerError(
+            f"{name}={value!r} is invalid; expected (across, down) fractions of the game "
+            "window's client area, each in [0, 1], e.g. (0.55, 0.60)"
+        )
+    return (x, y)
+
+
+def client_point(geometry: WindowGeometry, at: tuple[float, float]) -> tuple[int, int]:
+    """The screen pixel ``at`` = (across, down) fractions of ``geometry``'s client area (pure).
+
+    The result always lies inside the client area: fraction 1 is its last pixel.
+    """
+    x = geometry.left + min(int(at[0] * geometry.width), geometry.width - 1)
+    y = geometry.top + min(int(at[1] * geometry.height), geometry.height - 1)
+    return (x, y)
+
+
 def ordered(keys: Iterable[str]) -> list[str]:
     """``keys`` in :data:`ORDER`."""
     s = set(keys)
@@ -65,3 +105,7 @@ class KeyBackend(Protocol):
         ...
 
     def tap_respawn(self, hold: float) -> None: ...
+
+    def click(self, x: int, y: int) -> None:
+        """Move the mouse pointer to screen pixel ``(x, y)`` and click the left button."""
+        ...

@@ -4,6 +4,12 @@ Arrow keys and BackSpace (respawn) go through one ``xdotool -`` that reads comma
 so a step costs a pipe write (microseconds) instead of a process spawn (milliseconds). Events go
 to the focused window through XTEST; with ``window_id`` the window is focused once when opening.
 If this xdotool cannot run a script from stdin, each change spawns one ``xdotool`` process.
+
+A click (:meth:`XdotoolBackend.click`, how the finish pop-up is closed) goes the same way:
+``mousemove X Y`` in screen pixels, then ``click 1``. Both are XTEST requests on one connection
+(or from one process after the other), so the X server moves the pointer before it presses the
+button; ``mousemove --sync`` is not used, because it can wait forever when the pointer is
+already there.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import IO
 
 from tm_gym.error import ControllerError
 
-__all__ = ["XDOTOOL_KEYS", "XDOTOOL_RESPAWN", "XdotoolBackend"]
+__all__ = ["XDOTOOL_KEYS", "XDOTOOL_RESPAWN", "XdotoolBackend", "click_commands"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,11 @@ XDOTOOL_RESPAWN = "BackSpace"
 
 _PROBE_TIMEOUT = 2.0
 _FOCUS_TIMEOUT = 5.0
+
+
+def click_commands(x: int, y: int) -> list[str]:
+    """The xdotool commands of a left click at screen pixel ``(x, y)`` (pure)."""
+    return [f"mousemove {int(x)} {int(y)}", "click 1"]
 
 
 def _xdotool_path() -> str:
@@ -114,6 +125,10 @@ class XdotoolBackend:
         key = XDOTOOL_RESPAWN
         # xdotool sleeps between the two events itself, so the caller does not wait.
         self._send([f"keydown --delay 0 {key}", f"sleep {hold:.3f}", f"keyup --delay 0 {key}"])
+
+    def click(self, x: int, y: int) -> None:
+        """Left click at screen pixel ``(x, y)`` (the pointer stays there)."""
+        self._send(click_commands(x, y))
 
     # -- helpers -----------------------------------------------------------------------------
 
