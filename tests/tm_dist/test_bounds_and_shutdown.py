@@ -140,6 +140,7 @@ def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -
 def test_every_role_stops_cleanly_on_a_signal_to_its_group(tmp_path: Path, how: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TM_DIST_")}
     env["TM_DIST_PASSWORD"] = PASSWORD
+    env["TM_DIST_TRAINER_PASSWORD"] = PASSWORD + "-trainer"  # the relay's and trainer's role
     port_file = tmp_path / "port"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = {name: tmp_path / f"{name}.log" for name in ("server", "worker", "trainer")}

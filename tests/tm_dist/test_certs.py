@@ -22,13 +22,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tm_dist.certs import (
     CERT_FILE_NAME,
     KEY_FILE_NAME,
+    TRAINER_PASSWORD_FILE_NAME,
     CertFiles,
     CertificateError,
     CertificateExistsError,
     cert_fingerprint,
     check_cert,
     make_cert,
+    make_trainer_keys,
 )
+from tm_dist.signing import (
+    SIGNING_KEY_FILE,
+    VERIFY_KEY_FILE,
+    load_signing_key,
+    load_verify_key,
+    sign_message,
+    verify_message,
+)
+from tm_dist.wire import Disconnect
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 
@@ -41,7 +52,45 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 def test_files_have_the_names_tlspyo_reads(made: CertFiles) -> None:
     assert made.certificate == made.keys_dir / CERT_FILE_NAME == made.keys_dir / "certificate.pem"
     assert made.private_key == made.keys_dir / KEY_FILE_NAME == made.keys_dir / "key.pem"
-    assert sorted(p.name for p in made.keys_dir.iterdir()) == ["certificate.pem", "key.pem"]
+    assert sorted(p.name for p in made.keys_dir.iterdir()) == [
+        "certificate.pem",
+        "key.pem",
+        "trainer_password",
+        "trainer_signing.pem",
+        "trainer_signing.pub",
+    ]
+
+
+def test_trainer_files_are_a_matching_ed25519_pair_and_a_random_password(
+    made: CertFiles, tmp_path: Path
+) -> None:
+    assert (
+        made.signing_key
+        == made.keys_dir / SIGNING_KEY_FILE
+        == made.keys_dir / "trainer_signing.pem"
+    )
+    assert (
+        made.verify_key == made.keys_dir / VERIFY_KEY_FILE == made.keys_dir / "trainer_signing.pub"
+    )
+    assert made.trainer_password == made.keys_dir / TRAINER_PASSWORD_FILE_NAME
+    msg = sign_message(Disconnect(worker="w", reason="r"), load_signing_key(made.keys_dir))
+    verify_message(msg, load_verify_key(made.keys_dir))
+    assert made.signing_key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS8
+    assert made.verify_key.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+
+    text = made.trainer_password.read_text("ascii")
+    assert text.endswith("\n") and text.count("\n") == 1
+    password = text.strip()
+    assert len(password) >= 40 and all(c.isalnum() or c in "-_" for c in password)
+    other = make_cert(tmp_path / "other")
+    assert other.trainer_password is not None
+    assert other.trainer_password.read_text("ascii") != text
+
+
+def test_the_password_file_has_the_name_the_relay_reads() -> None:
+    from tm_dist.transport.options import TRAINER_PASSWORD_FILE
+
+    assert TRAINER_PASSWORD_FILE == TRAINER_PASSWORD_FILE_NAME
 
 
 def test_certificate_names_default_and_is_valid_now(made: CertFiles) -> None:
@@ -75,6 +124,36 @@ def test_private_key_and_folder_are_private(made: CertFiles) -> None:
     assert made.private_key is not None
     assert stat.S_IMODE(made.private_key.stat().st_mode) == 0o600
     assert stat.S_IMODE(made.keys_dir.stat().st_mode) == 0o700
+    assert made.signing_key is not None and made.trainer_password is not None
+    assert stat.S_IMODE(made.signing_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(made.trainer_password.stat().st_mode) == 0o600
+
+
+def test_every_file_is_refused_before_any_is_written(tmp_path: Path) -> None:
+    tmp_path.joinpath(VERIFY_KEY_FILE).write_text("a worker's copy")
+    with pytest.raises(CertificateExistsError, match=r"trainer_signing.pub.*overwrite=True"):
+        make_cert(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [VERIFY_KEY_FILE]
+    assert tmp_path.joinpath(VERIFY_KEY_FILE).read_text() == "a worker's copy"
+
+
+def test_a_folder_without_trainer_files_still_serves_and_can_get_them(tmp_path: Path) -> None:
+    made = make_cert(tmp_path)
+    for name in (SIGNING_KEY_FILE, VERIFY_KEY_FILE, TRAINER_PASSWORD_FILE_NAME):
+        (tmp_path / name).unlink()
+    old = check_cert(tmp_path, require_key=True)  # what an older tm-dist made: the relay runs
+    assert (old.signing_key, old.verify_key, old.trainer_password) == (None, None, None)
+    cert = made.certificate.read_bytes()
+
+    paths = make_trainer_keys(tmp_path)
+    assert [p.name for p in paths] == [SIGNING_KEY_FILE, VERIFY_KEY_FILE, "trainer_password"]
+    assert made.certificate.read_bytes() == cert  # the certificate is left alone
+    assert check_cert(tmp_path).signing_key == tmp_path / SIGNING_KEY_FILE
+    with pytest.raises(CertificateExistsError, match=r"trainer_signing\.pem"):
+        make_trainer_keys(tmp_path)
+    before = (tmp_path / VERIFY_KEY_FILE).read_bytes()
+    make_trainer_keys(tmp_path, overwrite=True)
+    assert (tmp_path / VERIFY_KEY_FILE).read_bytes() != before
 
 
 def test_refuses_to_overwrite_and_names_the_files(made: CertFiles) -> None:
@@ -86,9 +165,11 @@ def test_refuses_to_overwrite_and_names_the_files(made: CertFiles) -> None:
 
 def test_overwrite_replaces_the_pair(tmp_path: Path) -> None:
     first = make_cert(tmp_path)
+    first_pub = (tmp_path / VERIFY_KEY_FILE).read_bytes()
     second = make_cert(tmp_path, overwrite=True)
     assert first.fingerprint != second.fingerprint
     assert check_cert(tmp_path, require_key=True).fingerprint == second.fingerprint
+    assert (tmp_path / VERIFY_KEY_FILE).read_bytes() != first_pub
 
 
 def test_ip_hostname_and_bad_arguments(tmp_path: Path) -> None:

@@ -194,6 +194,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TM_DIST_")}
     env |= {
         "TM_DIST_PASSWORD": PASSWORD,
+        "TM_DIST_TRAINER_PASSWORD": PASSWORD + "-trainer",  # the relay's and trainer's role
         "TM_DIST_CONNECTION_PORT": str(port),
         "TM_DIST_CONNECTION_HOST": "127.0.0.1",
         "TM_DIST_TRAINER_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),

@@ -11,6 +11,7 @@ killed by PID if they are still there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import pickle
@@ -44,6 +45,7 @@ from tm_dist.settings import (
 )
 from tm_dist.testing import kill_by_pid
 from tm_dist.transport import AuthenticationError, Link, RelayServer
+from tm_dist.transport.framing import auth_token
 from tm_dist.wire import (
     EpisodeChunk,
     MessageError,
@@ -294,7 +296,7 @@ class _Zero:
 
 
 def _raw_frame(payload: bytes) -> bytes:
-    return f"{len(payload):<10}{PASSWORD}".encode() + payload
+    return f"{len(payload):<10}{auth_token(PASSWORD)}".encode() + payload
 
 
 @pytest.mark.slow  # a relay process and a training cluster
@@ -489,8 +491,9 @@ def test_wrong_password_stops_a_trainer_without_a_checkpoint(
     relay: RelayServer, tmp_path: Path
 ) -> None:
     ts = TrainerSettings(run_dir=tmp_path / "run", overrides=TINY)
+    conn = dataclasses.replace(_conn(relay.port, WRONG), trainer_password=Secret(WRONG))
     with pytest.raises(AuthenticationError, match="password is wrong"):
-        run_trainer(DistSettings(connection=_conn(relay.port, WRONG), trainer=ts), resume=False)
+        run_trainer(DistSettings(connection=conn, trainer=ts), resume=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -98,7 +98,7 @@ def test_example_config_holds_every_key_and_the_defaults(tmp_path: Path) -> None
     text = example_config()
     for section in ("connection", "worker", "trainer"):
         for f in dataclasses.fields(getattr(DistSettings(), section)):
-            if f.name != "password":
+            if f.name not in ("password", "trainer_password"):
                 assert f"{f.name} = " in text, f.name
     config = write(tmp_path / "example.toml", text)
     s = load_settings(config, env={})
@@ -284,6 +284,102 @@ def test_password_file_sources(tmp_path: Path) -> None:
     assert s.connection.password.reveal() == PASSWORD
     s = load_settings(None, env={}, overrides={"connection.password_file": str(pw)})
     assert s.connection.password.reveal() == PASSWORD
+
+
+@posix_only
+def test_trainer_password_sources(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    env = {"TM_DIST_CONNECTION_KEYS_DIR": str(keys)}
+    assert load_settings(None, env=env).connection.trainer_password.is_empty
+    # the variable: not mistaken for a [trainer] key named "password"
+    s = load_settings(None, env=env | {"TM_DIST_TRAINER_PASSWORD": "trainer-env"})
+    assert s.connection.trainer_password.reveal() == "trainer-env"
+    assert s.connection.password.is_empty  # the workers' password is another one
+    # keys_dir/trainer_password (what `tm-dist make-cert` writes) when nothing else is given
+    write(keys / "trainer_password", "trainer-default\n")
+    s = load_settings(None, env=env)
+    assert s.connection.trainer_password.reveal() == "trainer-default"
+    # a file variable, a TOML key and a flag, each beating the default file
+    other = write(tmp_path / "tpw", "trainer-file")
+    s = load_settings(None, env=env | {"TM_DIST_TRAINER_PASSWORD_FILE": str(other)})
+    assert s.connection.trainer_password.reveal() == "trainer-file"
+    config = write(tmp_path / "c.toml", "[connection]\ntrainer_password_file = 'tpw'\n")
+    s = load_settings(config, env=env)
+    assert s.connection.trainer_password.reveal() == "trainer-file"
+    assert s.connection.trainer_password_file == other
+    s = load_settings(None, env=env, overrides={"connection.trainer_password_file": str(other)})
+    assert s.connection.trainer_password.reveal() == "trainer-file"
+    with pytest.raises(PasswordError, match="unset one"):
+        load_settings(
+            None,
+            env=env
+            | {"TM_DIST_TRAINER_PASSWORD": "x", "TM_DIST_TRAINER_PASSWORD_FILE": str(other)},
+        )
+    write(keys / "trainer_password", "trainer-default\n", mode=0o644)
+    with pytest.raises(PasswordError, match="chmod 600"):
+        load_settings(None, env=env)
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs"),
+    [
+        ("toml", {"text": "[connection]\ntrainer_password = 'secret-1234'\n"}),
+        ("env", {"env": {"TM_DIST_CONNECTION_TRAINER_PASSWORD": "secret-1234"}}),
+        ("flag", {"overrides": {"connection.trainer_password": "secret-1234"}}),
+    ],
+)
+def test_trainer_password_is_refused_from_settings(
+    tmp_path: Path, source: str, kwargs: dict[str, Any]
+) -> None:
+    config = write(tmp_path / "c.toml", kwargs.pop("text")) if source == "toml" else None
+    with pytest.raises(PasswordError, match="no password setting") as info:
+        load_settings(config, env=kwargs.pop("env", {}), **kwargs)
+    assert "secret-1234" not in str(info.value)
+
+
+def test_trainer_password_is_masked_and_documented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tm_dist.cli import main
+
+    secret = "trainer-secret-never-shown"
+    s = load_settings(
+        None,
+        env={"TM_DIST_TRAINER_PASSWORD": secret, "TM_DIST_CONNECTION_KEYS_DIR": str(tmp_path)},
+    )
+    assert s.as_dict()["connection"]["trainer_password"] == "********"
+    assert secret not in repr(s) and secret not in json.dumps(s.as_dict())
+    for name in [n for n in os.environ if n.startswith("TM_DIST_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TM_DIST_TRAINER_PASSWORD", secret)
+    monkeypatch.setenv("TM_DIST_CONNECTION_KEYS_DIR", str(tmp_path))
+    assert main(["config", "--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["connection"]["trainer_password"] == "********"
+    text = example_config()
+    assert "TM_DIST_TRAINER_PASSWORD" in text and "trainer_password_file" in text
+
+
+def test_fleet_credentials() -> None:
+    from tm_dist.settings import fleet_credentials
+
+    base = ConnectionSettings(password=Secret("workers-pw"))
+    with pytest.raises(PasswordError, match=r"make-cert.*TM_DIST_TRAINER_PASSWORD"):
+        fleet_credentials(base)
+    same = dataclasses.replace(base, trainer_password=Secret("workers-pw"))
+    with pytest.raises(PasswordError, match="its own"):
+        fleet_credentials(same)
+    worker, trainer = fleet_credentials(
+        dataclasses.replace(base, trainer_password=Secret("trainer-pw"))
+    )
+    assert worker.role == "worker" and trainer.role == "trainer"
+    assert worker.may_join == {"workers"} and worker.may_send == {"trainers"}
+    assert not worker.may_broadcast
+    assert trainer.may_join == {"trainers"} and trainer.may_broadcast == {"workers"}
+    assert not trainer.may_send
+    (anyone,) = fleet_credentials(dataclasses.replace(base, insecure=True))  # roles off
+    assert anyone.may_broadcast == {"workers", "trainers", "server"}
 
 
 @posix_only

@@ -39,6 +39,7 @@ from tm_dist.transport.framing import auth_token
 from tm_dist.wire import tlspyo_serializer
 
 PASSWORD = "correct horse battery staple"
+TRAINER_PASSWORD = "the trainer's own password"
 MAX_BYTES = 1 << 20
 
 CODEC: dict[str, Any] = {}  # tm_dist.wire's codec, the default
@@ -186,11 +187,17 @@ def test_any_bytes_codec_can_replace_wire(closing: Callable[[Any], Any]) -> None
 @pytest.mark.slow  # relay and link processes
 def test_links_and_relays_from_connection_settings(closing: Callable[[Any], Any]) -> None:
     settings = ConnectionSettings(
-        host="127.0.0.1", port=free_local_port(), password=Secret(PASSWORD), connect_timeout_s=5.0
+        host="127.0.0.1",
+        port=free_local_port(),
+        password=Secret(PASSWORD),
+        trainer_password=Secret(TRAINER_PASSWORD),
+        connect_timeout_s=5.0,
     )
     assert not settings.use_tls  # loopback: plaintext by default
     server = closing(RelayServer.from_settings(settings, listen_host="127.0.0.1").start())
-    trainer = closing(Link.from_settings(settings, groups="trainers").connect())
+    trainer = closing(
+        Link(TRAINER_PASSWORD, port=settings.port, groups="trainers", **PLAIN).connect()
+    )
     worker = closing(Link.from_settings(settings, groups=["workers"]).connect())
     worker.send("trainers", "configured")
     assert trainer.receive(timeout=10) == "configured"

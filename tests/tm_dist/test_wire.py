@@ -26,6 +26,8 @@ from tm_dist.wire import (
     DEFAULT_MAX_BYTES,
     MAX_NESTING_DEPTH,
     PROTOCOL_VERSION,
+    SIGNATURE_SIZE,
+    Disconnect,
     EpisodeChunk,
     Hello,
     Message,
@@ -62,6 +64,14 @@ EXAMPLES: list[Message] = [
     ),
     Weights(version=12, safetensors=_safetensors(), config_json='{"algo": "sac"}'),
     Status(role="trainer", name="gpu", stats={"steps_per_s": 812.5, "buffer": [1, 2, {"a": None}]}),
+    Disconnect(worker="pc-1/0", reason="12 of its chunks were invalid"),
+    Weights(
+        version=13,
+        safetensors=_safetensors(),
+        config_json='{"algo": "sac"}',
+        signature=bytes(range(SIGNATURE_SIZE)),
+    ),
+    Disconnect(worker="pc-1/0", reason="", signature=b"\xff" * SIGNATURE_SIZE),
 ]
 
 
@@ -85,6 +95,7 @@ _json_like = st.recursive(
     ),
     max_leaves=12,
 )
+_signatures = st.just(b"") | st.binary(min_size=SIGNATURE_SIZE, max_size=SIGNATURE_SIZE)
 _messages = st.one_of(
     st.builds(
         Hello,
@@ -111,7 +122,9 @@ _messages = st.one_of(
         version=_i64,
         safetensors=st.integers(0, 8).map(_safetensors),
         config_json=st.dictionaries(st.text(max_size=8), _scalars, max_size=4).map(json.dumps),
+        signature=_signatures,
     ),
+    st.builds(Disconnect, worker=_names, reason=st.text(max_size=40), signature=_signatures),
     st.builds(
         Status,
         role=_names,
@@ -164,6 +177,14 @@ BAD_MESSAGES = {
         _raw("weights", {"version": 1, "safetensors": _safetensors(), "config_json": "{"}),
         "not valid JSON",
     ),
+    "short signature": (
+        _raw("disconnect", {"worker": "w", "reason": "r", "signature": b"\x01" * 63}),
+        r"Disconnect.signature: 63 bytes; expected none \(unsigned\) or 64",
+    ),
+    "signature as str": (
+        _raw("disconnect", {"worker": "w", "reason": "r", "signature": "x" * 64}),
+        r"Disconnect.signature: expected bytes, got str",
+    ),
     "config not object": (
         _raw("weights", {"version": 1, "safetensors": _safetensors(), "config_json": "[1]"}),
         "expected a JSON object",
@@ -182,6 +203,16 @@ BAD_MESSAGES = {
         "nested deeper",
     ),
 }
+
+
+def test_a_message_without_its_signature_field_decodes_as_unsigned() -> None:
+    """An older trainer's messages have no signature field: they decode, unsigned (and a worker
+    holding the trainer's public key then refuses them with that reason)."""
+    body = {"version": 3, "safetensors": _safetensors(), "config_json": "{}"}
+    msg = decode_message(_raw("weights", body))
+    assert isinstance(msg, Weights) and msg.signature == b""
+    with pytest.raises(MessageError, match=r"missing fields \['version'\]"):
+        decode_message(_raw("weights", {k: v for k, v in body.items() if k != "version"}))
 
 
 @pytest.mark.parametrize("case", list(BAD_MESSAGES))

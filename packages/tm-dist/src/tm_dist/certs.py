@@ -1,15 +1,20 @@
-"""Self-signed TLS certificates for tm-dist, in the layout tlspyo reads.
+"""Self-signed TLS certificates for tm-dist, in the layout tlspyo reads, and the trainer's keys.
 
-tlspyo 0.3.0 looks for two files in its ``keys_dir``:
+tlspyo 0.3.0 looks for two files in its ``keys_dir``; tm-dist adds three for the trainer's role
+(see :mod:`tm_dist.signing` and the relay's per-role passwords):
 
-=================== ============================================================================
-File                Who needs it
-=================== ============================================================================
-``certificate.pem`` Everybody. The relay presents it; every endpoint trusts exactly this
-                    certificate and checks that it names the host given as ``hostname``
-                    (tlspyo's default, and ours, is ``"default"``).
-``key.pem``         The relay machine only (``tm-dist server``). Never copy it elsewhere.
-=================== ============================================================================
+======================= ========================================================================
+File                    Who needs it
+======================= ========================================================================
+``certificate.pem``     Everybody. The relay presents it; every endpoint trusts exactly this
+                        certificate and checks that it names the host given as ``hostname``
+                        (tlspyo's default, and ours, is ``"default"``).
+``key.pem``             The relay machine only (``tm-dist server``). Never copy it elsewhere.
+``trainer_signing.pem`` The trainer machine only: the Ed25519 key that signs its weights.
+``trainer_signing.pub`` Every worker: it verifies the trainer's weights with it.
+``trainer_password``    The relay and the trainer: the password of the trainer's role (workers
+                        have their own, ``TM_DIST_PASSWORD``, and cannot act as the trainer).
+======================= ========================================================================
 
 tlspyo's own helper no longer works with current pyOpenSSL, so :func:`make_cert` builds the pair
 with the ``cryptography`` package: an ECDSA P-256 key and a certificate signed by that key,
@@ -20,8 +25,11 @@ Typical use, on the server machine::
     files = make_cert(Path("~/.config/tm-dist/keys").expanduser())
     print(files.fingerprint)  # compare with cert_fingerprint(...) on every worker
 
-then copy ``certificate.pem`` (only that file) to the same folder on the worker and trainer
-machines, and run :func:`check_cert` there before connecting.
+then copy ``certificate.pem`` to the same folder on the worker and trainer machines, plus
+``trainer_signing.pub`` to the workers and ``trainer_signing.pem`` and ``trainer_password`` to
+the trainer (when it runs elsewhere), and run :func:`check_cert` there before connecting. A
+folder made before the trainer's files existed keeps working for the relay;
+:func:`make_trainer_keys` adds them without touching the certificate.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import secrets
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -43,17 +52,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tm_dist.errors import InvalidValueError, TMDistError
+from tm_dist.signing import (
+    SIGNING_KEY_FILE,
+    VERIFY_KEY_FILE,
+    generate_signing_key,
+    private_key_pem,
+    public_key_pem,
+)
 
 __all__ = [
     "CERT_FILE_NAME",
     "DEFAULT_HOSTNAME",
     "KEY_FILE_NAME",
+    "SIGNING_KEY_FILE",
+    "TRAINER_PASSWORD_FILE_NAME",
+    "VERIFY_KEY_FILE",
     "CertFiles",
     "CertificateError",
     "CertificateExistsError",
     "cert_fingerprint",
     "check_cert",
     "make_cert",
+    "make_trainer_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +83,9 @@ CERT_FILE_NAME = "certificate.pem"
 
 KEY_FILE_NAME = "key.pem"
 """The private key file name tlspyo's relay reads from ``keys_dir``."""
+
+TRAINER_PASSWORD_FILE_NAME = "trainer_password"
+"""The trainer role's relay password in ``keys_dir`` (one line, mode 0600; relay and trainer)."""
 
 DEFAULT_HOSTNAME = "default"
 """The name tlspyo endpoints check in the relay's certificate unless told otherwise."""
@@ -95,6 +118,13 @@ class CertFiles:
     """The names in the certificate's subject alternative name extension."""
     not_valid_after: dt.datetime
     """Expiry time (UTC)."""
+    signing_key: Path | None = None
+    """``keys_dir / "trainer_signing.pem"`` (the trainer's private key), or None when absent."""
+    verify_key: Path | None = None
+    """``keys_dir / "trainer_signing.pub"`` (what workers verify with), or None when absent."""
+    trainer_password: Path | None = None
+    """``keys_dir / "trainer_password"`` (the trainer role's relay password), or None when
+    absent."""
 
 
 def make_cert(
@@ -104,11 +134,16 @@ def make_cert(
     days: int = 825,
     overwrite: bool = False,
 ) -> CertFiles:
-    """Write a fresh private key and self-signed certificate into ``keys_dir``.
+    """Write a fresh private key and self-signed certificate, and the trainer's keys, into
+    ``keys_dir``.
+
+    Besides ``certificate.pem`` and ``key.pem`` it writes the trainer's files (see
+    :func:`make_trainer_keys`): ``trainer_signing.pem`` (Ed25519 private key, PKCS8 PEM, mode
+    0600), ``trainer_signing.pub`` (its public key, PEM) and ``trainer_password`` (a random
+    url-safe password ending in a newline, mode 0600).
 
     Args:
-        keys_dir: folder for ``certificate.pem`` and ``key.pem``; created with mode 0700 (and its
-            parents) when missing.
+        keys_dir: folder for the files; created with mode 0700 (and its parents) when missing.
         hostname: the name endpoints verify. Keep ``"default"`` unless the endpoints pass a
             different ``hostname`` to tlspyo; an IP address is written as an IP entry.
         days: validity period, 1 to 3650.
@@ -119,7 +154,8 @@ def make_cert(
         The paths and the fingerprint to compare on the other machines.
 
     Raises:
-        CertificateExistsError: a file exists and ``overwrite`` is False.
+        CertificateExistsError: one of the five files exists and ``overwrite`` is False
+            (nothing is written then).
         ValueError: ``hostname`` or ``days`` is out of range.
     """
     if not _is_whole(days) or not 1 <= days <= _MAX_DAYS:
@@ -130,12 +166,13 @@ def make_cert(
     keys_dir = Path(keys_dir).expanduser()
     cert_path = keys_dir / CERT_FILE_NAME
     key_path = keys_dir / KEY_FILE_NAME
-    existing = [str(p) for p in (cert_path, key_path) if p.exists()]
+    existing = [str(p) for p in (cert_path, key_path, *_trainer_paths(keys_dir)) if p.exists()]
     if existing and not overwrite:
         raise CertificateExistsError(
             f"refusing to overwrite {', '.join(existing)}: machines that trust the current "
-            "certificate would be locked out. Pass overwrite=True to replace it (then copy the "
-            "new certificate.pem to every worker and trainer), or choose another folder."
+            "certificate (or trainer key) would be locked out. Pass overwrite=True to replace "
+            f"them (then copy the new {CERT_FILE_NAME} to every worker and trainer, and "
+            f"{VERIFY_KEY_FILE} to every worker), or choose another folder."
         )
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -177,10 +214,7 @@ def make_cert(
         .sign(key, hashes.SHA256())
     )
 
-    created = not keys_dir.exists()
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if created:
-        os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
+    _make_private_dir(keys_dir)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -189,7 +223,64 @@ def make_cert(
     _write_atomic(key_path, key_pem, mode=0o600)
     _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     logger.info("wrote %s and %s (valid for %d days)", cert_path, key_path, days)
+    _write_trainer_keys(keys_dir)
     return _describe(keys_dir, cert, key_path)
+
+
+def make_trainer_keys(keys_dir: Path | str, *, overwrite: bool = False) -> tuple[Path, ...]:
+    """Write the trainer's files into ``keys_dir``, leaving the certificate alone.
+
+    ``trainer_signing.pem`` (a fresh Ed25519 private key, PKCS8 PEM, mode 0600; it stays on the
+    trainer machine), ``trainer_signing.pub`` (its public key, PEM; copy it to every worker) and
+    ``trainer_password`` (``secrets.token_urlsafe(32)`` and a newline, mode 0600; the relay and
+    the trainer read it). :func:`make_cert` calls it; call it alone to add the trainer's files
+    to a folder made by an older tm-dist.
+
+    Returns:
+        The three paths, in that order.
+
+    Raises:
+        CertificateExistsError: one of them exists and ``overwrite`` is False (nothing is
+            written then).
+    """
+    keys_dir = Path(keys_dir).expanduser()
+    paths = _trainer_paths(keys_dir)
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise CertificateExistsError(
+            f"refusing to overwrite {', '.join(existing)}: workers holding the current "
+            f"{VERIFY_KEY_FILE} would refuse the trainer's weights. Pass overwrite=True to "
+            f"replace them (then copy the new {VERIFY_KEY_FILE} to every worker), or choose "
+            "another folder."
+        )
+    _make_private_dir(keys_dir)
+    _write_trainer_keys(keys_dir)
+    return paths
+
+
+def _trainer_paths(keys_dir: Path) -> tuple[Path, Path, Path]:
+    return (
+        keys_dir / SIGNING_KEY_FILE,
+        keys_dir / VERIFY_KEY_FILE,
+        keys_dir / TRAINER_PASSWORD_FILE_NAME,
+    )
+
+
+def _make_private_dir(keys_dir: Path) -> None:
+    created = not keys_dir.exists()
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created:
+        os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _write_trainer_keys(keys_dir: Path) -> None:
+    signing_path, verify_path, password_path = _trainer_paths(keys_dir)
+    key = generate_signing_key()
+    _write_atomic(signing_path, private_key_pem(key), mode=0o600)
+    _write_atomic(verify_path, public_key_pem(key.public_key()), mode=0o644)
+    password = secrets.token_urlsafe(32) + "\n"
+    _write_atomic(password_path, password.encode("ascii"), mode=0o600)
+    logger.info("wrote %s, %s and %s", signing_path, verify_path, password_path)
 
 
 def cert_fingerprint(path: Path | str) -> str:
@@ -354,6 +445,7 @@ def _check_key(key_path: Path, cert: x509.Certificate) -> None:
 
 
 def _describe(keys_dir: Path, cert: x509.Certificate, key_path: Path) -> CertFiles:
+    signing, verify, password = (p if p.is_file() else None for p in _trainer_paths(keys_dir))
     return CertFiles(
         keys_dir=keys_dir,
         certificate=keys_dir / CERT_FILE_NAME,
@@ -361,6 +453,9 @@ def _describe(keys_dir: Path, cert: x509.Certificate, key_path: Path) -> CertFil
         fingerprint=_fingerprint(cert),
         hostnames=_alt_names(cert),
         not_valid_after=cert.not_valid_after_utc,
+        signing_key=signing,
+        verify_key=verify,
+        trainer_password=password,
     )
 
 

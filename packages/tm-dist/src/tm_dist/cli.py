@@ -49,6 +49,12 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--keys-dir", type=Path, help="where the certificate (and key) are")
     g.add_argument("--password-file", type=Path, help="file holding the password (chmod 600)")
+    g.add_argument(
+        "--trainer-password-file",
+        type=Path,
+        help="server and trainer: file holding the trainer's password "
+        "(default: KEYS_DIR/trainer_password, written by make-cert)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("server", parents=[common], help="run the relay server")
     _connection_flags(s)
-    s.add_argument("--bind", default="0.0.0.0", help="interface to listen on (%(default)s)")
+    s.add_argument(
+        "--bind",
+        default="0.0.0.0",
+        help="address to listen on (%(default)s: every IPv4 interface). Use :: for IPv6, which "
+        "on Linux (by default) and macOS also accepts IPv4; Windows listens on IPv6 only then. "
+        "127.0.0.1 or ::1 keeps the relay on this machine",
+    )
     s.add_argument(
         "--port-file",
         type=Path,
@@ -140,6 +152,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "connection.insecure": "insecure",
         "connection.keys_dir": "keys_dir",
         "connection.password_file": "password_file",
+        "connection.trainer_password_file": "trainer_password_file",
         "worker.name": "name",
         "worker.max_steps_per_s": "max_steps_per_s",
         "worker.debug_codec": "debug_codec",

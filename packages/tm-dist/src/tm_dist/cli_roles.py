@@ -24,17 +24,45 @@ def make_cert_command(args: argparse.Namespace, out: Console, err: Console) -> i
 
     keys_dir = args.keys_dir or default_keys_dir(os.environ)
     files = make_cert(keys_dir, hostname=args.hostname, overwrite=args.overwrite)
-    table = Table(title="TLS certificate", show_header=False)
+    table = Table(title="TLS certificate and trainer keys", show_header=False)
     table.add_row("certificate", str(files.certificate))
     table.add_row("private key", str(files.private_key))
+    # the trainer's files (older make_cert versions return none of them)
+    extra = {
+        "trainer signing key": getattr(files, "signing_key", None),
+        "trainer verify key": getattr(files, "verify_key", None),
+        "trainer password": getattr(files, "trainer_password", None),
+    }
+    for label, path in extra.items():
+        if path is not None:
+            table.add_row(label, str(path))
     table.add_row("SHA-256", files.fingerprint)
     table.add_row("valid until", str(files.not_valid_after))
     out.print(table)
-    err.print(
-        f"Copy {files.certificate.name} (never the key) to the same directory on every worker "
-        "and trainer machine, or point them to it with --keys-dir; compare the SHA-256 there."
-    )
+    err.print(_where_files_go(files), highlight=False)
     return EXIT_OK
+
+
+def _where_files_go(files: Any) -> str:
+    """Which machine gets which file (only the files ``make_cert`` wrote)."""
+    cert = files.certificate.name
+    key = files.private_key.name
+    names = {
+        attr: path.name
+        for attr in ("signing_key", "verify_key", "trainer_password")
+        if (path := getattr(files, attr, None)) is not None
+    }
+    workers = [cert] + [names[a] for a in ("verify_key",) if a in names]
+    relay = [key, cert] + [names[a] for a in ("trainer_password",) if a in names]
+    trainer = [cert] + [names[a] for a in ("signing_key", "trainer_password") if a in names]
+    return (
+        "Copy each machine its files, into its keys directory (or pass --keys-dir):\n"
+        f"  workers: {', '.join(workers)}\n"
+        f"  relay (tm-dist server): {', '.join(relay)}\n"
+        f"  trainer: {', '.join(trainer)}\n"
+        f"Never copy {key} or the trainer's secrets to workers; compare the SHA-256 on "
+        "each machine."
+    )
 
 
 def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
@@ -44,6 +72,7 @@ def server_command(settings: Any, args: argparse.Namespace, err: Console) -> int
     from tm_dist.roles import run_server
     from tm_dist.security import is_loopback
 
+    follow_parent(os.environ)
     conn = settings.connection
     if conn.tls is None and not is_loopback(args.bind):
         # the relay is reachable from other machines: TLS unless told otherwise
@@ -94,6 +123,7 @@ def _check_endpoint(settings: Any) -> None:
 def worker_command(settings: Any, args: argparse.Namespace, err: Console) -> int:
     from tm_dist.roles import WorkerReport, run_worker
 
+    follow_parent(os.environ)
     _check_endpoint(settings)
     name = settings.worker.name
     err.print(f"worker {name} → {settings.connection.host}:{settings.connection.port}")
@@ -196,6 +226,7 @@ def _run_trainer_live(settings: Any, args: argparse.Namespace, out: Console, err
 
 
 def trainer_command(settings: Any, args: argparse.Namespace, out: Console, err: Console) -> int:
+    follow_parent(os.environ)
     _check_endpoint(settings)
     ts = settings.trainer
     err.print(
@@ -208,17 +239,68 @@ def trainer_command(settings: Any, args: argparse.Namespace, out: Console, err: 
 # -- local -----------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when ``tm-dist local`` dies, even by SIGKILL."""
-    import ctypes
+PARENT_PID_ENV = "TRACKMASTER_PARENT_PID"
+"""Set by ``tm-dist local`` for the roles it starts: a role whose parent is gone stops. (Not a
+``TM_DIST_*`` name: those are settings.)"""
+
+ORPHAN_GRACE_S = 30.0
+"""How long an orphaned role may take to stop cleanly before it exits at once."""
+
+
+def follow_parent(env: Any) -> None:
+    """Stop this role when the process named by ``env[PARENT_PID_ENV]`` dies (no-op if unset).
+
+    ``tm-dist local`` starts its roles that way: when it dies, even by SIGKILL, they stop
+    as if interrupted (SIGTERM: links flush, the relay closes its port), and exit at once if
+    that takes more than :data:`ORPHAN_GRACE_S`. On Linux the kernel sends the SIGTERM
+    (``PR_SET_PDEATHSIG``); everywhere a thread also checks the parent every 0.5 s.
+    """
+    from tm_dist.transport.child import PARENT_CHECK_INTERVAL_S, die_with_parent, pid_alive
+
+    value = env.get(PARENT_PID_ENV)
+    if not value:
+        return
+    try:
+        parent = int(value)
+    except ValueError:
+        raise CLIError(f"{PARENT_PID_ENV}={value!r}: expected a process id") from None
+    direct = os.getppid() == parent
+    if direct:
+        die_with_parent()  # the kernel's SIGTERM, then the check below for other systems
+
+    def alive() -> bool:
+        return os.getppid() == parent if direct else pid_alive(parent)
+
+    def watch() -> None:
+        while alive():
+            time.sleep(PARENT_CHECK_INTERVAL_S)
+        _interrupt_main()
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tm-dist-parent-watch", daemon=True).start()
+
+
+def _interrupt_main() -> None:
+    """SIGTERM to the main thread (it unwinds like Ctrl-C, see ``tm_dist.cli``)."""
     import signal
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+    else:
+        import _thread
+
+        _thread.interrupt_main(signal.SIGTERM)
 
 
 class _Child:
-    """A role in its own process, restarted if it dies while the run goes on."""
+    """A role in its own process, restarted if it dies while the run goes on.
+
+    It stops when ``tm-dist local`` dies (:func:`follow_parent`, given this process's id in
+    :data:`PARENT_PID_ENV`). On Linux the kernel's signal follows the *thread* that started
+    the child: a role restarted by the watcher thread also gets SIGTERM when that thread ends,
+    which happens only once the run is over and the roles are being stopped anyway.
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log
@@ -230,7 +312,7 @@ class _Child:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tm_dist.cli", *self.argv],
-            env=self.env,
+            env={**self.env, PARENT_PID_ENV: str(os.getpid())},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -256,6 +338,7 @@ class _Child:
 
 
 def local_command(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from tm_dist import security
     from tm_dist.security import PASSWORD_ENV, Secret
     from tm_dist.settings import load_settings
     from tm_dist.transport import free_local_port
@@ -265,12 +348,18 @@ def local_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     password = Secret.generate()
     port = free_local_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TM_DIST_")}
+    env.pop(PARENT_PID_ENV, None)
     env[PASSWORD_ENV] = password.reveal()
     env["TM_DIST_CONNECTION_PORT"] = str(port)
     env["TM_DIST_CONNECTION_HOST"] = "127.0.0.1"
+    # the relay and the trainer (this process) share a trainer password; workers never get it
+    trainer_env = dict(env)
+    trainer_variable = getattr(security, "TRAINER_PASSWORD_ENV", None)
+    if trainer_variable is not None:
+        trainer_env[trainer_variable] = Secret.generate().reveal()
     settings = load_settings(
         args.config,
-        env=env,
+        env=trainer_env,
         overrides={
             "trainer.preset": args.preset,
             "trainer.overrides": list(args.overrides) if args.overrides else None,
@@ -280,7 +369,8 @@ def local_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     logs = Path(settings.trainer.run_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    children = [_Child("server", ["server", "--bind", "127.0.0.1"], env, logs / "server.log")]
+    server_argv = ["server", "--bind", "127.0.0.1"]
+    children = [_Child("server", server_argv, trainer_env, logs / "server.log")]
     for i in range(args.workers):
         argv = ["worker", "--name", f"local-{i}", "--max-steps-per-s", str(args.worker_rate)]
         children.append(_Child(f"worker-{i}", argv, env, logs / f"worker-{i}.log"))

@@ -21,17 +21,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tm_dist.errors import InvalidTypeError, TMDistError
+from tm_dist.errors import InvalidTypeError, InvalidValueError, TMDistError
 
 __all__ = [
     "PASSWORD_ENV",
     "PASSWORD_FILE_ENV",
     "PASSWORD_HINT",
+    "TRAINER_PASSWORD_ENV",
+    "TRAINER_PASSWORD_FILE_ENV",
+    "TRAINER_PASSWORD_HINT",
     "InsecureConnectionError",
     "PasswordError",
     "Secret",
     "check_connection_security",
     "is_loopback",
+    "normalize_host",
     "read_password_file",
     "reject_password_arguments",
     "tty_prompt",
@@ -46,6 +50,15 @@ PASSWORD_HINT = (
     "pass --password-file FILE or set connection.password_file."
 )
 """How to give a password; ends every error message about a missing one."""
+
+TRAINER_PASSWORD_ENV = "TM_DIST_TRAINER_PASSWORD"
+TRAINER_PASSWORD_FILE_ENV = "TM_DIST_TRAINER_PASSWORD_FILE"
+TRAINER_PASSWORD_HINT = (
+    "Run `tm-dist make-cert` on the server, which writes KEYS_DIR/trainer_password, and copy "
+    f"that file to the trainer's keys folder; or set {TRAINER_PASSWORD_ENV} (or "
+    f"{TRAINER_PASSWORD_FILE_ENV}, connection.trainer_password_file, --trainer-password-file)."
+)
+"""How to give the trainer's password (the relay and the trainer need it, workers never do)."""
 
 _MASK = "********"
 _MAX_FILE_BYTES = 4096
@@ -191,6 +204,41 @@ def is_loopback(host: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped.is_loopback
     return ip.is_loopback
+
+
+def normalize_host(host: str) -> str:
+    """``host`` as sockets take it: an IPv6 literal written with URL brackets loses them
+    (``"[::1]"`` → ``"::1"``); any other host is returned unchanged.
+
+    Raises:
+        InvalidValueError: brackets that do not hold exactly an IPv6 address, e.g. ``"[::1"``,
+            ``"[example.com]"``, or a port after them (``"[::1]:7714"``: the port is a setting
+            of its own).
+    """
+    if not host.startswith("["):
+        if host.endswith("]"):
+            raise InvalidValueError(
+                f"host {host!r} has an unmatched ']': write an IPv6 address as ::1 or [::1]"
+            )
+        return host
+    inner, bracket, rest = host[1:].partition("]")
+    if not bracket:
+        raise InvalidValueError(
+            f"host {host!r} has an unmatched '[': write an IPv6 address as ::1 or [::1]"
+        )
+    if rest:
+        raise InvalidValueError(
+            f"host {host!r} carries {rest!r} after the address: give the host alone ({inner} or "
+            f"[{inner}]) and the port separately (port=, --port, connection.port)"
+        )
+    try:
+        ipaddress.IPv6Address(inner)
+    except ValueError:
+        raise InvalidValueError(
+            f"host {host!r}: brackets may only hold an IPv6 address, got {inner!r}; "
+            "write a host name or an IPv4 address without brackets"
+        ) from None
+    return inner
 
 
 def check_connection_security(

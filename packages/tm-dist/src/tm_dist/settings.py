@@ -9,7 +9,10 @@ to 65535.``
 
 The password comes only from ``TM_DIST_PASSWORD``, a password file or a prompt, and is held in a
 :class:`Secret` that prints as ``********``; see :mod:`tm_dist.security` (whose ``Secret``,
-``PasswordError``, ``InsecureConnectionError`` and ``is_loopback`` are re-exported here).
+``PasswordError``, ``InsecureConnectionError`` and ``is_loopback`` are re-exported here). The
+trainer's own password (the relay and the trainer need it; workers never get it) comes from
+``TM_DIST_TRAINER_PASSWORD``, a trainer password file, or ``KEYS_DIR/trainer_password`` (written
+by ``tm-dist make-cert``); :func:`fleet_credentials` turns both into the relay's roles.
 
 >>> s = load_settings(None, env={"TM_DIST_CONNECTION_PORT": "9000", "TM_DIST_PASSWORD": "pw"})
 >>> s.connection.port, s.connection.use_tls, s.connection.password
@@ -29,18 +32,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tm_dist.errors import InvalidTypeError, TMDistError
+from tm_dist.errors import InvalidTypeError, InvalidValueError, TMDistError
 from tm_dist.security import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
     PASSWORD_HINT,
+    TRAINER_PASSWORD_ENV,
+    TRAINER_PASSWORD_FILE_ENV,
+    TRAINER_PASSWORD_HINT,
     InsecureConnectionError,
     PasswordError,
     Secret,
     check_connection_security,
     is_loopback,
+    normalize_host,
     read_password_file,
 )
+from tm_dist.transport.options import DEFAULT_GROUPS, TRAINER_PASSWORD_FILE, Credential
 from tm_gym.core.config import ConfigError, Rule, describe, env_layer, read_toml, setting, validate
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "default_keys_dir",
     "default_worker_name",
     "example_config",
+    "fleet_credentials",
     "is_loopback",
     "load_settings",
 ]
@@ -102,8 +111,8 @@ class ConnectionSettings:
         "127.0.0.1",
         Rule(
             "str",
-            pattern=r"(?![^:]*:[^:]*$)[^\s/]{1,253}",
-            hint="a host name or IP address, without scheme or :port",
+            pattern=r"(?![^:]*:[^:]*$)(?!.*\]:)[^\s/]{1,253}",
+            hint="a host name or IP address (IPv6: ::1 or [::1]), without scheme or :port",
         ),
         "relay (tm-dist server) address as seen from this machine",
     )
@@ -132,6 +141,14 @@ class ConnectionSettings:
         Rule("path", optional=True),
         "a password file only you can read (chmod 600)",
     )
+    trainer_password: Secret = field(default_factory=Secret)
+    """The trainer's password (relay and trainer only): from ``TM_DIST_TRAINER_PASSWORD``, the
+    trainer password file or ``keys_dir/trainer_password``; never a setting."""
+    trainer_password_file: Path | None = setting(
+        None,
+        Rule("path", optional=True),
+        "relay and trainer only (default: keys_dir/trainer_password)",
+    )
     max_message_bytes: int = setting(
         64 * _MIB, Rule("int", low=1024, high=2**31 - 1), "largest message (64 MiB)"
     )
@@ -151,11 +168,18 @@ class ConnectionSettings:
 
     def __post_init__(self) -> None:
         validate(self, error=SettingsError)
-        if not isinstance(self.password, Secret):
-            raise InvalidTypeError(
-                f"ConnectionSettings.password must be a Secret, got {type(self.password).__name__}"
-                "; wrap the text: Secret(text)."
-            )
+        for name in ("password", "trainer_password"):
+            value = getattr(self, name)
+            if not isinstance(value, Secret):
+                raise InvalidTypeError(
+                    f"ConnectionSettings.{name} must be a Secret, got {type(value).__name__}"
+                    "; wrap the text: Secret(text)."
+                )
+        try:
+            host = normalize_host(self.host)
+        except InvalidValueError as exc:
+            raise SettingsError(f"ConnectionSettings.host: {exc}") from None
+        object.__setattr__(self, "host", host)  # "[::1]" -> "::1", what sockets take
 
     @property
     def use_tls(self) -> bool:
@@ -282,6 +306,53 @@ class TrainerSettings:
         validate(self, error=SettingsError)
 
 
+def fleet_credentials(settings: ConnectionSettings) -> list[Credential]:
+    """The relay's roles for a tm-dist fleet (what :meth:`RelayServer.from_settings
+    <tm_dist.transport.RelayServer.from_settings>` uses).
+
+    * worker (``settings.password``): joins "workers", sends to "trainers", broadcasts nowhere;
+    * trainer (``settings.trainer_password``): joins "trainers", sends nowhere, broadcasts to
+      "workers".
+
+    So a worker's credential can neither receive the episodes nor publish weights. In insecure
+    mode without a trainer password, one credential may do everything (logged as a warning).
+
+    Raises:
+        PasswordError: the trainer password is empty (and not ``insecure``), or equals the
+            workers' password.
+    """
+    if settings.trainer_password.is_empty:
+        if not settings.insecure:
+            raise PasswordError(f"no trainer password is set. {TRAINER_PASSWORD_HINT}")
+        logger.warning(
+            "no trainer password (insecure mode): roles are off, anyone with the password may "
+            "act as the trainer"
+        )
+        every = frozenset(DEFAULT_GROUPS)
+        return [Credential("any", settings.password, every, every, every)]
+    if settings.trainer_password == settings.password:
+        raise PasswordError(
+            "the trainer password equals the workers' password, so a worker could act as the "
+            f"trainer: give the trainer its own. {TRAINER_PASSWORD_HINT}"
+        )
+    return [
+        Credential(
+            "worker",
+            settings.password,
+            may_join=frozenset({"workers"}),
+            may_send=frozenset({"trainers"}),
+            may_broadcast=frozenset(),
+        ),
+        Credential(
+            "trainer",
+            settings.trainer_password,
+            may_join=frozenset({"trainers"}),
+            may_send=frozenset(),
+            may_broadcast=frozenset({"workers"}),
+        ),
+    ]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Secret):
         return "(not set)" if value.is_empty else str(value)
@@ -299,7 +370,7 @@ class DistSettings:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain values by section, password masked (for ``tm-dist config --show``)."""
+        """Plain values by section, passwords masked (for ``tm-dist config --show``)."""
         return {
             section: {f.name: _plain(getattr(getattr(self, section), f.name)) for f in fields(obj)}
             for section, obj in (
@@ -340,7 +411,7 @@ def _rule(section: str, key: str, where: str) -> Rule:
     """The rule of ``section.key``; an unknown name or the password is an error naming ``where``."""
     if section not in _RULES:
         raise SettingsError(f"{where}: unknown section {section!r}; known: {', '.join(_RULES)}.")
-    if key == "password":
+    if key in ("password", "trainer_password"):
         raise _no_password_setting(where)
     rules = _RULES[section]
     if key not in rules:
@@ -360,7 +431,7 @@ def _toml_layer(path: Path) -> Layer:
     tables = ", ".join(f"[{s}]" for s in _RULES)
     layer: Layer = {section: {} for section in _RULES}
     for section, table in data.items():
-        if section == "password":
+        if section in ("password", "trainer_password"):
             raise _no_password_setting(f"{section} (in {path})")
         if not isinstance(table, dict):
             raise SettingsError(
@@ -378,22 +449,27 @@ def _toml_layer(path: Path) -> Layer:
     return layer
 
 
+_RESERVED_ENV = (PASSWORD_ENV, PASSWORD_FILE_ENV, TRAINER_PASSWORD_ENV, TRAINER_PASSWORD_FILE_ENV)
+"""Variables that are no ``TM_DIST_<SECTION>_<KEY>`` setting ("TRAINER_PASSWORD" would read as
+a [trainer] key)."""
+
+_FILE_ENV = {"password_file": PASSWORD_FILE_ENV, "trainer_password_file": TRAINER_PASSWORD_FILE_ENV}
+
+
 def _env_layer(env: Mapping[str, str]) -> Layer:
-    """``TM_DIST_<SECTION>_<KEY>`` and ``TM_DIST_PASSWORD_FILE``; ``TM_DIST_PASSWORD`` is read
-    by :func:`_password`, a variable named like a password setting is refused."""
+    """``TM_DIST_<SECTION>_<KEY>`` and the password file variables; the password variables are
+    read by :func:`_password`, a variable named like a password setting is refused."""
     for section in _RULES:
-        name = f"{ENV_PREFIX}{section}_PASSWORD".upper()
-        if name in env:
-            raise _no_password_setting(f"{section}.password (from ${name})")
-    layer = env_layer(
-        env, ENV_PREFIX, _RULES, reserved=(PASSWORD_ENV, PASSWORD_FILE_ENV), error=SettingsError
-    )
-    if PASSWORD_FILE_ENV in env:
-        where = f"connection.password_file (from ${PASSWORD_FILE_ENV})"
-        rule = _RULES["connection"]["password_file"]
-        layer["connection"]["password_file"] = rule.parse(
-            env[PASSWORD_FILE_ENV], where, SettingsError
-        )
+        for key in ("password", "trainer_password"):
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env and name not in _RESERVED_ENV:
+                raise _no_password_setting(f"{section}.{key} (from ${name})")
+    layer = env_layer(env, ENV_PREFIX, _RULES, reserved=_RESERVED_ENV, error=SettingsError)
+    for key, variable in _FILE_ENV.items():
+        if variable in env:
+            where = f"connection.{key} (from ${variable})"
+            rule = _RULES["connection"][key]
+            layer["connection"][key] = rule.parse(env[variable], where, SettingsError)
     return layer
 
 
@@ -419,23 +495,41 @@ def _password(
     file_source: str | None,
     env: Mapping[str, str],
     prompt: Callable[[str], str] | None,
+    *,
+    key: str = "password_file",
+    variable: str = PASSWORD_ENV,
 ) -> Secret:
     """The password: ``TM_DIST_PASSWORD`` beats a password file from the TOML file, a file from
     a flag beats the variable, a variable and a file variable together are an error, and the
-    prompt comes last. ``file_source`` names the layer that gave ``conn["password_file"]``."""
-    env_password = env.get(PASSWORD_ENV) or None
+    prompt comes last. ``file_source`` names the layer that gave ``conn[key]``. The trainer's
+    password goes the same way with ``key="trainer_password_file"`` and its variable."""
+    env_password = env.get(variable) or None
     if env_password is not None and file_source == "env":
         raise PasswordError(
-            f"both {PASSWORD_ENV} and a password file variable are set; unset one of them."
+            f"both {variable} and a password file variable are set; unset one of them."
         )
     if env_password is not None and file_source != "flags":
-        conn["password_file"] = None
+        conn[key] = None
         return Secret(env_password)
-    if conn.get("password_file") is not None:
-        return read_password_file(conn["password_file"])
+    if conn.get(key) is not None:
+        return read_password_file(conn[key])
     if prompt is not None:
         return Secret(prompt("tm-dist password: "))
     return Secret()
+
+
+def _trainer_password(
+    conn: dict[str, Any], file_source: str | None, env: Mapping[str, str]
+) -> Secret:
+    """Like :func:`_password` for the trainer (no prompt), then ``keys_dir/trainer_password``
+    when that file exists (``tm-dist make-cert`` writes it on the server)."""
+    key = "trainer_password_file"
+    secret = _password(conn, file_source, env, None, key=key, variable=TRAINER_PASSWORD_ENV)
+    if secret.is_empty and conn.get(key) is None:
+        default = Path(conn["keys_dir"]) / TRAINER_PASSWORD_FILE
+        if default.is_file():
+            secret = read_password_file(default)
+    return secret
 
 
 def load_settings(
@@ -450,8 +544,9 @@ def load_settings(
     ``config_path``: ``[connection]``, ``[worker]``, ``[trainer]`` tables; relative paths in it are
     relative to its folder. ``env`` (usually ``os.environ``, never read implicitly):
     ``TM_DIST_<SECTION>_<KEY>`` (booleans 1/0/true/false/yes/no/on/off, optional values
-    "none"/"auto", lists comma-separated or a TOML list), plus ``TM_DIST_PASSWORD`` and
-    ``TM_DIST_PASSWORD_FILE``; other ``TM_DIST_*`` names are errors. ``overrides``: flag values by
+    "none"/"auto", lists comma-separated or a TOML list), plus ``TM_DIST_PASSWORD``,
+    ``TM_DIST_PASSWORD_FILE``, ``TM_DIST_TRAINER_PASSWORD`` and ``TM_DIST_TRAINER_PASSWORD_FILE``
+    (else ``keys_dir/trainer_password`` when it exists); other ``TM_DIST_*`` names are errors. ``overrides``: flag values by
     dotted key (``{"connection.port": 7714}``), None = flag not given, strings parsed like
     variables. ``prompt`` (see ``tm_dist.security.tty_prompt``) asks for the password when no
     other source gives one. Raises SettingsError or PasswordError naming the source.
@@ -463,17 +558,19 @@ def load_settings(
     layers.append(("flags", _flag_layer(overrides or {})))
 
     values: Layer = {section: {} for section in _RULES}
-    file_source = None
+    file_source: dict[str, str] = {}
     for source, layer in layers:
         for section, items in layer.items():
             values[section].update(items)
-        if "password_file" in layer["connection"]:
-            file_source = source
+        for key in _FILE_ENV:
+            if key in layer["connection"]:
+                file_source[key] = source
     conn = values["connection"]
-    password = _password(conn, file_source, env, prompt)
+    password = _password(conn, file_source.get("password_file"), env, prompt)
     conn.setdefault("keys_dir", default_keys_dir(env))
+    trainer = _trainer_password(conn, file_source.get("trainer_password_file"), env)
     return DistSettings(
-        connection=ConnectionSettings(**conn, password=password),
+        connection=ConnectionSettings(**conn, password=password, trainer_password=trainer),
         worker=WorkerSettings(**values["worker"]),
         trainer=TrainerSettings(**values["trainer"]),
     )
@@ -486,6 +583,7 @@ _EXAMPLE_VALUES: dict[str, tuple[str, bool]] = {
     "connection.tls": ('"auto"', False),
     "connection.keys_dir": ('"~/.config/tm-dist/keys"', True),
     "connection.password_file": ('"~/.config/tm-dist/password"', True),
+    "connection.trainer_password_file": ('"~/.config/tm-dist/keys/trainer_password"', True),
     "worker.name": ('"<hostname>-<pid>"', True),
     "worker.max_steps_per_s": ("250", True),
 }
@@ -522,6 +620,10 @@ def example_config() -> str:
         f"# The password is never written here: set {PASSWORD_ENV}, or point password_file at a "
         "file",
         "# only you can read (chmod 600), or type it when asked.",
+        "# The relay and the trainer also need the trainer's password (workers never get it);",
+        "# `tm-dist make-cert` writes KEYS_DIR/trainer_password, read from there by default.",
+        f"# Or set {TRAINER_PASSWORD_ENV}, or point trainer_password_file at it. The workers'",
+        "# password cannot join the trainers nor broadcast weights.",
     ]
     for section, cls in _SECTIONS.items():
         summary = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "")

@@ -3,8 +3,9 @@
 Every application message is a frozen dataclass. :func:`encode_message` turns one into a
 msgpack map ``{"schema": "tm-dist", "version": 1, "type": ..., "body": {...}}`` and
 :func:`decode_message` turns bytes back into the dataclass, checking everything on the way:
-the size, the header, the exact set of fields, the type and range of every field, and that
-nothing follows the message. Whatever is wrong raises :class:`MessageError`, whose text names
+the size, the header, the set of fields (no unknown one; only fields with a default, such as
+``signature``, may be left out), the type and range of every field, and that nothing follows
+the message. Whatever is wrong raises :class:`MessageError`, whose text names
 the problem without echoing string contents (a peer's bytes are never repeated back).
 
 tlspyo frames its own traffic (acknowledgements, group names, commands) as Python tuples,
@@ -22,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Final, TypeAlias
 
 import msgpack
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_NESTING_DEPTH",
     "PROTOCOL_VERSION",
     "SCHEMA",
+    "SIGNATURE_SIZE",
     "Disconnect",
     "EpisodeChunk",
     "Hello",
@@ -55,6 +57,8 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 """Largest message accepted by default (policy weights are the big ones)."""
 MAX_NESTING_DEPTH: Final = 16
 """Deepest nesting of lists, tuples and dicts accepted in free-form values."""
+SIGNATURE_SIZE: Final = 64
+"""Bytes of an Ed25519 signature (:mod:`tm_dist.signing`); unsigned messages carry none."""
 
 _MAX_NAME = 256  # role, worker and server names
 _MAX_KEY = 128  # keys of stats and info dicts
@@ -109,6 +113,16 @@ def _check_bytes(value: object, where: str, max_len: int) -> None:
         raise MessageError(f"{where}: expected bytes, got {_type_name(value)}")
     if len(value) > max_len:
         raise MessageError(f"{where}: {len(value)} bytes, at most {max_len} allowed")
+
+
+def _check_signature(value: object, where: str) -> None:
+    if not isinstance(value, bytes):
+        raise MessageError(f"{where}: expected bytes, got {_type_name(value)}")
+    if len(value) not in (0, SIGNATURE_SIZE):
+        raise MessageError(
+            f"{where}: {len(value)} bytes; expected none (unsigned) or {SIGNATURE_SIZE} "
+            "(an Ed25519 signature)"
+        )
 
 
 def _check_stats(value: object, where: str) -> None:
@@ -233,8 +247,15 @@ class Weights:
     version: int
     safetensors: bytes
     config_json: str
+    signature: bytes = b""
+    """The trainer's Ed25519 signature (:func:`tm_dist.signing.sign_message`), or empty."""
+    issued_ns: int = 0
+    """When the trainer signed it (its wall clock, ns; signed too): workers refuse a signed
+    message older than the newest they accepted, so an old one cannot be replayed."""
 
     def __post_init__(self) -> None:
+        _check_signature(self.signature, "Weights.signature")
+        _check_int(self.issued_ns, "Weights.issued_ns", 0, _I64_MAX)
         _check_int(self.version, "Weights.version", 0, _I64_MAX)
         _check_bytes(self.safetensors, "Weights.safetensors", DEFAULT_MAX_BYTES)
         _check_safetensors_header(self.safetensors)
@@ -288,8 +309,14 @@ class Disconnect:
     worker: str
     """The name of the worker that must stop."""
     reason: str
+    signature: bytes = b""
+    """The trainer's Ed25519 signature (:func:`tm_dist.signing.sign_message`), or empty."""
+    issued_ns: int = 0
+    """When the trainer signed it (see :attr:`Weights.issued_ns`)."""
 
     def __post_init__(self) -> None:
+        _check_signature(self.signature, "Disconnect.signature")
+        _check_int(self.issued_ns, "Disconnect.issued_ns", 0, _I64_MAX)
         _check_str(self.worker, "Disconnect.worker", _MAX_NAME, non_empty=True)
         _check_str(self.reason, "Disconnect.reason", _MAX_TEXT)
 
@@ -380,12 +407,13 @@ def _message_from(obj: object) -> Message:
     if not isinstance(body, dict):
         raise MessageError(f"{cls.__name__}: body is a {_type_name(body)}, expected a map")
     expected = {f.name for f in fields(cls)}
-    if set(body) != expected:
-        missing = sorted(expected - set(body))
-        extra = len(set(body) - expected)
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}
+    missing = sorted(expected - optional - set(body))
+    extra = len(set(body) - expected)
+    if missing or extra:
         raise MessageError(
             f"{cls.__name__}: missing fields {missing}, {extra} unknown fields; expected "
-            f"exactly {sorted(expected)}"
+            f"exactly {sorted(expected)} ({sorted(optional)} may be left out)"
         )
     return cls(**body)
 

@@ -12,6 +12,13 @@ What this adds to tlspyo:
   the port, and the local socket between a parent and its Twisted child is always OS-chosen, so
   any number of relays and links share a machine without hand-picked ports;
 - ``TCP_NODELAY`` on every connection (both sides, TCP and TLS), confirmed with ``getsockopt``;
+- roles (:class:`Credential`): each connection's role is fixed by the token of its first frame,
+  and the relay drops a connection whose HELLO or destination its role does not allow, so a
+  worker's password cannot join the trainers or broadcast to the workers; one identity per
+  connection (a second HELLO drops it);
+- a pre-auth timeout, a cap on connections waiting to authenticate, and heartbeats: the relay
+  drops a peer silent for ``HEARTBEAT_TIMEOUT_S`` (see :mod:`~tm_dist.transport.options` for the
+  numbers);
 - a wrong password raises :class:`AuthenticationError` instead of reconnecting forever, an
   unreachable relay raises :class:`RelayUnreachableError`, a TLS failure
   :class:`TLSHandshakeError`; the password never appears in logs or messages;
@@ -57,6 +64,11 @@ _EXPORTS: dict[str, str] = {
     "Link": "tm_dist.transport.link",
     "LinkStats": "tm_dist.transport.link",
     "DEFAULT_GROUPS": "tm_dist.transport.options",
+    "Credential": "tm_dist.transport.options",
+    "HEARTBEAT_INTERVAL_S": "tm_dist.transport.options",
+    "HEARTBEAT_TIMEOUT_S": "tm_dist.transport.options",
+    "MAX_UNAUTHENTICATED": "tm_dist.transport.options",
+    "PREAUTH_TIMEOUT_S": "tm_dist.transport.options",
     "SupportsReveal": "tm_dist.transport.options",
     "check_security": "tm_dist.transport.options",
     "free_local_port": "tm_dist.transport.options",
@@ -73,7 +85,12 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "DEFAULT_GROUPS",
+    "HEARTBEAT_INTERVAL_S",
+    "HEARTBEAT_TIMEOUT_S",
+    "MAX_UNAUTHENTICATED",
+    "PREAUTH_TIMEOUT_S",
     "AuthenticationError",
+    "Credential",
     "DisconnectedError",
     "InsecureConnectionError",
     "Link",
@@ -105,6 +122,11 @@ if TYPE_CHECKING:
     from tm_dist.transport.link import Link, LinkStats
     from tm_dist.transport.options import (
         DEFAULT_GROUPS,
+        HEARTBEAT_INTERVAL_S,
+        HEARTBEAT_TIMEOUT_S,
+        MAX_UNAUTHENTICATED,
+        PREAUTH_TIMEOUT_S,
+        Credential,
         SupportsReveal,
         check_security,
         free_local_port,

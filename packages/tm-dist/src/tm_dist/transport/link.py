@@ -1,4 +1,22 @@
-"""A process's connection to the relay: :class:`Link` (exported by :mod:`tm_dist.transport`)."""
+"""A process's connection to the relay: :class:`Link` (exported by :mod:`tm_dist.transport`).
+
+Delivery promise of :meth:`Link.send` and :meth:`Link.broadcast`, as seen by the sender:
+
+* a message ``send()`` accepted (it returned without raising) is *delivered* once the relay has
+  acknowledged it; from then on the relay keeps it for a member of the group (its queue has
+  caps, see :mod:`tm_dist.transport.queues`, and drops past them are counted in
+  :attr:`RelayStats.queue_drops <tm_dist.transport.RelayStats.queue_drops>`);
+* while the connection is down the link keeps unsent and unacknowledged messages and sends
+  them again on reconnection (at least once: a receiver may see a duplicate); past the
+  outbox caps the oldest are dropped and counted in :attr:`LinkStats.queue_drops`;
+* :meth:`Link.stop` flushes: it returns once the relay has acknowledged everything accepted,
+  or after ``timeout_s``; it returns the number it could not deliver, logs it, and keeps it in
+  :attr:`LinkStats.undelivered`. So a message is lost without a count only when its whole
+  process is killed (SIGKILL, power loss) before the relay acknowledged it.
+
+What a *receiver* loses on stop: messages already pushed to it (in its inbox, or in flight from
+the relay) when it stops are gone; the relay does not keep consumables it delivered.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tm_dist.errors import InvalidTypeError, InvalidValueError
-from tm_dist.security import PASSWORD_HINT
+from tm_dist.security import PASSWORD_HINT, normalize_host
 from tm_dist.transport.child.link import LinkProcess
 from tm_dist.transport.errors import (
     AuthenticationError,
@@ -34,6 +52,8 @@ from tm_dist.transport.options import (
     CERT_FILE,
     DEFAULT_GROUPS,
     DEFAULT_MAX_MESSAGE_BYTES,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TIMEOUT_S,
     SupportsReveal,
     check_groups,
     check_security,
@@ -78,6 +98,15 @@ class LinkStats:
     queue_drops: int = 0
     """Messages dropped because a queue was at its cap, oldest first: received ones nobody
     took (this process) plus unsent ones while the relay was unreachable (the child)."""
+    accepted: int = 0
+    """Messages ``send()`` and ``broadcast()`` accepted."""
+    delivered: int = 0
+    """Of those, the messages the relay has acknowledged."""
+    undelivered: int = 0
+    """Messages the last :meth:`Link.stop` could not deliver within its timeout (0 while
+    running; the outbox's cap drops are in ``queue_drops``, not here)."""
+    heartbeat_timeouts: int = 0
+    """Connections dropped because nothing arrived from the relay for ``heartbeat_timeout_s``."""
 
 
 class Link:
@@ -105,6 +134,13 @@ class Link:
         reconnect_initial_delay_s / reconnect_max_delay_s: Back-off between reconnections.
         allowed_groups: Group names accepted for ``groups`` (the relay's list).
         start_method: ``multiprocessing`` start method (None: the platform's default).
+        heartbeat_interval_s: Seconds between ``PING`` frames once authenticated.
+        heartbeat_timeout_s: When nothing at all arrived from the relay for this long, the
+            connection is dropped (``connected`` turns False) and re-opened; must exceed
+            ``heartbeat_interval_s``.
+
+    The child process that holds the connection stops when this process dies, even by
+    SIGKILL (see :mod:`tm_dist.transport.child`).
     """
 
     def __init__(
@@ -128,6 +164,8 @@ class Link:
         reconnect_max_delay_s: float = 15.0,
         allowed_groups: Sequence[str] = DEFAULT_GROUPS,
         start_method: str | None = None,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
         if not 1 <= port <= 65535:
             raise InvalidValueError(f"port must be in [1, 65535], got {port}")
@@ -142,11 +180,18 @@ class Link:
                 "expected 0 < reconnect_initial_delay_s <= reconnect_max_delay_s, got "
                 f"{reconnect_initial_delay_s} and {reconnect_max_delay_s}"
             )
+        if not 0 < heartbeat_interval_s < heartbeat_timeout_s:
+            raise InvalidValueError(
+                "expected 0 < heartbeat_interval_s < heartbeat_timeout_s, got "
+                f"{heartbeat_interval_s} and {heartbeat_timeout_s}: the relay must have time "
+                "to answer a PING before the link gives up on it"
+            )
         check_security(host, use_tls, insecure)
         check_caps(queue_max_messages, queue_max_bytes)
         self._queue_caps = (queue_max_messages, queue_max_bytes)
+        self._heartbeat = (heartbeat_interval_s, heartbeat_timeout_s)
         self._password = reveal_password(password, insecure)
-        self._host = host
+        self._host = normalize_host(host)  # "[::1]" -> "::1"
         self._port = port
         self._groups = check_groups(groups, allowed_groups)
         self._allowed_groups = tuple(allowed_groups)
@@ -163,17 +208,34 @@ class Link:
         self._inbox: BoundedQueue[Any] = BoundedQueue(queue_max_messages, queue_max_bytes)
         self._arrived = threading.Condition()
         self._dropped = 0
+        self._accepted = 0
+        self._undelivered = 0
+        self._count_lock = threading.Lock()
         self._child: ChildProcess | None = None
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(
-        cls, settings: ConnectionSettings, *, groups: str | Sequence[str], **options: Any
+        cls,
+        settings: ConnectionSettings,
+        *,
+        groups: str | Sequence[str],
+        role: str = "worker",
+        **options: Any,
     ) -> Link:
-        """A link to the relay described by ``settings``, joining ``groups``."""
+        """A link to the relay described by ``settings``, joining ``groups`` as ``role``.
+
+        ``role="worker"`` uses ``settings.password``; ``role="trainer"`` uses
+        ``settings.trainer_password`` (falling back to ``settings.password`` only when that is
+        empty and ``settings.insecure``: a relay without roles).
+
+        Raises:
+            InvalidValueError: ``role`` is neither "worker" nor "trainer".
+            PasswordError: ``role="trainer"`` and no trainer password is set (not insecure).
+        """
         return cls(
-            settings.password,
+            _role_password(settings, role),
             host=settings.host,
             port=settings.port,
             groups=groups,
@@ -241,8 +303,11 @@ class Link:
                 status=self._status,
                 queue_max_messages=self._queue_caps[0],
                 queue_max_bytes=self._queue_caps[1],
+                heartbeat_interval_s=self._heartbeat[0],
+                heartbeat_timeout_s=self._heartbeat[1],
             )
             child = ChildProcess(process.run, process, self._ctx, "tm-dist-link")
+            self._status.set(Slot.DRAIN_TIMEOUT_MS, 0)
             child.start(max(self._connect_timeout_s, 10.0), self._status, "link")
             self._child = child
             self._reader = threading.Thread(
@@ -303,18 +368,49 @@ class Link:
             "or raise connect_timeout_s on a slow network"
         )
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Close the connection and stop the child process; no-op if not running."""
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """Deliver what was accepted, close the connection and stop the child process.
+
+        Waits until the relay has acknowledged every message :meth:`send` and
+        :meth:`broadcast` accepted, or ``timeout_s`` (reconnecting meanwhile if the connection
+        is down). Returns the number of messages it could not deliver in that time (0 when
+        all went through; also 0, a no-op, when the link is not running); a positive count is
+        logged and kept in :attr:`LinkStats.undelivered`. Messages dropped earlier at the
+        outbox cap are counted in :attr:`LinkStats.queue_drops` instead.
+        """
+        if timeout_s <= 0:
+            raise InvalidValueError(f"timeout_s must be positive, got {timeout_s}")
         with self._lock:
             child, self._child = self._child, None
             reader, self._reader = self._reader, None
         if child is None:
-            return
-        child.stop(timeout_s, self._serializer(("STOP", None, self._serializer(None))))
+            return 0
+        self._status.set(Slot.DRAIN_TIMEOUT_MS, max(1, round(timeout_s * 1000)))
+        # the child drains for timeout_s and then stops by itself: the margin is its exit
+        child.stop(timeout_s + 3.0, self._serializer(("STOP", None, self._serializer(None))))
         if reader is not None:
             reader.join(timeout_s)
         if child.conn is not None:
             child.conn.close()
+        undelivered = self._in_flight()
+        self._undelivered = undelivered
+        if undelivered:
+            logger.warning(
+                "link %s stopped with %d of %d accepted message(s) not acknowledged by the "
+                "relay within %.3g s (unreachable or too slow): they may be lost",
+                self.address,
+                undelivered,
+                self._accepted,
+                timeout_s,
+            )
+        return undelivered
+
+    def _in_flight(self) -> int:
+        """Messages accepted and neither acknowledged by the relay nor dropped at a cap."""
+        s = self._status
+        with self._count_lock:
+            accepted = self._accepted
+        return max(0, accepted - s.get(Slot.DELIVERED) - s.get(Slot.QUEUE_DROPS))
 
     def __enter__(self) -> Link:
         return self.connect()
@@ -345,6 +441,8 @@ class Link:
                 "or raise the limit on the relay and on every link"
             )
         child.send(self._serializer(("OBJ", {group: copies}, payload)))
+        with self._count_lock:
+            self._accepted += 1
 
     def send(self, group: str, obj: Any) -> None:
         """Queue ``obj`` for exactly one member of ``group`` (kept at the relay until one joins)."""
@@ -450,4 +548,28 @@ class Link:
             tls_failures=s.get(Slot.TLS_FAILURES),
             dropped_messages=self._dropped,
             queue_drops=self._inbox.dropped + s.get(Slot.QUEUE_DROPS),
+            accepted=self._accepted,
+            delivered=s.get(Slot.DELIVERED),
+            undelivered=self._undelivered,
+            heartbeat_timeouts=s.get(Slot.LINK_HEARTBEAT_TIMEOUTS),
         )
+
+
+def _role_password(settings: ConnectionSettings, role: str) -> str | SupportsReveal:
+    """The password ``role`` uses at the relay described by ``settings``."""
+    if role == "worker":
+        return settings.password
+    if role != "trainer":
+        raise InvalidValueError(f"role={role!r}: expected 'worker' or 'trainer'")
+    trainer: Any = getattr(settings, "trainer_password", None)  # older settings lack it
+    if trainer is not None and reveal_password(trainer, insecure=True):
+        return trainer
+    if settings.insecure:
+        return settings.password  # a relay without roles (insecure, no trainer password)
+    from tm_dist.security import PasswordError
+
+    raise PasswordError(
+        "role='trainer' needs the trainer password (connection.trainer_password): run "
+        "`tm-dist make-cert`, which writes KEYS_DIR/trainer_password, and copy it to the "
+        "trainer machine, or set TM_DIST_TRAINER_PASSWORD"
+    )

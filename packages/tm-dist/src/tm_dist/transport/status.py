@@ -32,6 +32,26 @@ class Slot(enum.IntEnum):
     """Messages dropped because a queue was at its cap (:mod:`tm_dist.transport.queues`)."""
     QUEUED_MESSAGES = 12
     QUEUED_BYTES = 13
+    # relay
+    ROLE_REJECTS = 14
+    """Connections dropped for a HELLO or a destination their credential does not allow."""
+    HELLO_REJECTS = 15
+    """Connections dropped for a second HELLO (one identity per connection)."""
+    PREAUTH_TIMEOUTS = 16
+    """Connections dropped for not authenticating within the pre-auth timeout."""
+    UNAUTHENTICATED_REJECTS = 17
+    """Connections closed at once: the cap of unauthenticated connections was reached."""
+    HEARTBEAT_TIMEOUTS = 18
+    """Authenticated connections dropped after the heartbeat timeout without a byte."""
+    UNAUTHENTICATED = 19
+    """Connections open right now that have not authenticated yet."""
+    # link (from 40: the relay's slots above may grow without colliding)
+    DELIVERED = 40
+    """Messages (``OBJ``) a link's relay has acknowledged: they are the relay's now."""
+    DRAIN_TIMEOUT_MS = 41
+    """Written by the parent before STOP: how long the child may keep flushing (ms)."""
+    LINK_HEARTBEAT_TIMEOUTS = 42
+    """Connections a link dropped because nothing came from the relay for its heartbeat timeout."""
 
 
 class LinkState(enum.IntEnum):
@@ -64,7 +84,7 @@ class StatusBoard:
     NOTE_BYTES = 400
 
     def __init__(self, ctx: BaseContext) -> None:
-        self._ints: Any = ctx.RawArray("q", len(Slot))
+        self._ints: Any = ctx.RawArray("q", max(Slot) + 1)  # slot numbers may have gaps
         self._text: Any = ctx.RawArray("c", self.NOTE_BYTES)
 
     def get(self, slot: Slot) -> int:

@@ -1,9 +1,22 @@
 """A link's child process: tlspyo's endpoint client, observed (see
-:mod:`tm_dist.transport.child`)."""
+:mod:`tm_dist.transport.child`).
+
+Beyond tlspyo's client it keeps its connection honest and its messages accounted for:
+
+* heartbeats: once authenticated it sends ``PING`` every ``heartbeat_interval_s`` (the relay
+  acknowledges it); when nothing at all has arrived from the relay for ``heartbeat_timeout_s``
+  it aborts the connection (counted in ``Slot.LINK_HEARTBEAT_TIMEOUTS``), reports
+  DISCONNECTED and reconnects as usual, so a black-holed relay is noticed;
+* delivery: each message (``OBJ``) the relay acknowledges is counted in ``Slot.DELIVERED``;
+  unacknowledged ones are sent again after a reconnection; on STOP (or when the parent is
+  gone) the child keeps running until every message it was given is acknowledged or the
+  drain time (``Slot.DRAIN_TIMEOUT_MS``) has passed, and logs how many it could not deliver.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from tlspyo.client import Client, ClientProtocol
@@ -30,9 +43,14 @@ logger = logging.getLogger(__name__)
 STANDING_CREDIT = 1 << 40
 """Consumables a link asks for on each (re)connection: in practice, all of them, as they come."""
 
+DEFAULT_DRAIN_S = 5.0
+"""How long a child flushes when its parent did not say (the parent died, or SIGTERM)."""
+
 
 class LinkProtocol(ClientProtocol):
     """A link's connection to the relay: tlspyo's handshake, observed and reported."""
+
+    _state: str  # tlspyo's: HANDSHAKE, ALIVE, DEAD; ours: KILLED
 
     def __init__(self, client: LinkProcess) -> None:
         super().__init__(
@@ -46,6 +64,8 @@ class LinkProtocol(ClientProtocol):
         self._greeted = False
         self._hello_stamp: int | None = None
         self._authenticated = False
+        self._heard_at = self._pinged_at = time.monotonic()
+        self._heartbeat: Any = None
 
     def connectionMade(self) -> None:
         status = self._link.status
@@ -53,8 +73,46 @@ class LinkProtocol(ClientProtocol):
         status.set(Slot.STATE, LinkState.TCP_CONNECTED)
         enable_nodelay(self.transport, status)
         super().connectionMade()
+        from twisted.internet.task import LoopingCall
+
+        link = self._link
+        self._heard_at = self._pinged_at = time.monotonic()
+        period = min(link.heartbeat_interval_s, link.heartbeat_timeout_s / 4)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.start(period, now=False)
+
+    def _beat(self) -> None:
+        """PING when due (authenticated only); abort after ``heartbeat_timeout_s`` of silence."""
+        if self._state in ("KILLED", "DEAD"):
+            return
+        link = self._link
+        now = time.monotonic()
+        if now - self._heard_at > link.heartbeat_timeout_s:
+            link.status.add(Slot.LINK_HEARTBEAT_TIMEOUTS)
+            link.status.note(
+                f"nothing arrived from the relay for {link.heartbeat_timeout_s:.3g} s "
+                "(heartbeat timeout): reconnecting"
+            )
+            logger.warning(
+                "link heard nothing from the relay for %.3g s: dropping the connection and "
+                "reconnecting",
+                link.heartbeat_timeout_s,
+            )
+            self._state = "KILLED"
+            self.transport.abortConnection()
+            return
+        if self._authenticated and now - self._pinged_at >= link.heartbeat_interval_s:
+            self._pinged_at = now
+            self.send_obj(cmd="PING", obj=None)
+
+    def send_obj(self, cmd: str = "OBJ", dest: Any = None, obj: Any = None) -> None:
+        super().send_obj(cmd=cmd, dest=dest, obj=obj)
+        if cmd == "OBJ":
+            self._link.unconfirmed.add(self._link.ack_stamp)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
         status = self._link.status
         if self._state != "KILLED":
             if not self._greeted:
@@ -78,6 +136,7 @@ class LinkProtocol(ClientProtocol):
         drops the duplicates it gets).
         """
         pending = self._link.pending_acks
+        self._link.unconfirmed.clear()
         again: list[tuple[str, Any, Any]] = []
         skip = HEADER_SIZE + AUTH_TOKEN_SIZE
         for stamp in sorted(pending):
@@ -87,7 +146,7 @@ class LinkProtocol(ClientProtocol):
             except Exception:  # our own frame: cannot happen, but never crash the reactor
                 logger.warning("link could not re-read an unacknowledged message; dropped")
                 continue
-            if cmd == "OBJ":  # HELLO and NTF are sent afresh on every connection
+            if cmd == "OBJ":  # HELLO, NTF and PING are sent afresh on every connection
                 again.append((cmd, dest, obj))
         pending.clear()
         if again:
@@ -103,6 +162,7 @@ class LinkProtocol(ClientProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._state == "KILLED":
             return
+        self._heard_at = time.monotonic()
         self._buffer += data
         while len(self._buffer) >= HEADER_SIZE:
             length = parse_length(self._buffer, self._link.max_message_bytes)
@@ -123,7 +183,11 @@ class LinkProtocol(ClientProtocol):
 
     def _handle(self, stamp: Any, cmd: Any, obj: Any, frame: bytes) -> None:
         if cmd == "ACK":
-            self._link.pending_acks.pop(stamp, None)
+            link = self._link
+            link.pending_acks.pop(stamp, None)
+            if stamp in link.unconfirmed:
+                link.unconfirmed.discard(stamp)
+                link.status.add(Slot.DELIVERED)
             if stamp == self._hello_stamp and not self._authenticated:
                 self._on_authenticated()
             return
@@ -141,7 +205,7 @@ class LinkProtocol(ClientProtocol):
             endpoint = self._link.endpoint
             if endpoint is not None:
                 endpoint.transport.write(frame)
-            else:
+            elif not self._link.stopping:
                 logger.warning("link child has no parent connection, discarding a message")
         else:
             logger.warning("link ignored an unknown command from the relay: %r", cmd)
@@ -229,6 +293,8 @@ class LinkProcess(Client):
         status: StatusBoard,
         queue_max_messages: int,
         queue_max_bytes: int,
+        heartbeat_interval_s: float,
+        heartbeat_timeout_s: float,
     ) -> None:
         super().__init__(
             ip_server=host,
@@ -250,8 +316,23 @@ class LinkProcess(Client):
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self._tls_cert_pem = tls_cert_pem
         self._connect_timeout_s = connect_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.unconfirmed: set[int] = set()
+        """Stamps of the messages sent on this connection that the relay has not acknowledged."""
         self._stopping = False
+        self._drain_deadline = 0.0
         self._queue_caps = (queue_max_messages, queue_max_bytes)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether STOP arrived (or the parent is gone): the child is flushing, then stops."""
+        return self._stopping
+
+    def undelivered(self) -> int:
+        """Messages given to this child that the relay has not acknowledged yet."""
+        stored = sum(1 for item in self.store if item and item[0] == "OBJ")
+        return len(self.unconfirmed) + stored
 
     def _dropped(self, n: int) -> None:
         if self.status.get(Slot.QUEUE_DROPS) == 0:
@@ -267,7 +348,8 @@ class LinkProcess(Client):
         from twisted.internet import ssl
 
         reactor: Any = twisted_reactor  # zope interfaces do not type-check as methods
-        prepare_signals(reactor)
+        self._reactor = reactor
+        prepare_signals(reactor, on_stop=lambda: self.close(1))
         # messages waiting for the relay while the connection is down: bounded, oldest dropped
         # (made here, in the child: a queue with a callback does not cross "spawn")
         self.store: BoundedQueue[Any] = BoundedQueue(*self._queue_caps, on_drop=self._dropped)
@@ -283,23 +365,40 @@ class LinkProcess(Client):
             )
         else:
             reactor.connectTCP(self._ip_server, self._port_server, factory, timeout=timeout)
-        self._reactor = reactor
         run_reactor(reactor)
         self._reactor = None
 
     def close(self, counter: int) -> None:
-        """Stop once every acknowledgement is in, or after about a second (idempotent)."""
-        if counter == 1:
-            if self._stopping:
-                return
-            self._stopping = True
-        if self.check_acks() or counter > 20:
-            if self._reactor is not None:
-                if self.to_server is not None:
-                    self.to_server.transport.loseConnection()
-                stop_reactor(self._reactor)
-        else:
-            from twisted.internet import reactor as twisted_reactor
+        """Flush, then stop: called once STOP arrived or the parent is gone (idempotent).
 
-            reactor: Any = twisted_reactor
-            reactor.callLater(0.05, self.close, counter + 1)
+        The child keeps running (reconnecting if need be) until the relay has acknowledged every
+        message it was given, or until the drain time is over: the parent's
+        ``Slot.DRAIN_TIMEOUT_MS``, else :data:`DEFAULT_DRAIN_S`. What is left is logged; the
+        parent counts it (messages it accepted, minus those delivered or dropped at a cap).
+        ``counter`` is tlspyo's (it calls ``close(1)``); only the first call counts.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        drain_ms = self.status.get(Slot.DRAIN_TIMEOUT_MS)
+        drain_s = drain_ms / 1000 if drain_ms > 0 else DEFAULT_DRAIN_S
+        self._drain_deadline = time.monotonic() + drain_s
+        self._drain()
+
+    def _drain(self) -> None:
+        left = self.undelivered()
+        if left and time.monotonic() < self._drain_deadline:
+            if self._reactor is not None:
+                self._reactor.callLater(0.02, self._drain)
+            return
+        if left:
+            logger.warning(
+                "link stopping with %d message(s) the relay has not acknowledged (the relay "
+                "was unreachable or too slow during the drain time); they are counted in the "
+                "link's undelivered",
+                left,
+            )
+        if self._reactor is not None:
+            if self.to_server is not None:
+                self.to_server.transport.loseConnection()
+            stop_reactor(self._reactor)
