@@ -307,7 +307,9 @@ def test_make_cert_names_every_file_and_where_it_goes(tmp_path: Path) -> None:
 
     out = Console(record=True, width=200)
     err = Console(record=True, width=200)
-    args = argparse.Namespace(keys_dir=tmp_path / "keys", hostname="default", overwrite=False)
+    args = argparse.Namespace(
+        keys_dir=tmp_path / "keys", hostname="default", overwrite=False, trainer_keys_only=False
+    )
     assert make_cert_command(args, out, err) == 0
     table, advice = out.export_text(), err.export_text()
     for name in ("certificate.pem", "key.pem"):
@@ -326,3 +328,25 @@ def test_make_cert_names_every_file_and_where_it_goes(tmp_path: Path) -> None:
         assert "trainer_password" in lines["relay (tm-dist server)"]
         assert "trainer_signing.pem" in lines["trainer"]
         assert "trainer_password" in lines["trainer"]
+
+
+def test_make_cert_trainer_keys_only_upgrades_an_old_keys_folder(tmp_path: Path) -> None:
+    """A folder made by an older tm-dist (certificate and key only) gets the trainer's files
+    and keeps its certificate, so workers need no new certificate."""
+    from tm_dist.certs import make_cert
+    from tm_dist.cli_roles import make_cert_command
+
+    keys = tmp_path / "keys"
+    make_cert(keys)
+    for name in ("trainer_signing.pem", "trainer_signing.pub", "trainer_password"):
+        (keys / name).unlink()
+    cert = (keys / "certificate.pem").read_bytes()
+    console = Console(record=True, width=200)
+    args = argparse.Namespace(
+        keys_dir=keys, hostname="default", overwrite=False, trainer_keys_only=True
+    )
+    assert make_cert_command(args, console, console) == 0
+    assert (keys / "certificate.pem").read_bytes() == cert
+    for name in ("trainer_signing.pem", "trainer_signing.pub", "trainer_password"):
+        assert (keys / name).is_file()
+    assert "Copy trainer_signing.pub to every worker" in console.export_text()

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keys-dir", type=Path, help="output directory (default: per-user config)")
     c.add_argument("--hostname", default="default", help="name in the certificate (%(default)s)")
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument(
+        "--trainer-keys-only",
+        action="store_true",
+        help="add only the trainer's signing keys and password to an existing keys folder "
+        "(one made by an older tm-dist), keeping its certificate",
+    )
 
     cfg = sub.add_parser("config", parents=[common], help="print settings")
     g = cfg.add_mutually_exclusive_group(required=True)

@@ -19,10 +19,20 @@ from tm_gym.cli._common import EXIT_OK, CLIError
 
 
 def make_cert_command(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from tm_dist.certs import make_cert
+    from tm_dist.certs import make_cert, make_trainer_keys
     from tm_dist.settings import default_keys_dir
 
     keys_dir = args.keys_dir or default_keys_dir(os.environ)
+    if args.trainer_keys_only:
+        written = make_trainer_keys(keys_dir, overwrite=args.overwrite)
+        for written_path in written:
+            out.print(str(written_path), highlight=False)
+        err.print(
+            f"Copy {written[1].name} to every worker; keep {written[0].name} on the trainer "
+            f"machine; {written[2].name} goes to the relay and the trainer.",
+            highlight=False,
+        )
+        return EXIT_OK
     files = make_cert(keys_dir, hostname=args.hostname, overwrite=args.overwrite)
     table = Table(title="TLS certificate and trainer keys", show_header=False)
     table.add_row("certificate", str(files.certificate))
