@@ -6,6 +6,10 @@ observation and every next observation in full: for TrackMania's ``images`` obse
 all but one frame. :class:`FrameStackReplayBuffer` stores each frame once and rebuilds the
 stacks when sampling, exactly, across episode boundaries, at about 4.4 KB per transition.
 
+A :class:`DemoMix` attached to it (:meth:`FrameStackReplayBuffer.attach_demos`) makes every
+sampled batch hold a fixed share of demonstration transitions, kept in a second buffer (RLPD's
+"symmetric sampling"); :mod:`tm_algos.imitation.mix` builds it from ``.tmrec`` recordings.
+
 Example:
 
 >>> import gymnasium as gym, tm_gym
@@ -34,9 +38,79 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from tm_algos.errors import InvalidValueError
 
-__all__ = ["FrameStackReplayBuffer"]
+__all__ = ["DemoMix", "FrameStackReplayBuffer", "concat_samples"]
 
 _RESAMPLE_ROUNDS = 8
+
+
+def concat_samples(
+    first: DictReplayBufferSamples, second: DictReplayBufferSamples
+) -> DictReplayBufferSamples:
+    """One batch: the rows of ``first`` followed by those of ``second`` (same keys)."""
+    if (first.discounts is None) != (second.discounts is None):
+        raise InvalidValueError(
+            "concat_samples: one batch has n-step discounts and the other has none; sample "
+            "both from buffers of the same kind"
+        )
+    discounts = None
+    if first.discounts is not None and second.discounts is not None:
+        discounts = th.cat([first.discounts, second.discounts])
+    return DictReplayBufferSamples(
+        observations={
+            k: th.cat([v, second.observations[k]]) for k, v in first.observations.items()
+        },
+        actions=th.cat([first.actions, second.actions]),
+        next_observations={
+            k: th.cat([v, second.next_observations[k]]) for k, v in first.next_observations.items()
+        },
+        dones=th.cat([first.dones, second.dones]),
+        rewards=th.cat([first.rewards, second.rewards]),
+        discounts=discounts,
+    )
+
+
+class DemoMix:
+    """Demonstration transitions that a :class:`FrameStackReplayBuffer` mixes into its samples.
+
+    Every ``sample(batch_size)`` of the buffer it is attached to draws ``count(batch_size)``
+    transitions (``fraction × batch_size``, rounded) uniformly from ``demos`` and the rest from
+    the buffer's own (online) transitions; the demonstration rows come last in the batch.
+    ``fraction=0.5`` is RLPD's symmetric sampling; 0 draws only online transitions.
+
+    Nothing of it is saved in a checkpoint (the demonstrations are read again from their
+    recordings on resume): it is not JSON data, so :mod:`tm_algos.checkpoint` leaves it out.
+
+    :param demos: a buffer holding the demonstration transitions (at least one).
+    :param fraction: the share of every batch taken from ``demos``, in [0, 1].
+    """
+
+    def __init__(self, demos: FrameStackReplayBuffer, fraction: float) -> None:
+        value: object = fraction
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0.0 <= float(value) <= 1.0
+        ):
+            raise InvalidValueError(
+                f"fraction={fraction!r}: expected a number from 0 to 1 (the share of every "
+                "batch drawn from the demonstrations; 0.5 as in RLPD, 0 for none)"
+            )
+        if demos.size() == 0:
+            raise InvalidValueError(
+                "the demonstration buffer is empty; add the demonstrations' transitions first"
+            )
+        self.demos = demos
+        self.fraction = float(fraction)
+        self.rows_sampled = 0
+        """Demonstration rows drawn so far (over all batches)."""
+        self.batches = 0
+        """Batches sampled so far."""
+        self.last_count = 0
+        """Demonstration rows of the last batch (its last rows)."""
+
+    def count(self, batch_size: int) -> int:
+        """How many of a batch of ``batch_size`` come from the demonstrations."""
+        return min(int(np.floor(self.fraction * batch_size + 0.5)), batch_size)
 
 
 class FrameStackReplayBuffer(DictReplayBuffer):
@@ -76,7 +150,13 @@ class FrameStackReplayBuffer(DictReplayBuffer):
     :param frame_key: the frame-stacked observation key (``"images"`` or ``"lidar"``).
     :param frame_channels: channels of one frame along axis 0 (1 grayscale, 3 RGB).
     :param frame_capacity: frames kept per environment; None for the default above.
+
+    Demonstrations: :meth:`attach_demos` gives the buffer a :class:`DemoMix`, after which every
+    :meth:`sample` holds its share of demonstration transitions (the last rows of the batch).
     """
+
+    demo_mix: DemoMix | None = None
+    """The demonstrations mixed into every sample (see :meth:`attach_demos`), or None."""
 
     def __init__(
         self,
@@ -314,14 +394,55 @@ class FrameStackReplayBuffer(DictReplayBuffer):
         )
         return oldest > self._head[env_indices] - self.frame_capacity
 
+    def attach_demos(self, mix: DemoMix | None) -> None:
+        """Mix ``mix``'s demonstrations into every sample from now on (None: stop mixing).
+
+        Raises:
+            InvalidValueError: the demonstrations' buffer stores other observations, actions
+                or frames than this one (the message says which).
+        """
+        if mix is not None:
+            demos = mix.demos
+            for what, theirs, ours in (
+                ("observation space", demos.observation_space, self.observation_space),
+                ("action space", demos.action_space, self.action_space),
+                ("frame key", demos.frame_key, self.frame_key),
+                ("frame channels", demos.frame_channels, self.frame_channels),
+            ):
+                if theirs != ours:
+                    raise InvalidValueError(
+                        f"the demonstrations' {what} is {theirs}, this buffer's is {ours}; "
+                        "build the demonstration buffer with this buffer's settings (record "
+                        "with the policy's observation settings)"
+                    )
+        self.demo_mix = mix
+
     def sample(  # type: ignore[override]
         self, batch_size: int, env: VecNormalize | None = None
     ) -> DictReplayBufferSamples:
         """Sample ``batch_size`` transitions uniformly among those that can be sampled.
 
         Draws indices as SB3's DictReplayBuffer does (so the same NumPy seed samples the same
-        transitions when all can be sampled), then redraws those that lost their frames.
+        transitions when all can be sampled), then redraws those that lost their frames. With
+        a :class:`DemoMix` attached, its share of the batch (the last rows) is drawn from the
+        demonstrations instead.
         """
+        mix = self.demo_mix
+        k = mix.count(batch_size) if mix is not None else 0
+        if mix is None or k == 0:
+            return self._sample_online(batch_size, env)
+        demo = mix.demos._sample_online(k, env)
+        mix.rows_sampled += k
+        mix.batches += 1
+        mix.last_count = k
+        if k == batch_size:
+            return demo
+        return concat_samples(self._sample_online(batch_size - k, env), demo)
+
+    def _sample_online(
+        self, batch_size: int, env: VecNormalize | None = None
+    ) -> DictReplayBufferSamples:
+        """``batch_size`` of this buffer's own transitions (see :meth:`sample`)."""
         upper = self.buffer_size if self.full else self.pos
         if upper == 0:
             raise InvalidValueError(

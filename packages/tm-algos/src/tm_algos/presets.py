@@ -36,13 +36,22 @@ else:  # pragma: no cover - Python 3.10
 from tm_algos.errors import TMAlgosError
 from tm_algos.imitation.config import ImitationConfig, imitation_from_table
 from tm_algos.registry import ACTIVATIONS, ALGORITHMS, Check, algorithm
-from tm_gym.core.config import ConfigError, Rule, parse_assignment, rules_of
+from tm_gym.core.config import (
+    ConfigError,
+    Rule,
+    check_table,
+    parse_assignment,
+    rules_of,
+    setting,
+    validate,
+)
 from tm_gym.core.settings import OBS_TYPES
 
 __all__ = [
     "DEFAULT_PRESET",
     "OBS_TYPES",
     "AlgoSpec",
+    "DemosConfig",
     "EnvSpec",
     "PolicySpec",
     "Preset",
@@ -79,6 +88,7 @@ _FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "algo": (_TABLE, True),
         "policy": (_TABLE, True),
         "imitation": (_TABLE, False),
+        "demos": (_TABLE, False),
     },
     "env": {
         "id": (Check(Rule("str", check_fn=bool), "an env id"), True),
@@ -155,6 +165,41 @@ class PolicySpec:
 
 
 @dataclass(frozen=True)
+class DemosConfig:
+    """``[demos]``: how a run uses demonstrations (``tm-train --demos``) and, after DAgger, the
+    teacher-labelled dataset; see :mod:`tm_algos.imitation.mix`.
+
+    Every field is checked on construction; a bad value raises
+    :class:`~tm_gym.core.config.ConfigError` naming the field, the value and what is expected.
+    """
+
+    pretrain: bool = setting(
+        True,
+        Rule("bool"),
+        "behaviour cloning on the demonstrations before RL (and before DAgger)",
+    )
+    mix: float = setting(
+        0.5,
+        Rule("float", low=0.0, high=1.0),
+        "share of every off-policy gradient batch drawn from the demonstration transitions "
+        "(RLPD's symmetric sampling: 0.5); 0 puts them in the replay buffer once instead",
+    )
+    bc_weight: float = setting(
+        0.0,
+        Rule("float", low=0.0, high=1e6),
+        "weight of the actor's behaviour-cloning term, bc_weight × ||pi(s) - a||² on "
+        "demonstration (or, after DAgger, teacher-labelled) states (TD3+BC); 0 turns it off",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, where="demos")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as TOML-shaped data."""
+        return {name: getattr(self, name) for name in rules_of(self)}
+
+
+@dataclass(frozen=True)
 class Preset:
     """A complete training recipe, as read from one TOML file."""
 
@@ -168,6 +213,9 @@ class Preset:
     imitation: ImitationConfig | None = None
     """``[imitation]``: pre-training by DAgger before RL (see :mod:`tm_algos.imitation`), or
     None for RL from scratch."""
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    """``[demos]``: the demonstration replay mix and behaviour-cloning term (defaults when the
+    file has no such table)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The preset as plain TOML-shaped data (the inverse of the file's structure)."""
@@ -197,6 +245,7 @@ class Preset:
         }
         if self.imitation is not None:
             out["imitation"] = self.imitation.to_dict()
+        out["demos"] = self.demos.to_dict()
         return out
 
 
@@ -313,7 +362,16 @@ def _validated(name: str, data: Any, source: str) -> Preset:
         policy=_policy_spec(top["policy"], algo.name, source),
         source=source,
         imitation=imitation,
+        demos=_demos_config(top.get("demos", {}), source),
     )
+
+
+def _demos_config(table: Mapping[str, Any], source: str) -> DemosConfig:
+    values = check_table(table, rules_of(DemosConfig), f"{source}: demos", PresetError)
+    try:
+        return DemosConfig(**values)
+    except ConfigError as exc:
+        raise PresetError(f"{source}: {exc}") from exc
 
 
 def _preset_dir() -> Any:
@@ -364,6 +422,8 @@ def _known_leaf(data: Mapping[str, Any], table: Mapping[str, Any], parent: str, 
         return leaf in algorithm(str(data["algo"]["name"])).policy_kwargs
     if parent == "imitation":
         return leaf in rules_of(ImitationConfig)
+    if parent == "demos":
+        return leaf in rules_of(DemosConfig)
     return leaf in table or parent in _FREE_TABLES
 
 

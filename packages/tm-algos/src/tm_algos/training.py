@@ -16,7 +16,13 @@ A preset with an ``[imitation]`` table first trains its policy by DAgger with th
 privileged teacher (:func:`tm_algos.imitation.run_dagger`), evaluating the student as RL runs
 are evaluated (``evaluations.json``, ``best/``), then continues with the preset's RL algorithm
 from the student's weights when ``imitation.finetune`` is true. ``demos`` (``.tmrec``
-recordings) pre-train the policy by behaviour cloning before either.
+recordings) pre-train the policy by behaviour cloning before either (``demos.pretrain``).
+
+During RL an off-policy model draws ``demos.mix`` of every gradient batch from the recordings'
+transitions (RLPD), and with ``demos.bc_weight > 0`` its actor loss gains a behaviour-cloning
+term towards the teacher-labelled DAgger dataset (after DAgger) or the recordings
+(:mod:`tm_algos.imitation.mix`). ``run.json`` keeps the recordings' paths: ``--resume`` reads
+them again (nothing of them is in a checkpoint).
 
 Nothing in it is loaded with Python object serialization: a run directory from someone else
 can be evaluated and resumed safely.
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -60,6 +67,8 @@ from tm_algos.presets import Preset, apply_overrides, load_preset, preset_from_d
 
 if TYPE_CHECKING:
     from tm_algos.imitation.dagger import DaggerIteration, DaggerResult
+    from tm_algos.imitation.demos import Demonstrations
+    from tm_algos.imitation.mix import DemoTerms
 
 __all__ = ["RunDirError", "TrainConfig", "TrainResult", "Trainer"]
 
@@ -95,8 +104,11 @@ class TrainConfig:
     wandb: bool = False
     torch_threads: int | None = None
     demos: Sequence[str | Path] = ()
-    """``.tmrec`` recordings: behaviour-cloning pre-training before anything else; off-policy
-    algorithms also start RL with their transitions in the replay buffer."""
+    """``.tmrec`` recordings: behaviour-cloning pre-training before anything else
+    (``demos.pretrain``), then, for off-policy algorithms, ``demos.mix`` of every gradient batch
+    drawn from their transitions (0: their transitions go into the replay buffer once) and
+    the optional ``demos.bc_weight`` term; see :mod:`tm_algos.imitation.mix`. With
+    ``resume``: used instead of the recordings named in ``run.json``."""
     publish_best: bool = True
     """End the run with ``policy/`` a copy of ``best/`` (the best evaluated policy)."""
     init_from: str | Path | None = None
@@ -186,6 +198,11 @@ class Trainer:
         self._t_start = time.perf_counter()
         self.imitation_result: DaggerResult | None = None
         """What the DAgger phase returned (None before it ran, or without ``[imitation]``)."""
+        self.demonstrations: Demonstrations | None = None
+        """The recordings of ``demos`` (or, on resume, of ``run.json``), once read."""
+        self.demo_terms: DemoTerms | None = None
+        """The replay mix and behaviour-cloning term of the RL phase, once installed."""
+        self._demo_paths: list[str] = []
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -210,6 +227,10 @@ class Trainer:
                 ) from exc
             if cfg.overrides:
                 preset = apply_overrides(preset, cfg.overrides)
+            saved = info.get("demos", [])
+            self._demo_paths = [str(p) for p in cfg.demos] or [
+                str(p) for p in saved if isinstance(p, str)
+            ]
             return preset, info
         if run_json.exists():
             raise RunDirError(
@@ -217,6 +238,7 @@ class Trainer:
                 "another --run-dir"
             )
         preset = apply_overrides(load_preset(cfg.preset), cfg.overrides)
+        self._demo_paths = [str(p) for p in cfg.demos]
         info = {
             "format": RUN_FORMAT,
             "preset_name": preset.name,
@@ -224,6 +246,7 @@ class Trainer:
             "seed": cfg.seed,
             "n_envs": cfg.n_envs or preset.env.n_envs,
             "env_kwargs": dict(cfg.env_kwargs),
+            "demos": [str(Path(p).resolve()) for p in cfg.demos],
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -383,6 +406,7 @@ class Trainer:
             if imitation is not None and self.model.num_timesteps == 0:
                 self._imitate(imitation, on_imitation)
             if self._rl_wanted():
+                self._install_demo_terms()
                 self._learn(extra_callbacks)
         except KeyboardInterrupt:
             interrupted = True
@@ -428,12 +452,32 @@ class Trainer:
             if hasattr(self.model, "warmup_with_policy"):
                 self.model.warmup_with_policy = True
         callbacks = self.callbacks(extra_callbacks)
-        self.model.learn(
-            max(total - done, 0),
-            callback=callbacks,
-            reset_num_timesteps=done == 0,
-            tb_log_name="run",
-        )
+        try:
+            self.model.learn(
+                max(total - done, 0),
+                callback=callbacks,
+                reset_num_timesteps=done == 0,
+                tb_log_name="run",
+            )
+        finally:
+            self._log_demo_use()
+
+    def _log_demo_use(self) -> None:
+        terms = self.demo_terms
+        if terms is None:
+            return
+        if terms.mix is not None:
+            _log.info(
+                "replay mix: %d demonstration rows in %d batches",
+                terms.mix.rows_sampled,
+                terms.mix.batches,
+            )
+        if terms.regulariser is not None:
+            _log.info(
+                "behaviour-cloning term: %d actor updates, last loss %.4f",
+                terms.regulariser.updates,
+                terms.regulariser.last_loss,
+            )
 
     # -- imitation ---------------------------------------------------------------------------
 
@@ -512,35 +556,86 @@ class Trainer:
         return result
 
     def _pretrain_on_demos(self) -> None:
-        """Behaviour cloning on the ``demos`` recordings, before imitation or RL.
+        """Read the ``demos`` recordings; behaviour cloning on them before imitation or RL.
 
-        It uses the preset's ``[imitation]`` settings (or :class:`ImitationConfig`'s defaults):
-        ``gradient_steps`` steps of ``batch_size`` per 1,000 demonstration steps (at least
-        ``gradient_steps``), at ``learning_rate``. Off-policy models then get the transitions
-        in their replay buffer."""
+        Behaviour cloning (``demos.pretrain``) uses the preset's ``[imitation]`` settings (or
+        :class:`ImitationConfig`'s defaults): ``gradient_steps`` steps of ``batch_size`` per
+        1,000 demonstration steps (at least ``gradient_steps``), at ``learning_rate``. With
+        ``demos.mix = 0`` off-policy models then get the transitions in their replay buffer
+        (otherwise the mix draws them during RL)."""
         from tm_algos.imitation.bc import BehaviourCloning
-        from tm_algos.imitation.demos import load_demonstrations
 
-        cfg = self.config
-        space = self.model.observation_space
-        data = load_demonstrations(cfg.demos, space, self._env_kwargs)
-        imitation = self.preset.imitation or ImitationConfig()
-        bc = BehaviourCloning(
-            self.model.policy,
-            learning_rate=imitation.learning_rate,
-            log_std_target=imitation.log_std,
+        data = self._load_demonstrations()
+        if self.preset.demos.pretrain:
+            imitation = self.preset.imitation or ImitationConfig()
+            bc = BehaviourCloning(
+                self.model.policy,
+                learning_rate=imitation.learning_rate,
+                log_std_target=imitation.log_std,
+            )
+            steps = max(imitation.gradient_steps, 1) * max(len(data.dataset) // 1000, 1)
+            rng = np.random.default_rng(self.config.seed)
+            probe = data.dataset.sample(min(len(data.dataset), 512), rng)
+            before = bc.action_error(*probe)
+            loss = bc.train(data.dataset, steps, imitation.batch_size, rng)
+            _log.info(
+                "behaviour cloning on %d demonstration steps (%d files): %d gradient steps, "
+                "loss %.4f, action error %.4f -> %.4f",
+                len(data.dataset),
+                len(self._demo_paths),
+                steps,
+                loss,
+                before,
+                bc.action_error(*probe),
+            )
+        else:
+            _log.info("demos.pretrain = false: no behaviour cloning before RL")
+        if getattr(self.model, "replay_buffer", None) is not None and self.preset.demos.mix == 0:
+            added = data.fill_replay_buffer(self.model)
+            _log.info("demos.mix = 0: %d demonstration transitions put in the replay buffer", added)
+
+    def _load_demonstrations(self) -> Demonstrations:
+        """The recordings of this run, read once (on resume, those of ``run.json``).
+
+        Raises:
+            DemoError: a recording is missing or unusable; on resume the message also says how
+                to continue without it.
+        """
+        from tm_algos.imitation.demos import DemoError, load_demonstrations
+
+        if self.demonstrations is None:
+            try:
+                self.demonstrations = load_demonstrations(
+                    self._demo_paths, self.model.observation_space, self._env_kwargs
+                )
+            except DemoError as exc:
+                if not self.config.resume:
+                    raise
+                raise DemoError(
+                    f"{exc}. The run was started with these demonstrations (run.json) and "
+                    "--resume reads them again: restore the file, pass --demos with another "
+                    "recording, or resume with --set demos.mix=0 --set demos.bc_weight=0"
+                ) from exc
+        return self.demonstrations
+
+    def _install_demo_terms(self) -> None:
+        """Attach the replay mix and the behaviour-cloning term (``[demos]``) before RL."""
+        from tm_algos.imitation.mix import install_demo_terms
+
+        settings = self.preset.demos
+        if settings.mix == 0 and settings.bc_weight == 0:
+            return
+        demos = self._load_demonstrations() if self._demo_paths else None
+        teacher = self.imitation_result.dataset if self.imitation_result is not None else None
+        if teacher is not None and settings.mix > 0:
+            _log.info(
+                "the DAgger dataset holds no rewards or next observations: the replay mix uses %s",
+                "the --demos recordings only" if demos is not None else "nothing (no --demos)",
+            )
+        self.demo_terms = install_demo_terms(
+            self.model, settings, demos=demos, teacher=teacher, seed=self.config.seed
         )
-        steps = max(imitation.gradient_steps, 1) * max(len(data.dataset) // 1000, 1)
-        loss = bc.train(data.dataset, steps, imitation.batch_size)
-        _log.info(
-            "behaviour cloning on %d demonstration steps (%d files): %d gradient steps, loss %.4f",
-            len(data.dataset),
-            len(cfg.demos),
-            steps,
-            loss,
-        )
-        if hasattr(self.model, "replay_buffer") and self.model.replay_buffer is not None:
-            data.fill_replay_buffer(self.model)
+        _log.info("demonstrations during RL: %s", self.demo_terms.describe())
 
     def _publish_best(self) -> None:
         """Make ``policy/`` a copy of ``best/`` (when there is a best evaluated policy)."""

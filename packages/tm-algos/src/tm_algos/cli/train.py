@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=[],
         metavar="FILE.tmrec",
-        help="recordings (tm-gym record) to pre-train on by behaviour cloning; off-policy "
-        "algorithms also start with them in their replay buffer",
+        help="recordings (tm-gym record, the game or the simulator): behaviour-cloning "
+        "pre-training, then for off-policy algorithms a demonstration share of every batch "
+        "(demos.mix, 0.5) and an optional BC term (demos.bc_weight); see the preset's [demos]",
     )
     p.add_argument(
         "--init-from",

@@ -39,7 +39,7 @@ from tm_algos.errors import InvalidTypeError, InvalidValueError
 from tm_algos.fast_sac import FastSACPolicy
 from tm_algos.imitation.dataset import ImitationDataset
 
-__all__ = ["BehaviourCloning", "effective_actions"]
+__all__ = ["BehaviourCloning", "action_error_loss", "deterministic_action", "effective_actions"]
 
 Obs = Mapping[str, NDArray[Any]]
 
@@ -55,6 +55,59 @@ def effective_actions(actions: NDArray[Any], pedal_dims: Sequence[int] = (0, 1))
     dims = list(pedal_dims)
     out[..., dims] = np.maximum(out[..., dims], 0.0)
     return out
+
+
+def deterministic_action(
+    policy: BasePolicy, obs: Any, *, train_encoder: bool = True
+) -> tuple[th.Tensor, th.Tensor]:
+    """``policy``'s deterministic action (B, A) and log standard deviation, with gradients.
+
+    ``obs`` is a batch of observation tensors as SB3 samples them (not preprocessed). SAC
+    family: ``tanh(mu)`` in [-1, 1]; PPO: the Gaussian mean (unclipped). With
+    ``train_encoder=False`` a :class:`~tm_algos.fast_sac.FastSACPolicy`'s shared encoder runs
+    without gradients (it is trained by the critics only).
+    """
+    if hasattr(policy, "actor"):
+        actor: Any = policy.actor
+        if isinstance(policy, FastSACPolicy):
+            with th.set_grad_enabled(train_encoder and th.is_grad_enabled()):
+                features = actor.features_extractor(policy.prepare(obs))
+        else:
+            features = actor.extract_features(obs, actor.features_extractor)
+        latent = actor.latent_pi(features)
+        mean = th.tanh(actor.mu(latent))
+        if actor.use_sde:
+            log_std = actor.log_std.expand_as(mean)
+        else:
+            log_std = th.clamp(actor.log_std(latent), LOG_STD_MIN, LOG_STD_MAX)
+        return mean, log_std
+    assert isinstance(policy, ActorCriticPolicy)
+    ppo_features = policy.extract_features(obs)
+    latent_pi = policy.mlp_extractor.forward_actor(
+        ppo_features if not isinstance(ppo_features, tuple) else ppo_features[0]
+    )
+    ppo_mean = policy.action_net(latent_pi)
+    ppo_log_std: th.Tensor = policy.log_std
+    return ppo_mean, ppo_log_std.expand_as(ppo_mean)
+
+
+def action_error_loss(
+    pred: th.Tensor,
+    target: th.Tensor,
+    pedal_dims: Sequence[int] = (0, 1),
+    pedal_margin: float = 0.1,
+) -> th.Tensor:
+    """Mean over the batch of the squared error summed over the action dimensions, both in
+    [-1, 1]; on a ``pedal_dims`` dimension whose target is released (<= 0) only a prediction
+    above ``-pedal_margin`` counts (a hinge), see the module docstring."""
+    err = pred - target
+    if pedal_dims:
+        dims = list(pedal_dims)
+        released = target[:, dims] <= 0.0
+        hinge = th.relu(pred[:, dims] + pedal_margin)
+        err = err.clone()
+        err[:, dims] = th.where(released, hinge, err[:, dims])
+    return err.pow(2).sum(dim=1).mean()
 
 
 class BehaviourCloning:
@@ -107,29 +160,7 @@ class BehaviourCloning:
 
     def _mean_and_log_std(self, obs: Obs) -> tuple[th.Tensor, th.Tensor]:
         """The deterministic action in [-1, 1] (B, A) and the log standard deviation."""
-        policy = self.policy
-        tensors = self._tensors(obs)
-        if self.squashed:
-            actor: Any = policy.actor
-            if isinstance(policy, FastSACPolicy):
-                features = actor.features_extractor(policy.prepare(tensors))
-            else:
-                features = actor.extract_features(tensors, actor.features_extractor)
-            latent = actor.latent_pi(features)
-            mean = th.tanh(actor.mu(latent))
-            if actor.use_sde:
-                log_std = actor.log_std.expand_as(mean)
-            else:
-                log_std = th.clamp(actor.log_std(latent), LOG_STD_MIN, LOG_STD_MAX)
-            return mean, log_std
-        assert isinstance(policy, ActorCriticPolicy)
-        features = policy.extract_features(tensors)
-        latent = policy.mlp_extractor.forward_actor(
-            features if not isinstance(features, tuple) else features[0]
-        )
-        mean = policy.action_net(latent)
-        ppo_log_std: th.Tensor = policy.log_std
-        return mean, ppo_log_std.expand_as(mean)
+        return deterministic_action(self.policy, self._tensors(obs))
 
     def predict(self, obs: Obs) -> NDArray[np.float32]:
         """The policy's deterministic actions (B, A) in [-1, 1], without gradients."""
@@ -151,14 +182,7 @@ class BehaviourCloning:
         ).clamp(-1.0, 1.0)
         mean, log_std = self._mean_and_log_std(obs)
         pred = mean if self.squashed else mean.clamp(-1.5, 1.5)
-        err = pred - target
-        if self.pedal_dims:
-            dims = self.pedal_dims
-            released = target[:, dims] <= 0.0
-            hinge = th.relu(pred[:, dims] + self.pedal_margin)
-            err = err.clone()
-            err[:, dims] = th.where(released, hinge, err[:, dims])
-        loss = err.pow(2).sum(dim=1).mean()
+        loss = action_error_loss(pred, target, self.pedal_dims, self.pedal_margin)
         return loss + _LOG_STD_WEIGHT * (log_std - self.log_std_target).pow(2).mean()
 
     def step(self, obs: Obs, labels: NDArray[Any]) -> float:

@@ -7,9 +7,10 @@ settings, which rebuilds exactly the observations the recorded environment retur
 LIDAR, action history) for any observation type the recording can give. Each observation is
 labelled with the action the recorded driver took next.
 
-The transitions (observation, action, reward, next observation, end) can also fill an
-off-policy model's replay buffer before RL starts, so that the first updates learn from
-demonstrations as well as from the agent's own driving.
+The transitions (observation, action, reward, next observation, end) go into a buffer of their
+own (:meth:`Demonstrations.replay_buffer`) that an off-policy model's replay buffer mixes into
+every gradient batch (:class:`tm_algos.buffers.DemoMix`, see :mod:`tm_algos.imitation.mix`), or
+can fill the model's replay buffer once before RL starts (:meth:`Demonstrations.fill_replay_buffer`).
 
 >>> from tm_algos.imitation.demos import load_demonstrations
 >>> demos = load_demonstrations(  # doctest: +SKIP
@@ -32,12 +33,14 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tm_algos.errors import TMAlgosError
+from tm_algos.buffers import FrameStackReplayBuffer
+from tm_algos.errors import InvalidValueError, TMAlgosError
 from tm_algos.imitation.dataset import ImitationDataset
 
 __all__ = ["DemoEpisode", "DemoError", "Demonstrations", "load_demonstrations"]
 
 Obs = dict[str, NDArray[Any]]
+Transition = tuple[Obs, NDArray[Any], float, Obs, bool]
 
 _SETTINGS = ("obs_type", "img_size", "img_hist_len", "grayscale", "act_buf_len")
 
@@ -69,6 +72,61 @@ class Demonstrations:
     def num_steps(self) -> int:
         return sum(len(ep.actions) for ep in self.episodes)
 
+    def transitions(self, episode: DemoEpisode) -> list[Transition]:
+        """``episode``'s transitions (obs, action, reward, next obs, terminated), in order; only
+        the last one of a terminated episode ends it (a cut one bootstraps)."""
+        steps = len(episode.actions)
+        return [
+            (
+                episode.observations[t],
+                episode.actions[t],
+                float(episode.rewards[t]),
+                episode.observations[t + 1],
+                t == steps - 1 and episode.terminated,
+            )
+            for t in range(steps)
+        ]
+
+    def replay_buffer(self, like: FrameStackReplayBuffer) -> FrameStackReplayBuffer:
+        """A buffer of ``like``'s kind and settings (one environment) holding every transition
+        once, e.g. for :class:`tm_algos.buffers.DemoMix`.
+
+        Raises:
+            InvalidValueError: ``like`` is not a :class:`FrameStackReplayBuffer` (the mix
+                needs one; every off-policy preset uses it).
+        """
+        if not isinstance(like, FrameStackReplayBuffer):
+            raise InvalidValueError(
+                f"the model's replay buffer is a {type(like).__name__}: the demonstration mix "
+                "needs a tm_algos.buffers.FrameStackReplayBuffer (every off-policy preset's); "
+                "use it, or set demos.mix = 0 to put the demonstrations in the buffer instead"
+            )
+        n = max(self.num_steps, 1)
+        space = like.observation_space
+        assert isinstance(space, spaces.Dict)
+        buffer = FrameStackReplayBuffer(
+            n,
+            space,
+            like.action_space,
+            device=like.device,
+            n_envs=1,
+            handle_timeout_termination=like.handle_timeout_termination,
+            frame_key=like.frame_key,
+            frame_channels=like.frame_channels,
+            frame_capacity=n + len(self.episodes) + like.hist_len + 2,
+        )
+        for ep in self.episodes:
+            for obs, action, reward, nxt, done in self.transitions(ep):
+                buffer.add(
+                    {k: v[None] for k, v in obs.items()},
+                    {k: v[None] for k, v in nxt.items()},
+                    action[None],
+                    np.array([reward]),
+                    np.array([done]),
+                    [{}],
+                )
+        return buffer
+
     def fill_replay_buffer(self, model: BaseAlgorithm) -> int:
         """Add the transitions to ``model``'s replay buffer; returns how many were added.
 
@@ -79,20 +137,9 @@ class Demonstrations:
         if buffer is None:
             return 0
         n = model.n_envs
-        slots: list[list[tuple[Obs, NDArray[Any], float, Obs, bool]]] = [[] for _ in range(n)]
+        slots: list[list[Transition]] = [[] for _ in range(n)]
         for i, ep in enumerate(self.episodes):
-            steps = len(ep.actions)
-            for t in range(steps):
-                end = t == steps - 1
-                slots[i % n].append(
-                    (
-                        ep.observations[t],
-                        ep.actions[t],
-                        float(ep.rewards[t]),
-                        ep.observations[t + 1],
-                        end and ep.terminated,
-                    )
-                )
+            slots[i % n].extend(self.transitions(ep))
         count = min(len(s) for s in slots)
         for t in range(count):
             rows = [s[t] for s in slots]
