@@ -244,14 +244,18 @@ def test_a_lidar_policy_teaches_from_the_exact_lidar_of_the_same_car(tmp_path: P
     lobs, _ = lidar_env.reset(seed=0)
     iobs, _ = images_env.reset(seed=0)
     first = np.ones(1, dtype=bool)
-    for _ in range(12):
+    moving = 0
+    for _ in range(90):  # past the first straight (side beams constant): timing then matters
         label = teacher.labels(images_env, iobs, first)
         want = teacher.policy.act({k: v[None] for k, v in lobs.items()})
         np.testing.assert_allclose(label, want, atol=1e-5)
         action = lidar_env.unwrapped.expert_action()  # type: ignore[attr-defined]
+        before = lobs["lidar"][-1].copy()
         lobs, *_ = lidar_env.step(action)
         iobs, *_ = images_env.step(action[None])
+        moving += int(np.abs(lobs["lidar"][-1] - before).max() > 0.05)
         first[:] = False
+    assert moving > 20  # the scans changed from step to step: the car drove
 
 
 def test_an_unknown_teacher_is_refused() -> None:

@@ -98,11 +98,23 @@ class LidarPolicyTeacher:
         self.history = int(lidar.shape[0])
         self.act_shape = tuple(space.spaces["actions"].shape)  # type: ignore[attr-defined]
         self._scans: dict[int, NDArray[np.float32]] = {}
+        self._latest: dict[int, NDArray[np.float32]] = {}  # the scans at the previous call
 
     def labels(self, env: Any, obs: Obs, first: NDArray[np.bool_]) -> NDArray[np.float32]:
         sim = env.unwrapped.core.sim
-        scan = np.asarray(sim.lidar(), dtype=np.float32)  # (n, 19) for the current states
+        now = np.asarray(sim.lidar(), dtype=np.float32)  # (n, 19) for the current states
         key = id(env)
+        # The frame a car observes was captured at the start of the step that just ran (rtgym's
+        # timing: an action acts one step late), i.e. in the state of the previous call here;
+        # a car that has just reset observes its fresh capture, the current state. The teacher
+        # was trained on observations with that timing: give it the scan of the frame's state,
+        # not one step newer.
+        previous = self._latest.get(key)
+        if previous is None or len(previous) != len(now):
+            scan = now
+        else:
+            scan = np.where(first[:, None], now, previous)
+        self._latest[key] = now
         hist = self._scans.get(key)
         if hist is None or len(hist) != len(scan):
             hist = np.repeat(scan[:, None], self.history, axis=1)
