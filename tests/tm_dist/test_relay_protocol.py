@@ -484,13 +484,18 @@ def test_idle_sockets_cannot_exhaust_the_relays_file_descriptors(
     relay = closing(RelayServer(PASSWORD, port=0, **PLAIN).start())
     assert relay.pid is not None
     resource.prlimit(relay.pid, resource.RLIMIT_NOFILE, (128, 128))
-    idle = [raw(relay.port) for _ in range(150)]
+    idle, reset = [], 0
+    for _ in range(150):
+        try:
+            idle.append(raw(relay.port))
+        except ConnectionError:  # past the cap the relay closes at once: a busy machine may
+            reset += 1  # see that reset while the connection is still being set up
     link = closing(
         Link(PASSWORD, port=relay.port, groups="workers", connect_timeout_s=20.0, **PLAIN)
     )
     link.connect()
     assert link.connected
-    assert len(idle) == 150
+    assert len(idle) + reset == 150 and len(idle) >= 64  # the cap's worth stayed open
 
 
 @pytest.mark.slow  # a relay process
