@@ -457,6 +457,30 @@ def test_resume_keeps_the_evaluation_history_and_the_best_policy(
     assert [r["timesteps"] for r in history] == [100, 200, 300]
 
 
+@pytest.mark.parametrize("publish_best", [True, False])
+def test_the_published_policy_is_the_best_evaluated_not_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, publish_best: bool
+) -> None:
+    """The first evaluation is the best and the run goes on learning after it: policy/ must be
+    best/'s weights, not the final ones (publish_best=False keeps the final ones, which shows
+    the two differ)."""
+    run = tmp_path / "run"
+    progress = iter([0.5, 0.3])
+
+    def fake_episode(self: EvalCallback, index: int) -> EvalRecord:
+        return record(next(progress), timesteps=self.num_timesteps)
+
+    monkeypatch.setattr(EvalCallback, "run_episode", fake_episode)
+    changes = [f"{HP}.learning_starts=20", f"{HP}.train_freq=1", f"{HP}.gradient_steps=1"]
+    config = tiny_config(run, total_timesteps=200, eval_every=100, publish_best=publish_best)
+    config = dataclasses.replace(config, overrides=(*config.overrides, *changes))
+    result = run_trainer(config)
+    assert [r.progress for r in result.evaluations] == [0.5, 0.3]
+    best = (run / "best" / "policy.safetensors").read_bytes()
+    published = (run / "policy" / "policy.safetensors").read_bytes()
+    assert (published == best) is publish_best
+
+
 # -- a short run learns --------------------------------------------------------------------------
 
 LEARN = (
