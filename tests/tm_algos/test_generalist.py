@@ -198,3 +198,48 @@ def test_unseen_suite_runs_its_own_looks_over_the_training_ones() -> None:
         assert result.report.finish_rate == 0.0  # a car that never accelerates
     summary = report.summary()
     assert summary["cases_run"] == 2 and summary["lap_ratio_cases"] == 0
+
+
+# -- car physics randomisation in the DAgger fleet ------------------------------------------------
+
+
+def test_the_fleet_drives_one_drawn_car_per_track_reproducibly() -> None:
+    from tm_algos.imitation.fleet import Fleet, draw_cars
+    from tm_gym.sim.physics import CarParams
+
+    scales = {"grip": [0.7, 1.3], "yaw_lag": [0.5, 2.0]}
+    cars = draw_cars(None, scales, 6, seed=3)
+    assert cars == draw_cars(None, scales, 6, seed=3)  # reproducible by seed
+    assert cars != draw_cars(None, scales, 6, seed=4)
+    standard = CarParams()
+    assert len({c.grip for c in cars}) == 6
+    assert all(0.7 * standard.grip <= c.grip <= 1.3 * standard.grip for c in cars)
+    assert all(0.5 * standard.yaw_lag <= c.yaw_lag <= 2.0 * standard.yaw_lag for c in cars)
+    assert all(c.power == standard.power for c in cars)  # fields not named are left alone
+    fleet = Fleet({"obs_type": "lidar"}, ["default", "gen:3"], 2, seed=3, car_scales=scales)
+    try:
+        got = [env.unwrapped.core.sim.params for env in fleet.envs]  # type: ignore[attr-defined]
+    finally:
+        fleet.close()
+    assert got == draw_cars(None, scales, 2, seed=3)
+
+
+def test_bad_car_scales_are_refused_naming_the_key() -> None:
+    from tm_algos.imitation.config import ImitationConfig
+    from tm_gym.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'gripp' is not a scalar field of CarParams"):
+        ImitationConfig(car_scales={"gripp": [0.7, 1.3]})
+    with pytest.raises(ConfigError, match=r"car_scales.grip = \[1.3, 0.7\]"):
+        ImitationConfig(car_scales={"grip": [1.3, 0.7]})
+    with pytest.raises(ConfigError, match="upshift_kmh"):
+        ImitationConfig(car_scales={"upshift_kmh": [0.9, 1.1]})
+
+
+def test_the_lidar_generalist_trains_on_drawn_cars_inside_the_suites_milder_cases() -> None:
+    preset = load_preset("lidar-general")
+    assert preset.imitation is not None
+    scales = preset.imitation.car_scales
+    assert set(scales) == {"grip", "power", "yaw_lag", "wall_friction"}
+    for low, high in scales.values():  # the suite's x0.8 and x1.2 inside, x0.5 and x1.5 outside
+        assert low <= 0.8 and high >= 1.2 and low > 0.5 and high < 1.5

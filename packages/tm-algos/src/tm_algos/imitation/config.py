@@ -56,6 +56,12 @@ class ImitationConfig:
         Rule("strs", pattern=_TRACK, hint="track names, gen:SEED or track files"),
         "tracks the cars are spread over (empty: the environment's own track)",
     )
+    car_scales: dict[str, list[float]] = setting(
+        rule=Rule("table"),
+        doc="car physics randomisation: CarParams fields and [low, high] factors, one car "
+        "drawn per track, e.g. { grip = [0.7, 1.3] } (empty: the environment's car everywhere)",
+        default_factory=dict,
+    )
     beta: float = setting(
         1.0, Rule("float", low=0.0, high=1.0), "probability that the teacher drives, at first"
     )
@@ -104,6 +110,13 @@ class ImitationConfig:
 
     def __post_init__(self) -> None:
         validate(self, where="imitation")
+        if self.car_scales:
+            from tm_algos.imitation.fleet import draw_cars
+
+            try:
+                draw_cars(None, self.car_scales, 1, 0)  # checks the names and the ranges
+            except Exception as exc:
+                raise ConfigError(str(exc)) from None
 
     def beta_at(self, iteration: int) -> float:
         """The probability that the teacher drives during ``iteration`` (0-based)."""

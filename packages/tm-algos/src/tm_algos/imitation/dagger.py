@@ -233,7 +233,7 @@ def run_dagger(
     budget = [s for s in (seconds, None if config.minutes is None else config.minutes * 60) if s]
     deadline = time.perf_counter() + min(budget) if budget else None
     teacher = teacher if teacher is not None else make_teacher(config.teacher)
-    fleet = Fleet(env_kwargs, config.tracks, config.n_envs, seed)
+    fleet = Fleet(env_kwargs, config.tracks, config.n_envs, seed, config.car_scales)
     space = fleet.envs[0].single_observation_space
     if dataset is None:
         dataset = ImitationDataset(

@@ -10,6 +10,7 @@ of the same state (:meth:`Fleet.state_frames`, :meth:`Fleet.state_lidar`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 
 from tm_algos.errors import InvalidValueError
 
-__all__ = ["SIM_ENV_ID", "Fleet", "Obs"]
+__all__ = ["SIM_ENV_ID", "Fleet", "Obs", "draw_cars"]
 
 SIM_ENV_ID = "TrackMania-Sim-v0"
 Obs = dict[str, NDArray[Any]]
@@ -44,7 +45,12 @@ class Fleet:
     """
 
     def __init__(
-        self, env_kwargs: Mapping[str, Any], tracks: Sequence[str], n_envs: int, seed: int
+        self,
+        env_kwargs: Mapping[str, Any],
+        tracks: Sequence[str],
+        n_envs: int,
+        seed: int,
+        car_scales: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         import tm_gym  # noqa: F401  (registers the environment ids)
 
@@ -56,11 +62,18 @@ class Fleet:
             )
         counts = [n_envs // len(names) + (i < n_envs % len(names)) for i in range(len(names))]
         kwargs = {k: v for k, v in env_kwargs.items() if k not in ("track", "backend")}
+        cars = draw_cars(kwargs.pop("car_params", None), car_scales, len(names), seed)
+        self.cars = cars
         self.envs = [
             gym.make_vec(
-                SIM_ENV_ID, num_envs=c, vectorization_mode="vector_entry_point", track=t, **kwargs
+                SIM_ENV_ID,
+                num_envs=c,
+                vectorization_mode="vector_entry_point",
+                track=t,
+                car_params=car,
+                **kwargs,
             )
-            for t, c in zip(names, counts, strict=True)
+            for t, c, car in zip(names, counts, cars, strict=True)
         ]
         self.counts = counts
         self.n = n_envs
@@ -109,3 +122,41 @@ class Fleet:
         """Close every environment."""
         for env in self.envs:
             env.close()
+
+
+def draw_cars(
+    base: Any, scales: Mapping[str, Sequence[float]] | None, n: int, seed: int
+) -> list[Any]:
+    """One car per track: ``base`` (a ``CarParams`` or None, the standard car) with each field in
+    ``scales`` multiplied by a factor drawn uniformly from its ``[low, high]`` (seeded by
+    ``seed``), so the fleet drives ``n`` different cars; without ``scales``, ``base`` for all.
+
+    Raises:
+        InvalidValueError: an unknown field, a tuple field (gear speeds), or a bad range.
+    """
+    if not scales:
+        return [base] * n
+    from tm_gym.sim.physics import CarParams
+
+    car = base if base is not None else CarParams()
+    known = {f.name: getattr(car, f.name) for f in dataclasses.fields(CarParams)}
+    for name, bounds in scales.items():
+        if name not in known or isinstance(known[name], tuple):
+            raise InvalidValueError(
+                f"imitation.car_scales: {name!r} is not a scalar field of CarParams; use one "
+                f"of {', '.join(k for k, v in known.items() if not isinstance(v, tuple))}"
+            )
+        low, high = (float(b) for b in bounds) if len(bounds) == 2 else (-1.0, -1.0)
+        if not 0 < low <= high:
+            raise InvalidValueError(
+                f"imitation.car_scales.{name} = {list(bounds)}: expected [low, high] factors "
+                "with 0 < low <= high, e.g. [0.7, 1.3]"
+            )
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        change = {
+            k: known[k] * float(rng.uniform(float(b[0]), float(b[1]))) for k, b in scales.items()
+        }
+        out.append(dataclasses.replace(car, **change))
+    return out
