@@ -205,7 +205,7 @@ def test_unseen_suite_runs_its_own_looks_over_the_training_ones() -> None:
 
 def test_the_fleet_drives_one_drawn_car_per_track_reproducibly() -> None:
     from tm_algos.imitation.fleet import Fleet, draw_cars
-    from tm_gym.sim.physics import CarParams
+    from tm_gym import CarParams
 
     scales = {"grip": [0.7, 1.3], "yaw_lag": [0.5, 2.0]}
     cars = draw_cars(None, scales, 6, seed=3)

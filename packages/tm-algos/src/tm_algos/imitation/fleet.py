@@ -136,7 +136,7 @@ def draw_cars(
     """
     if not scales:
         return [base] * n
-    from tm_gym.sim.physics import CarParams
+    from tm_gym import CarParams
 
     car = base if base is not None else CarParams()
     known = {f.name: getattr(car, f.name) for f in dataclasses.fields(CarParams)}
