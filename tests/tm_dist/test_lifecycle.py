@@ -92,29 +92,37 @@ def _killing(pids: list[int]) -> Iterator[list[int]]:
             kill_by_pid(pid)
 
 
+def _kill_the_parent_and_check_its_children(
+    script: Path, mode: str, port: int, started: list[int]
+) -> None:
+    """Run ``script mode port`` (a parent holding a relay or a link child, plus a forked helper
+    that inherits its sockets), SIGKILL it, and assert that its transport child is gone."""
+    parent = subprocess.Popen(
+        [sys.executable, str(script), mode, str(port)], stdout=subprocess.PIPE
+    )
+    started.append(parent.pid)
+    assert parent.stdout is not None
+    line = parent.stdout.readline().split()
+    parent.stdout.close()
+    assert line[:1] == [b"ready"], line
+    helper = int(line[1])
+    started.append(helper)
+    ours = [p for p in process_tree(parent.pid) if p != helper]
+    started += ours
+    assert ours, f"the {mode} child was not found"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    left = _gone(ours)
+    assert not left, f"still running after the parent's SIGKILL: {_names(left)}"
+
+
 @pytest.mark.slow  # a Python parent with a relay child
 def test_a_relay_child_dies_with_its_parent_and_frees_the_port(tmp_path: Path) -> None:
     port = free_local_port()
     script = tmp_path / "parent.py"
     script.write_text(PARENT.format(password=PASSWORD))
     with _killing([]) as started:
-        parent = subprocess.Popen(
-            [sys.executable, str(script), "relay", str(port)], stdout=subprocess.PIPE
-        )
-        started.append(parent.pid)
-        assert parent.stdout is not None
-        line = parent.stdout.readline().split()
-        parent.stdout.close()
-        assert line[:1] == [b"ready"], line
-        helper = int(line[1])
-        started.append(helper)
-        ours = [p for p in process_tree(parent.pid) if p != helper]
-        started += ours
-        assert ours, "the relay child was not found"
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        left = _gone(ours)
-        assert not left, f"still running after the parent's SIGKILL: {_names(left)}"
+        _kill_the_parent_and_check_its_children(script, "relay", port, started)
         _assert_binds_at_once(port)
         with RelayServer(PASSWORD, port=port, use_tls=False) as relay:
             assert relay.port == port
@@ -127,23 +135,7 @@ def test_a_link_child_dies_with_its_parent(tmp_path: Path, closing: Callable[[An
     script = tmp_path / "parent.py"
     script.write_text(PARENT.format(password=PASSWORD))
     with _killing([]) as started:
-        parent = subprocess.Popen(
-            [sys.executable, str(script), "link", str(relay.port)], stdout=subprocess.PIPE
-        )
-        started.append(parent.pid)
-        assert parent.stdout is not None
-        line = parent.stdout.readline().split()
-        parent.stdout.close()
-        assert line[:1] == [b"ready"], line
-        helper = int(line[1])
-        started.append(helper)
-        ours = [p for p in process_tree(parent.pid) if p != helper]
-        started += ours
-        assert ours, "the link child was not found"
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        left = _gone(ours)
-        assert not left, f"still running after the parent's SIGKILL: {_names(left)}"
+        _kill_the_parent_and_check_its_children(script, "link", relay.port, started)
         # the message it had sent reached the relay before
         trainer = closing(Link(PASSWORD, port=relay.port, groups="trainers", use_tls=False))
         trainer.connect()
