@@ -23,6 +23,7 @@ from tm_gym.core.visuals import VisualRanges, Visuals, VisualsSpec
 
 PRESET = "images-sac-general"
 SUITE = "unseen"
+EXAMS = ("unseen", "unseen-b")  # the pixel generalist's exams: held-out tracks, unseen looks
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the simulator's RGB -> gray weights
 _COLOURS = ("sky", "sky_horizon", "grass", "road", "border_dark", "border_light")
 
@@ -140,24 +141,28 @@ def test_outside_is_computed_per_key() -> None:
     assert not _outside("grass", (110, 140, 30), ranges)
 
 
-def _case_looks() -> list[SuiteCase]:
-    return list(load_suite(SUITE).cases)
+def _case_looks(name: str = SUITE) -> list[SuiteCase]:
+    return list(load_suite(name).cases)
 
 
-def test_unseen_suite_drives_held_out_tracks() -> None:
-    cases = _case_looks()
+@pytest.mark.parametrize("name", EXAMS)
+def test_unseen_suite_drives_held_out_tracks(name: str) -> None:
+    cases = _case_looks(name)
     assert len(cases) >= 10
     tracks = [c.track for c in cases]
     assert len(set(tracks)) == len(tracks)
     seeds = _gen_seeds(tracks)
     assert len(seeds) == len(tracks) and all(s in HELD_OUT_TRACK_SEEDS for s in seeds)
+    other = next(e for e in EXAMS if e != name)
+    assert not set(tracks) & {c.track for c in _case_looks(other)}  # the exams share no track
     assert all(not c.car_scale and not c.car_params for c in cases)  # the standard car
 
 
-def test_unseen_suite_looks_lie_outside_the_training_range() -> None:
+@pytest.mark.parametrize("name", EXAMS)
+def test_unseen_suite_looks_lie_outside_the_training_range(name: str) -> None:
     ranges = _training_ranges(load_preset(PRESET))
     inside: dict[str, list[str]] = {}
-    for case in _case_looks():
+    for case in _case_looks(name):
         assert isinstance(case.visuals, Mapping) and case.visuals, f"{case.name}: no fixed look"
         Visuals.from_mapping(case.visuals)  # a valid look
         keys = [k for k, v in case.visuals.items() if not _outside(k, v, ranges)]
@@ -166,11 +171,12 @@ def test_unseen_suite_looks_lie_outside_the_training_range() -> None:
     assert not inside, f"values within the training range: {inside}"
 
 
-def test_unseen_suite_covers_every_drawn_key_on_both_sides() -> None:
+@pytest.mark.parametrize("name", EXAMS)
+def test_unseen_suite_covers_every_drawn_key_on_both_sides(name: str) -> None:
     ranges = _training_ranges(load_preset(PRESET))
     below: set[str] = set()
     above: set[str] = set()
-    for case in _case_looks():
+    for case in _case_looks(name):
         assert isinstance(case.visuals, Mapping)
         for key, value in case.visuals.items():
             low, high = getattr(ranges, key)

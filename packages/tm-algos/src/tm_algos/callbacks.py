@@ -110,9 +110,12 @@ class EvalRecord:
     finished: bool
     lap_time: float | None
     wall_contacts: int
+    track: str | None = None
+    """Where it was driven, when not the evaluation environment's own track (an imitation
+    preset's ``eval_tracks``: one record per track, and one for the whole set)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "timesteps": self.timesteps,
             "wall_s": round(self.wall_s, 2),
             "return": round(self.episode_return, 3),
@@ -121,6 +124,9 @@ class EvalRecord:
             "lap_time": self.lap_time,
             "wall_contacts": self.wall_contacts,
         }
+        if self.track is not None:
+            out["track"] = self.track
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalRecord:
@@ -134,6 +140,7 @@ class EvalRecord:
             finished=bool(data["finished"]),
             lap_time=None if lap is None else float(lap),
             wall_contacts=int(data["wall_contacts"]),
+            track=None if data.get("track") is None else str(data["track"]),
         )
 
 

@@ -183,6 +183,33 @@ class _StopAfter(BaseCallback):
         return time.perf_counter() < self.deadline
 
 
+def _expert_lap(env: gym.Env[Any, Any], seed: int) -> float | None:
+    """The simulator's scripted expert's lap on ``env`` from ``reset(seed=seed)`` (None if it
+    does not finish, or the environment has no expert)."""
+    core = env.unwrapped
+    if not hasattr(core, "expert_action"):
+        return None
+    env.reset(seed=seed)
+    info: dict[str, Any] = {}
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(core.expert_action())
+        done = terminated or truncated
+    lap = info.get("lap_time") if info.get("finished") else None
+    return None if lap is None else float(lap)
+
+
+def validation_score(record: EvalRecord, expert_lap: float | None) -> float:
+    """One validation episode's score: ``1 + expert_lap / lap_time`` for a finished lap (in
+    (1, 2] when the expert is faster; 2 for its pace), else the progress in [0, 1]. Without an
+    expert lap a finish scores 1.5. Sums over tracks rank students: finishing first, then speed."""
+    if record.finished and record.lap_time is not None and record.lap_time > 0:
+        if expert_lap is None:
+            return 1.5
+        return 1.0 + expert_lap / record.lap_time
+    return float(record.progress)
+
+
 class Trainer:
     """Builds (or resumes) a run and trains it; see the module docstring for the layout."""
 
@@ -193,6 +220,8 @@ class Trainer:
         self.model: BaseAlgorithm
         self.stats = EpisodeStatsCallback()
         self.evaluator: EvalCallback | None = None
+        self._validation: list[tuple[EvalCallback, float | None]] | None = None
+        self._validation_best: float | None = None
         self._built = False
         self._wandb_run: Any = None
         self._t_start = time.perf_counter()
@@ -483,7 +512,11 @@ class Trainer:
 
     def _evaluate_student(self, steps: int) -> list[EvalRecord]:
         """Deterministic episodes of the current policy, recorded as RL evaluations are (and
-        exported to ``best/`` when better)."""
+        exported to ``best/`` when better); on the preset's ``imitation.eval_tracks`` if any
+        (:meth:`_evaluate_on_tracks`)."""
+        imitation = self.preset.imitation
+        if imitation is not None and imitation.eval_tracks:
+            return self._evaluate_on_tracks(steps, imitation.eval_tracks)
         ev = self._make_evaluator()
         if getattr(ev, "model", None) is None:
             ev.init_callback(self.model)
@@ -498,18 +531,65 @@ class Trainer:
     def _teacher_lap(self) -> float | None:
         """The scripted expert's lap on the evaluation track (None if it cannot finish)."""
         ev = self._make_evaluator()
-        env = ev.env
-        core = env.unwrapped
-        if not hasattr(core, "expert_action"):
-            return None
-        env.reset(seed=ev.seed)
-        info: dict[str, Any] = {}
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(core.expert_action())
-            done = terminated or truncated
-        lap = info.get("lap_time") if info.get("finished") else None
-        return None if lap is None else float(lap)
+        return _expert_lap(ev.env, ev.seed)
+
+    def _validators(self, tracks: Sequence[str]) -> list[tuple[EvalCallback, float | None]]:
+        """One evaluator per validation track (made once) and the expert's lap there."""
+        if self._validation is None:
+            ev = self._make_evaluator()
+            self._validation = []
+            for track in tracks:
+                env = gym.make(self.preset.env.id, **{**self._env_kwargs, "track": track})
+                val = EvalCallback(env, 1, seed=ev.seed, clock_start=self._t_start)
+                val.init_callback(self.model)
+                self._validation.append((val, _expert_lap(env, ev.seed)))
+        return self._validation
+
+    def _evaluate_on_tracks(self, steps: int, tracks: Sequence[str]) -> list[EvalRecord]:
+        """One deterministic lap on each validation track; ``best/`` is replaced when the set's
+        :func:`validation_score` beats every earlier one. Returns the per-track records; the
+        history (``evaluations.json``) also gets one record for the whole set."""
+        ev = self._make_evaluator()
+        self.model.num_timesteps = ev.num_timesteps = steps
+        records: list[EvalRecord] = []
+        score = 0.0
+        for (val, expert), track in zip(self._validators(tracks), tracks, strict=True):
+            val.num_timesteps = steps
+            rec = dataclasses.replace(val.run_episode(0), track=track)
+            records.append(rec)
+            score += validation_score(rec, expert)
+        laps = [r.lap_time for r in records]
+        whole = EvalRecord(
+            timesteps=steps,
+            wall_s=max(r.wall_s for r in records),
+            episode_return=sum(r.episode_return for r in records),
+            progress=float(np.mean([r.progress for r in records])),
+            finished=all(r.finished for r in records),
+            lap_time=sum(lap for lap in laps if lap is not None) if None not in laps else None,
+            wall_contacts=sum(r.wall_contacts for r in records),
+            track=f"{len(tracks)} validation tracks, score {score:.3f}",
+        )
+        ev.records.extend([*records, whole])
+        _log.info(
+            "validation at %d steps: %d/%d finished, score %.3f",
+            steps,
+            sum(r.finished for r in records),
+            len(records),
+            score,
+        )
+        if self._validation_best is None or score > self._validation_best:
+            self._validation_best = score
+            ev.best = whole
+            self._on_new_best(whole)
+            _write_json(
+                self.run_dir / "best" / "evaluation.json",
+                {
+                    **whole.to_dict(),
+                    "score": round(score, 4),
+                    "episodes": [r.to_dict() for r in records],
+                },
+            )
+        return records
 
     def _imitate(
         self,
@@ -563,6 +643,7 @@ class Trainer:
         1,000 demonstration steps (at least ``gradient_steps``), at ``learning_rate``. With
         ``demos.mix = 0`` off-policy models then get the transitions in their replay buffer
         (otherwise the mix draws them during RL)."""
+        from tm_algos.imitation.augment import FrameAugment
         from tm_algos.imitation.bc import BehaviourCloning
 
         data = self._load_demonstrations()
@@ -572,6 +653,7 @@ class Trainer:
                 self.model.policy,
                 learning_rate=imitation.learning_rate,
                 log_std_target=imitation.log_std,
+                augment=FrameAugment.from_table(imitation.augment),
             )
             steps = max(imitation.gradient_steps, 1) * max(len(data.dataset) // 1000, 1)
             rng = np.random.default_rng(self.config.seed)

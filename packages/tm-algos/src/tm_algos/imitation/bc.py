@@ -29,14 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from numpy.typing import NDArray
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 from torch import nn
 
 from tm_algos.errors import InvalidTypeError, InvalidValueError
 from tm_algos.fast_sac import FastSACPolicy
+from tm_algos.imitation.augment import FrameAugment
 from tm_algos.imitation.dataset import ImitationDataset
 
 __all__ = ["BehaviourCloning", "action_error_loss", "deterministic_action", "effective_actions"]
@@ -119,6 +122,9 @@ class BehaviourCloning:
     :param log_std_target: the log standard deviation the Gaussian is pulled towards.
     :param pedal_dims: action dimensions that act only above 0 (tm-gym: gas 0, brake 1).
     :param pedal_margin: how far below 0 a released pedal is pushed.
+    :param augment: random warps and lighting changes applied to the image observations of
+        every training batch (:class:`~tm_algos.imitation.augment.FrameAugment`); never to
+        :meth:`predict`.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class BehaviourCloning:
         log_std_target: float = -2.0,
         pedal_dims: Sequence[int] = (0, 1),
         pedal_margin: float = 0.1,
+        augment: FrameAugment | None = None,
     ) -> None:
         if isinstance(policy, RecurrentActorCriticPolicy):
             raise InvalidTypeError(
@@ -147,6 +154,7 @@ class BehaviourCloning:
         self.log_std_target = float(log_std_target)
         self.pedal_dims = list(pedal_dims)
         self.pedal_margin = float(pedal_margin)
+        self.augment = augment if augment is not None and augment.active else None
         module: nn.Module = policy.actor if self.squashed else policy  # type: ignore[assignment]
         self._params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = th.optim.Adam(self._params, lr=learning_rate)
@@ -158,9 +166,36 @@ class BehaviourCloning:
         tensors, _ = self.policy.obs_to_tensor(dict(obs))
         return tensors
 
-    def _mean_and_log_std(self, obs: Obs) -> tuple[th.Tensor, th.Tensor]:
+    def _augmented(self, tensors: Any, rng: np.random.Generator | None) -> Any:
+        """``tensors`` with :attr:`augment` applied to every uint8 image entry."""
+        augment = self.augment
+        if augment is None:
+            return tensors
+        space = self.policy.observation_space
+
+        def frames(value: Any, sub: spaces.Space[Any]) -> bool:
+            return (
+                isinstance(value, th.Tensor)
+                and value.dim() == 4
+                and value.dtype == th.uint8
+                and is_image_space(sub)
+            )
+
+        if isinstance(space, spaces.Dict) and isinstance(tensors, dict):
+            return {
+                key: augment(value, rng) if frames(value, space.spaces[key]) else value
+                for key, value in tensors.items()
+            }
+        return augment(tensors, rng) if frames(tensors, space) else tensors
+
+    def _mean_and_log_std(
+        self, obs: Obs, *, augment: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[th.Tensor, th.Tensor]:
         """The deterministic action in [-1, 1] (B, A) and the log standard deviation."""
-        return deterministic_action(self.policy, self._tensors(obs))
+        tensors = self._tensors(obs)
+        if augment:
+            tensors = self._augmented(tensors, rng)
+        return deterministic_action(self.policy, tensors)
 
     def predict(self, obs: Obs) -> NDArray[np.float32]:
         """The policy's deterministic actions (B, A) in [-1, 1], without gradients."""
@@ -174,21 +209,30 @@ class BehaviourCloning:
 
     # -- the loss --------------------------------------------------------------------------
 
-    def loss(self, obs: Obs, labels: NDArray[Any]) -> th.Tensor:
-        """The behaviour-cloning loss of a batch (see the module docstring), with gradients."""
+    def loss(
+        self,
+        obs: Obs,
+        labels: NDArray[Any],
+        *,
+        augment: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> th.Tensor:
+        """The behaviour-cloning loss of a batch (see the module docstring), with gradients;
+        with ``augment``, the frames go through :attr:`augment` first (drawing from ``rng``)."""
         target = th.as_tensor(
             self.policy.scale_action(np.asarray(labels, dtype=np.float32)),
             device=self.policy.device,
         ).clamp(-1.0, 1.0)
-        mean, log_std = self._mean_and_log_std(obs)
+        mean, log_std = self._mean_and_log_std(obs, augment=augment, rng=rng)
         pred = mean if self.squashed else mean.clamp(-1.5, 1.5)
         loss = action_error_loss(pred, target, self.pedal_dims, self.pedal_margin)
         return loss + _LOG_STD_WEIGHT * (log_std - self.log_std_target).pow(2).mean()
 
-    def step(self, obs: Obs, labels: NDArray[Any]) -> float:
-        """One gradient step on a batch; the loss before the step."""
+    def step(self, obs: Obs, labels: NDArray[Any], rng: np.random.Generator | None = None) -> float:
+        """One gradient step on a batch (augmented, if :attr:`augment`, drawing from ``rng``);
+        the loss before the step."""
         self.policy.set_training_mode(True)
-        loss = self.loss(obs, labels)
+        loss = self.loss(obs, labels, augment=True, rng=rng)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -204,7 +248,7 @@ class BehaviourCloning:
     ) -> float:
         """``gradient_steps`` steps on batches drawn from ``dataset``; the mean loss (nan for 0)."""
         rng = rng if rng is not None else np.random.default_rng()
-        losses = [self.step(*dataset.sample(batch_size, rng)) for _ in range(gradient_steps)]
+        losses = [self.step(*dataset.sample(batch_size, rng), rng) for _ in range(gradient_steps)]
         self.policy.set_training_mode(False)
         return float(np.mean(losses)) if losses else float("nan")
 

@@ -62,6 +62,13 @@ class ImitationConfig:
         "drawn per track, e.g. { grip = [0.7, 1.3] } (empty: the environment's car everywhere)",
         default_factory=dict,
     )
+    augment: dict[str, list[float]] = setting(
+        rule=Rule("table"),
+        doc="random warps and lighting changes of the student's training frames, keys zoom, "
+        "stretch_y, shift_y_px, shift_x_px, brightness, contrast, each [low, high], e.g. "
+        "{ zoom = [0.85, 1.15] } (empty: none); see tm_algos.imitation.augment",
+        default_factory=dict,
+    )
     beta: float = setting(
         1.0, Rule("float", low=0.0, high=1.0), "probability that the teacher drives, at first"
     )
@@ -93,6 +100,13 @@ class ImitationConfig:
     eval_every: int = setting(
         1, Rule("int", low=1, high=100_000), "evaluate the student every this many iterations"
     )
+    eval_tracks: tuple[str, ...] = setting(
+        (),
+        Rule("strs", pattern=_TRACK, hint="track names, gen:SEED or track files"),
+        "validation tracks: each evaluation drives one deterministic lap on each, and best/ "
+        "is the student with the highest score (per track: 1 + expert lap / lap when it "
+        "finishes, else the progress); empty: the evaluation track, as for RL",
+    )
     stop_after_finishes: int = setting(
         0,
         Rule("int", low=0, high=1_000_000, hint="0 = never"),
@@ -110,6 +124,13 @@ class ImitationConfig:
 
     def __post_init__(self) -> None:
         validate(self, where="imitation")
+        if self.augment:
+            from tm_algos.imitation.augment import FrameAugment
+
+            try:
+                FrameAugment.from_table(self.augment)
+            except Exception as exc:
+                raise ConfigError(str(exc)) from None
         if self.car_scales:
             from tm_algos.imitation.fleet import draw_cars
 

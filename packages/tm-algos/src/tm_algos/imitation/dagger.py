@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from stable_baselines3.common.policies import BasePolicy
 
 from tm_algos.errors import InvalidValueError
+from tm_algos.imitation.augment import FrameAugment
 from tm_algos.imitation.bc import BehaviourCloning
 from tm_algos.imitation.config import ImitationConfig
 from tm_algos.imitation.dataset import ImitationDataset
@@ -239,7 +240,12 @@ def run_dagger(
         dataset = ImitationDataset(
             space, config.buffer_size, frame_channels=1 if env_kwargs.get("grayscale", True) else 3
         )
-    bc = BehaviourCloning(policy, learning_rate=config.learning_rate, log_std_target=config.log_std)
+    bc = BehaviourCloning(
+        policy,
+        learning_rate=config.learning_rate,
+        log_std_target=config.log_std,
+        augment=FrameAugment.from_table(config.augment),
+    )
     rng = np.random.default_rng(seed)
     result = DaggerResult(dataset)
     t0 = time.perf_counter()
