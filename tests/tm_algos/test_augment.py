@@ -170,7 +170,15 @@ def test_validation_score_puts_finishing_first_then_speed() -> None:
     assert slow_finish > validation_score(_rec(False, None, 0.99), 30.0)
 
 
-def test_dagger_picks_best_by_validation_tracks(tmp_path: Path) -> None:
+def test_validation_tracks_do_not_mix_with_rl_fine_tuning() -> None:
+    with pytest.raises(ConfigError, match="eval_tracks=\\['gen:901'\\] with finetune=true"):
+        ImitationConfig(eval_tracks=("gen:901",), finetune=True)
+    assert ImitationConfig(eval_tracks=("gen:901",)).to_dict()["eval_tracks"] == ["gen:901"]
+
+
+def test_dagger_picks_best_by_validation_tracks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tm_algos.cli import train as train_cli
 
     run = tmp_path / "run"
@@ -204,3 +212,5 @@ def test_dagger_picks_best_by_validation_tracks(tmp_path: Path) -> None:
     assert best["score"] == pytest.approx(sum(e["progress"] for e in best["episodes"]), abs=1e-3)
     published = (run / "policy" / "policy.safetensors").read_bytes()
     assert published == (run / "best" / "policy.safetensors").read_bytes()
+    summary = " ".join(capsys.readouterr().out.split())
+    assert "on 2 validation tracks, score" in summary  # not a sum of laps shown as one lap

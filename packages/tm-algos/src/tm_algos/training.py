@@ -15,7 +15,11 @@ A run directory holds everything about one training run::
 A preset with an ``[imitation]`` table first trains its policy by DAgger with the simulator's
 privileged teacher (:func:`tm_algos.imitation.run_dagger`), evaluating the student as RL runs
 are evaluated (``evaluations.json``, ``best/``), then continues with the preset's RL algorithm
-from the student's weights when ``imitation.finetune`` is true. ``demos`` (``.tmrec``
+from the student's weights when ``imitation.finetune`` is true. With ``imitation.eval_tracks``
+each evaluation drives one lap on every validation track instead, and ``best/`` is the student
+with the highest :func:`validation_score` summed over them (``best/evaluation.json`` lists the
+laps); ``imitation.augment`` distorts the student's training frames
+(:mod:`tm_algos.imitation.augment`). ``demos`` (``.tmrec``
 recordings) pre-train the policy by behaviour cloning before either (``demos.pretrain``).
 
 During RL an off-policy model draws ``demos.mix`` of every gradient batch from the recordings'

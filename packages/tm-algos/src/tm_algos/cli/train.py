@@ -194,11 +194,7 @@ class RichProgress(BaseCallback):
         if s.episodes:
             parts += [f"return {s.last_return:.1f}", f"progress {s.last_progress:.0%}"]
         if ev is not None:  # the evaluations' best: what best/ and policy/ hold
-            parts.append(
-                f"best eval lap {ev.lap_time:.3f} s"
-                if ev.finished and ev.lap_time is not None
-                else f"best eval {ev.progress:.0%}"
-            )
+            parts.append(f"best eval {_record_text(ev)}")
         completed = round(BAR_UNITS * self.fraction())
         self.progress.update(self.task, completed=completed, info=" · ".join(parts))
         console = self.progress.console
@@ -209,18 +205,23 @@ class RichProgress(BaseCallback):
             console.print(f"{self.num_timesteps:,} steps · " + " · ".join(parts), highlight=False)
 
 
+def _record_text(record: Any) -> str:
+    """An evaluation record in a few words: its lap, or its progress; for a set of validation
+    tracks (``record.track`` names it) the mean progress and the set's score."""
+    if record.track is not None:
+        return f"{record.progress:.0%} on {record.track}"
+    if record.finished and record.lap_time is not None:
+        return f"lap {record.lap_time:.3f} s"
+    return f"{record.progress:.1%} (no finish yet)"
+
+
 def _summary(console: Console, result: Any) -> None:
     table = Table(title=f"run {result.run_dir}", show_header=False)
     table.add_row("env steps", f"{result.timesteps:,}")
     table.add_row("wall time", f"{result.wall_s / 60:.1f} min")
     best = result.best
     if best is not None:
-        table.add_row(
-            "best evaluation",
-            f"lap {best.lap_time:.3f} s at {best.timesteps:,} steps"
-            if best.finished
-            else f"progress {best.progress:.1%} at {best.timesteps:,} steps (no finish yet)",
-        )
+        table.add_row("best evaluation", f"{_record_text(best)} at {best.timesteps:,} steps")
     first = next((r for r in result.evaluations if r.finished), None)
     if first is not None:
         table.add_row("first finish", f"{first.timesteps:,} steps, {first.wall_s / 60:.1f} min")

@@ -105,7 +105,8 @@ class ImitationConfig:
         Rule("strs", pattern=_TRACK, hint="track names, gen:SEED or track files"),
         "validation tracks: each evaluation drives one deterministic lap on each, and best/ "
         "is the student with the highest score (per track: 1 + expert lap / lap when it "
-        "finishes, else the progress); empty: the evaluation track, as for RL",
+        "finishes, else the progress); empty: the evaluation track, as for RL (not with "
+        "finetune)",
     )
     stop_after_finishes: int = setting(
         0,
@@ -124,6 +125,12 @@ class ImitationConfig:
 
     def __post_init__(self) -> None:
         validate(self, where="imitation")
+        if self.eval_tracks and self.finetune:
+            raise ConfigError(
+                f"imitation: eval_tracks={list(self.eval_tracks)} with finetune=true: the RL "
+                "phase evaluates on one track and cannot be ranked against the validation "
+                "score; set eval_tracks = [] to fine-tune, or finetune = false"
+            )
         if self.augment:
             from tm_algos.imitation.augment import FrameAugment
 
