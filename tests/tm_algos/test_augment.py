@@ -73,6 +73,11 @@ def test_lighting_changes_scale_the_pixels() -> None:
     assert set(strong.unique().tolist()) == {50, 250}
     clipped = FrameAugment.from_table({"brightness": [3.0, 3.0]})(x)
     assert set(clipped.unique().tolist()) == {255}
+    x[:, :, 32:] = 64
+    lifted = FrameAugment.from_table({"gamma": [0.5, 0.5]})(x)  # 255 (v / 255) ** 0.5
+    assert set(lifted.unique().tolist()) == {128, 226}
+    darkened = FrameAugment.from_table({"gamma": [2.0, 2.0]})(x)
+    assert set(darkened.unique().tolist()) == {16, 157}
 
 
 def test_draws_are_per_sample_and_reproducible_by_seed() -> None:
@@ -106,6 +111,7 @@ def test_a_neutral_table_changes_nothing() -> None:
         ({"shift_y_px": 3}, "expected \\[low, high\\]"),
         ({"brightness": [float("nan"), 1.0]}, "brightness"),
         ({"contrast": [True, 1.0]}, "contrast"),
+        ({"gamma": [0.0, 1.0]}, "0.1 <= low"),
     ],
 )
 def test_bad_augmentation_tables_are_refused(table: dict[str, object], message: str) -> None:

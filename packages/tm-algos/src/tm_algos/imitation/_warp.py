@@ -32,29 +32,34 @@ def warp_frames(
     shift_y: NDArray[np.float64],
     contrast: NDArray[np.float64],
     brightness: NDArray[np.float64],
+    gamma: NDArray[np.float64],
     out: NDArray[np.uint8],
 ) -> None:  # pragma: no cover (compiled)
-    """``out[b]``: ``src[b]`` (C, H, W), H and W >= 2, scaled about its centre by
-    ``scale_x[b]``/``scale_y[b]``, moved by ``shift_x[b]``/``shift_y[b]`` pixels (bilinear,
-    border pixels repeated), its deviation from ``src[b]``'s mean (over a 4-pixel grid) times
-    ``contrast[b]``, everything times ``brightness[b]``, rounded and clipped to 0..255."""
+    """``out[b]``: ``src[b]`` (C, H, W), H and W >= 2, each pixel value v first mapped to
+    ``255 (v / 255) ** gamma[b]``, scaled about its centre by ``scale_x[b]``/``scale_y[b]``,
+    moved by ``shift_x[b]``/``shift_y[b]`` pixels (bilinear, border pixels repeated), its
+    deviation from the mean (over a 4-pixel grid) times ``contrast[b]``, everything times
+    ``brightness[b]``, rounded and clipped to 0..255."""
     n, channels, height, width = src.shape
     x0 = np.empty(width, np.int64)
     wx = np.empty(width, np.float32)
     y0 = np.empty(height, np.int64)
     wy = np.empty(height, np.float32)
     row = np.empty(width, np.float32)
+    lut = np.empty(256, np.float32)
     one = np.float32(1.0)
     for b in range(n):
+        for level in range(256):
+            lut[level] = np.float32(255.0 * (level / 255.0) ** gamma[b])
         _taps(width, scale_x[b], shift_x[b], x0, wx)
         _taps(height, scale_y[b], shift_y[b], y0, wy)
         frames = src[b]
-        total = 0
+        total = 0.0
         count = 0
         for c in range(channels):
             for i in range(0, height, 4):
                 for j in range(0, width, 4):
-                    total += frames[c, i, j]
+                    total += lut[frames[c, i, j]]
                     count += 1
         mean = np.float32(total / count)
         gain = np.float32(contrast[b] * brightness[b])
@@ -70,8 +75,8 @@ def warp_frames(
                 for j in range(width):
                     lo = x0[j]
                     f = wx[j]
-                    left = np.float32(r0[lo]) * a0 + np.float32(r1[lo]) * a
-                    right = np.float32(r0[lo + 1]) * a0 + np.float32(r1[lo + 1]) * a
+                    left = lut[r0[lo]] * a0 + lut[r1[lo]] * a
+                    right = lut[r0[lo + 1]] * a0 + lut[r1[lo + 1]] * a
                     row[j] = (left * (one - f) + right * f) * gain + offset
                 for j in range(width):
                     v = row[j]

@@ -14,10 +14,13 @@ between the frames is kept) before the student sees it:
   the car's heading, so keep it small (DrQ uses ±4 on 84 pixels) or 0;
 * ``brightness`` — every pixel multiplied by a factor from ``[low, high]``;
 * ``contrast`` — each frame stack's deviation from its mean multiplied by a factor from
-  ``[low, high]``.
+  ``[low, high]``;
+* ``gamma`` — every pixel value v mapped to ``255 (v / 255) ** gamma``, gamma drawn
+  log-uniformly from ``[low, high]``: a tone curve that brightens (< 1) or darkens (> 1) the
+  dark and light parts of the frame by different amounts (applied first).
 
-Warps are bilinear with the border pixels repeated, in one compiled pass per batch. A key left out does nothing; an empty
-table turns augmentation off. Labels are not changed: each warp is one a real camera change
+Warps are bilinear with the border pixels repeated; everything runs in one compiled pass per
+batch. A key left out does nothing; an empty table turns augmentation off. Labels are not changed: each warp is one a real camera change
 would produce without changing the right action (the horizontal shift only approximately).
 Acting and evaluation never augment.
 
@@ -54,11 +57,10 @@ AUGMENT_KEYS: dict[str, tuple[str, float, float]] = {
     "shift_x_px": ("pixels, 0 = unchanged", -64.0, 64.0),
     "brightness": ("a factor, 1 = unchanged", 0.0, 4.0),
     "contrast": ("a factor, 1 = unchanged", 0.0, 4.0),
+    "gamma": ("an exponent, 1 = unchanged", 0.1, 10.0),
 }
 """The keys of an ``[imitation.augment]`` table, what their ``[low, high]`` mean, and the
 widest range each may take."""
-
-_NEUTRAL = {"zoom": 1.0, "stretch_y": 1.0, "shift_y_px": 0.0, "shift_x_px": 0.0}
 
 
 def _range(key: str, value: Any) -> _Range:
@@ -94,6 +96,7 @@ class FrameAugment:
     shift_x_px: _Range = (0.0, 0.0)
     brightness: _Range = (1.0, 1.0)
     contrast: _Range = (1.0, 1.0)
+    gamma: _Range = (1.0, 1.0)
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any] | None) -> FrameAugment:
@@ -116,11 +119,6 @@ class FrameAugment:
         """Whether any field can change a frame."""
         neutral = FrameAugment()
         return any(getattr(self, f.name) != getattr(neutral, f.name) for f in fields(self))
-
-    @property
-    def warps(self) -> bool:
-        """Whether a geometric field can change a frame."""
-        return any(getattr(self, k) != (v, v) for k, v in _NEUTRAL.items())
 
     def to_table(self) -> dict[str, list[float]]:
         """The fields that change something, as TOML-shaped data (``from_table`` reads it)."""
@@ -167,6 +165,7 @@ class FrameAugment:
             draw(self.shift_y_px),
             draw(self.contrast),
             draw(self.brightness),
+            np.exp(draw((math.log(self.gamma[0]), math.log(self.gamma[1])))),
             out,
         )
         return th.from_numpy(out).to(images.device)

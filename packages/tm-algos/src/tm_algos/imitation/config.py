@@ -65,7 +65,8 @@ class ImitationConfig:
     augment: dict[str, list[float]] = setting(
         rule=Rule("table"),
         doc="random warps and lighting changes of the student's training frames, keys zoom, "
-        "stretch_y, shift_y_px, shift_x_px, brightness, contrast, each [low, high], e.g. "
+        "stretch_y, shift_y_px, shift_x_px, brightness, contrast, gamma, each [low, high], "
+        "e.g. "
         "{ zoom = [0.85, 1.15] } (empty: none); see tm_algos.imitation.augment",
         default_factory=dict,
     )
