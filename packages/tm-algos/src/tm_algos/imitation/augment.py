@@ -20,9 +20,9 @@ between the frames is kept) before the student sees it:
   dark and light parts of the frame by different amounts (applied first).
 
 Warps are bilinear with the border pixels repeated; everything runs in one compiled pass per
-batch. A key left out does nothing; an empty table turns augmentation off. Labels are not changed: each warp is one a real camera change
-would produce without changing the right action (the horizontal shift only approximately).
-Acting and evaluation never augment.
+batch. A key left out does nothing; an empty table turns augmentation off. Labels are not
+changed: each change is one a real camera or light would make without changing the right
+action (the horizontal shift only approximately). Acting and evaluation never augment.
 
 >>> from tm_algos.imitation.augment import FrameAugment
 >>> aug = FrameAugment.from_table({"zoom": [0.85, 1.15], "brightness": [0.8, 1.2]})
