@@ -209,6 +209,7 @@ def test_dagger_picks_best_by_validation_tracks(
     # per iteration: one lap on each validation track, then one record for the set
     assert tracks[:2] == ["gen:901", "gen:902"] and tracks[3:5] == ["gen:901", "gen:902"]
     assert tracks[2].startswith("2 validation tracks") and len(evaluations) == 6
+    assert evaluations[2]["lap_time"] is None  # two tracks' laps are not one lap
     best = json.loads((run / "best" / "evaluation.json").read_text())
     assert [e["track"] for e in best["episodes"]] == ["gen:901", "gen:902"]
     sets = [evaluations[2], evaluations[5]]
