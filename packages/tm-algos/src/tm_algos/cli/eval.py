@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         default=None,
         metavar="NAME",
-        help="run an evaluation suite: smoke, generalisation, visuals, unseen, unseen-b, or a "
-        "suite .toml file",
+        help="run an evaluation suite: smoke, generalisation, visuals, unseen, unseen-b, "
+        "unseen-c, unseen-d, or a suite .toml file",
     )
     parser.add_argument(
         "--env-id", default="TrackMania-Sim-v0", help="Gymnasium id (default: %(default)s)"
