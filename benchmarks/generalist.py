@@ -9,8 +9,8 @@ peer). Writes ``generalist.json`` to ``--out``.
 
 The default compares the shipped ``images-sac-general`` (frame augmentation, best/ chosen on six
 validation tracks) with the same preset without both (``plain``: its recipe before issue 11's
-last round), on the suites ``unseen``, ``unseen-b`` and ``unseen-c`` (gen:1001-1040, each case
-in a look outside the preset's training range; see each suite's header for what it informed). Targets (issue 11): finish >= 90 % of the episodes at a
+last round), on the suites ``unseen`` ... ``unseen-d`` (gen:1001-1054, each case in a look
+outside the preset's training range; see each suite's header for what it informed). Targets (issue 11): finish >= 90 % of the episodes at a
 lap ratio <= 1.10. Recipes train two at a time (``--parallel``), one PyTorch thread each: on a
 2-core machine, run nothing else meanwhile (DAgger is bounded by wall time). Run from the
 repository root::
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--suites", nargs="+", default=["unseen", "unseen-b", "unseen-c"])
+    p.add_argument("--suites", nargs="+", default=["unseen", "unseen-b", "unseen-c", "unseen-d"])
     p.add_argument(
         "--parallel", type=int, default=2, help="trainings (and suites) at once (default: 2)"
     )
