@@ -100,7 +100,6 @@ def export_last(run_dir: Path) -> Path:
     """The run's last checkpoint (the last iterate) exported as a policy, ``RUN/last``."""
     import torch
 
-    from tm_algos.checkpoint import latest_checkpoint, load_checkpoint
     from tm_algos.policy.export import export_policy
     from tm_algos.training import TrainConfig, Trainer
 
@@ -109,11 +108,7 @@ def export_last(run_dir: Path) -> Path:
     if (out / "policy.json").is_file():
         return out
     trainer = Trainer(TrainConfig(run_dir=run_dir, resume=True, tensorboard=False))
-    model = trainer.build()
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise SystemExit(f"{run_dir}: no checkpoint to export the last iterate from")
-    load_checkpoint(model, checkpoint, replay_buffer=False)
+    model = trainer.build()  # resuming loads the newest good checkpoint (or says there is none)
     export_policy(model, out, env_settings=trainer.env_settings())
     return out
 
