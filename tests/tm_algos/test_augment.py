@@ -221,3 +221,72 @@ def test_dagger_picks_best_by_validation_tracks(
     assert published == (run / "best" / "policy.safetensors").read_bytes()
     summary = " ".join(capsys.readouterr().out.split())
     assert "on 2 validation tracks, score" in summary  # not a sum of laps shown as one lap
+
+
+# -- action-history dropout ----------------------------------------------------------------------
+
+
+def _copycat_batch(
+    rng: np.random.Generator, n: int, history_sign: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """LIDAR observations whose left/right beams say which way to steer, with a past-action
+    history equal to the label (``history_sign`` 1: a teacher's smooth driving) or its opposite
+    (-1: a student that has just steered the wrong way)."""
+    steer = rng.choice([-0.8, 0.8], size=n).astype(np.float32)
+    lidar = np.full((n, 4, 19), 60.0, np.float32) + rng.normal(0, 3, (n, 4, 19)).astype(np.float32)
+    lidar[:, :, :9] += 30.0 * steer[:, None, None]
+    lidar[:, :, 10:] -= 30.0 * steer[:, None, None]
+    labels = np.stack([np.full(n, 0.5, np.float32), np.zeros(n, np.float32), steer], axis=1)
+    history = np.repeat((labels * [1.0, 1.0, history_sign])[:, None, :], 2, axis=1)
+    obs = {
+        "lidar": lidar,
+        "speed": np.full((n, 1), 100.0, np.float32),
+        "actions": history.astype(np.float32),
+    }
+    return obs, labels
+
+
+def _steer_error(history_dropout: float) -> float:
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    import tm_gym  # noqa: F401
+    from tm_algos.extractors import policy_kwargs_for
+
+    env = gym.make("TrackMania-Sim-v0", obs_type="lidar")
+    torch.manual_seed(0)
+    model = SAC(
+        "MultiInputPolicy",
+        env,
+        policy_kwargs={**policy_kwargs_for("lidar", hidden=(32,)), "net_arch": [32]},
+        buffer_size=1,
+        seed=0,
+    )
+    env.close()
+    bc = BehaviourCloning(model.policy, learning_rate=3e-3, history_dropout=history_dropout)
+    rng = np.random.default_rng(0)
+    obs, labels = _copycat_batch(rng, 512, history_sign=1.0)
+    for _ in range(400):
+        idx = rng.integers(0, 512, 64)
+        bc.step({k: v[idx] for k, v in obs.items()}, labels[idx], rng)
+    test_obs, test_labels = _copycat_batch(np.random.default_rng(1), 256, history_sign=-1.0)
+    return float(np.abs(bc.predict(test_obs)[:, 2] - test_labels[:, 2]).mean())
+
+
+def test_history_dropout_makes_the_student_read_the_observation_not_its_last_action() -> None:
+    # the training data is teacher-driven: the last action always equals the label. Without
+    # dropout the student leans on it and steers the wrong way once its own history is wrong;
+    # with half the histories swapped it steers from what it sees.
+    copycat = _steer_error(0.0)
+    reader = _steer_error(0.5)
+    assert reader < 0.05  # steer is ±0.8: both errors are in units of the steering range
+    assert copycat > 0.15
+
+
+def test_bad_history_dropout_is_refused() -> None:
+    from tm_algos.presets import PresetError
+
+    with pytest.raises(PresetError, match="history_dropout"):
+        apply_overrides(load_preset("images-sac"), ["imitation.history_dropout=1.5"])
+    with pytest.raises(ConfigError, match="history_dropout"):
+        ImitationConfig(history_dropout=-0.1)

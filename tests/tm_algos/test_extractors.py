@@ -130,6 +130,23 @@ def test_augmentation_only_in_training_mode(obs_spaces: dict[str, spaces.Dict]) 
     torch.testing.assert_close(plain(obs), plain(obs))
 
 
+@pytest.mark.parametrize("cls", [TMCNNExtractor, TMViTExtractor])
+def test_ignored_telemetry_keys_do_not_reach_the_features(
+    obs_spaces: dict[str, spaces.Dict], cls: type[BaseFeaturesExtractor]
+) -> None:
+    space = obs_spaces["images"]
+    obs = batch_of(space)
+    other_actions = dict(obs, actions=-obs["actions"])
+    faster = dict(obs, speed=obs["speed"] + 100.0)
+    torch.manual_seed(0)
+    blind = cls(space, ignore_keys=["actions"]).eval()
+    assert "actions" not in blind.telemetry.keys  # type: ignore[union-attr]
+    torch.testing.assert_close(blind(obs), blind(other_actions))
+    assert not torch.allclose(blind(obs), blind(faster))  # speed is still read
+    seeing = cls(space).eval()
+    assert not torch.allclose(seeing(obs), seeing(other_actions))
+
+
 def test_random_shift_is_a_crop_of_the_padded_image() -> None:
     torch.manual_seed(0)
     x = torch.rand(5, 2, 16, 16)
@@ -206,6 +223,8 @@ def test_wrong_space_names_the_key_and_the_right_extractor(
         (TMCNNExtractor, {"features_dim": 0}, "features_dim=0"),
         (TMViTExtractor, {"patch": 7}, "patch=7"),
         (TMViTExtractor, {"dim": 30, "heads": 4}, "dim=30"),
+        (TMCNNExtractor, {"ignore_keys": ["action"]}, r"ignore_keys=\['action'\]"),
+        (TMViTExtractor, {"ignore_keys": "actions"}, "ignore_keys='actions'"),
     ],
 )
 def test_bad_arguments_are_rejected(

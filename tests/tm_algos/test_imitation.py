@@ -192,6 +192,44 @@ def test_dagger_aggregates_the_teachers_labels_for_every_visited_state() -> None
     assert [it.beta for it in result.iterations] == [0.5, 0.25, 0.125]
 
 
+def test_dagger_warm_up_lets_the_teacher_drive_before_any_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tm_algos.imitation import dagger
+
+    preset, model = images_model()
+    driven: list[NDArray[np.float32]] = []
+    trained_on: list[int] = []
+    step, train = dagger.Fleet.step, BehaviourCloning.train
+
+    def record_step(fleet: Any, actions: NDArray[np.float32]) -> None:
+        driven.append(np.array(actions))
+        step(fleet, actions)
+
+    def record_train(bc: BehaviourCloning, data: ImitationDataset, *a: Any, **k: Any) -> float:
+        trained_on.append(len(data))
+        return train(bc, data, *a, **k)
+
+    monkeypatch.setattr(dagger.Fleet, "step", record_step)
+    monkeypatch.setattr(BehaviourCloning, "train", record_train)
+    config = ImitationConfig(
+        iterations=2,
+        steps_per_iteration=3,
+        n_envs=2,
+        warmup_steps=4,
+        beta=0.0,  # the student drives every iteration
+        gradient_steps=1,
+        batch_size=4,
+    )
+    teacher = RecordingTeacher()
+    result = run_dagger(model.policy, config, env_kwargs_of(preset), teacher=teacher)
+    assert trained_on == [2 * (4 + 3), 2 * (4 + 3 + 3)]  # first training after the warm-up
+    assert result.env_steps == 2 * (4 + 3 + 3)
+    for t in range(4):  # the warm-up drove the teacher's labels
+        np.testing.assert_array_equal(driven[t], teacher.answers[t])
+    assert [it.teacher_share for it in result.iterations] == [0.0, 0.0]
+
+
 def test_dagger_stops_when_told_and_records_evaluations() -> None:
     preset, model = images_model()
     config = ImitationConfig(

@@ -142,6 +142,12 @@ class TelemetryNorm(nn.Module):
                 f"{[*_ORDER, 'images']} (a tm-gym observation); remove the key with a "
                 "gymnasium observation wrapper, or extend the extractor to scale it"
             )
+        odd = sorted(set(exclude) - set(_ORDER))
+        if isinstance(exclude, str) or odd:
+            raise InvalidValueError(
+                f"ignore_keys={list(exclude) if not isinstance(exclude, str) else exclude!r}: "
+                f"expected a list of telemetry keys among {list(_ORDER)}, e.g. ['actions']"
+            )
         self.keys = tuple(k for k in _ORDER if k in d.spaces and k not in exclude)
         self.out_dim = sum(math.prod(_need(d, k, "TelemetryNorm", "").shape) for k in self.keys)
 
@@ -209,6 +215,11 @@ class TMCNNExtractor(BaseFeaturesExtractor):
     :class:`TelemetryNorm` output (speed, gear, rpm, actions) is concatenated and one linear layer
     with ReLU maps the whole to ``features_dim``.
 
+    ``ignore_keys`` lists telemetry keys the extractor does not read, e.g. ``["actions"]``: a
+    student trained by behaviour cloning on its past actions can learn to repeat them instead of
+    reading the frames (the "copycat" failure), so the pixel generalist reads frames and speed
+    only.
+
     ``augment_shift`` > 0 turns on random-shift augmentation (:func:`random_shift`, pad then
     random crop, as in DrQ) while the module is in training mode only; evaluation and action
     selection in eval mode see the frames unchanged.
@@ -220,6 +231,7 @@ class TMCNNExtractor(BaseFeaturesExtractor):
         features_dim: int = 256,
         arch: str = "tmrl",
         augment_shift: int = 0,
+        ignore_keys: Sequence[str] = (),
     ) -> None:
         who = "TMCNNExtractor"
         d, (c, h, w) = _image_space(observation_space, who)
@@ -239,7 +251,7 @@ class TMCNNExtractor(BaseFeaturesExtractor):
             )
         with torch.no_grad():
             n_flat = int(self.cnn(torch.zeros(1, c, h, w)).shape[1])
-        self.telemetry = TelemetryNorm(d)
+        self.telemetry = TelemetryNorm(d, exclude=ignore_keys)
         self.head = nn.Sequential(
             nn.Linear(n_flat + self.telemetry.out_dim, features_dim), nn.ReLU()
         )
@@ -260,7 +272,7 @@ class TMViTExtractor(BaseFeaturesExtractor):
     learned position embeddings; the scaled telemetry (:class:`TelemetryNorm`) is projected to one
     more token. ``depth`` pre-norm ``torch.nn.TransformerEncoder`` layers with ``heads`` heads and
     no dropout mix them, and a final LayerNorm is applied to the telemetry token.
-    ``augment_shift`` works as in :class:`TMCNNExtractor`.
+    ``augment_shift`` and ``ignore_keys`` work as in :class:`TMCNNExtractor`.
     """
 
     def __init__(
@@ -271,6 +283,7 @@ class TMViTExtractor(BaseFeaturesExtractor):
         depth: int = 2,
         heads: int = 4,
         augment_shift: int = 0,
+        ignore_keys: Sequence[str] = (),
     ) -> None:
         who = "TMViTExtractor"
         d, (c, h, w) = _image_space(observation_space, who)
@@ -289,7 +302,7 @@ class TMViTExtractor(BaseFeaturesExtractor):
         self.embed = nn.Conv2d(c, dim, kernel_size=patch, stride=patch)
         n_patches = (h // patch) * (w // patch)
         self.pos = nn.Parameter(torch.randn(1, n_patches, dim) * 0.02)
-        self.telemetry = TelemetryNorm(d)
+        self.telemetry = TelemetryNorm(d, exclude=ignore_keys)
         self.tel_token = nn.Linear(self.telemetry.out_dim, dim)
         self.tel_pos = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -389,6 +402,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         features: str = "lidar",
         hidden: Sequence[int] = (256, 256),
         features_dim: int | None = None,
+        ignore_keys: Sequence[str] = (),
     ) -> None:
         from tm_algos.perception import load_encoder
 
@@ -419,7 +433,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
                 f"{cfg.channels}-channel {cfg.img_size}x{cfg.img_size} frames: set "
                 f"img_size={cfg.img_size}, grayscale={cfg.channels == 1}"
             )
-        telemetry = TelemetryNorm(d)
+        telemetry = TelemetryNorm(d, exclude=ignore_keys)
         per_frame = LIDAR_BEAMS if features == "lidar" else encoder.features_dim
         n_in = (c // cfg.channels) * per_frame + telemetry.out_dim
         super().__init__(d, widths[-1] if widths else n_in)

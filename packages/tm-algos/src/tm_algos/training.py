@@ -658,6 +658,7 @@ class Trainer:
                 learning_rate=imitation.learning_rate,
                 log_std_target=imitation.log_std,
                 augment=FrameAugment.from_table(imitation.augment),
+                history_dropout=imitation.history_dropout,
             )
             steps = max(imitation.gradient_steps, 1) * max(len(data.dataset) // 1000, 1)
             rng = np.random.default_rng(self.config.seed)

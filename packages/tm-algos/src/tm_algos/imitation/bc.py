@@ -13,6 +13,13 @@ takes when it acts deterministically:
   untrained head's σ ≈ 1.
 * PPO: the Gaussian mean, clipped to the action space as PPO's deterministic action is.
 
+With ``history_dropout`` > 0, that share of every training batch gets the past-action history
+(the ``actions`` observation) of another sample of the batch. A teacher's actions change
+slowly, so the last action alone predicts the next label well on teacher-driven states, and
+a student can learn to repeat it and ignore the frames (the "copycat" failure of behaviour
+cloning with history): it then never starts a turn on its own. Swapped histories carry no
+information about the label, so only the frames explain it.
+
 Gas and brake (the ``pedal_dims``) act only above 0: a target of 0 means "any value ≤ 0", so a
 prediction there is only penalised above ``-pedal_margin`` (a hinge), which keeps the student
 off the pedal with a margin rather than balancing on the threshold.
@@ -125,6 +132,8 @@ class BehaviourCloning:
     :param augment: random warps and lighting changes applied to the image observations of
         every training batch (:class:`~tm_algos.imitation.augment.FrameAugment`); never to
         :meth:`predict`.
+    :param history_dropout: share of each training batch whose ``actions`` history is taken
+        from another sample (see the module docstring); never in :meth:`predict`.
     """
 
     def __init__(
@@ -136,6 +145,7 @@ class BehaviourCloning:
         pedal_dims: Sequence[int] = (0, 1),
         pedal_margin: float = 0.1,
         augment: FrameAugment | None = None,
+        history_dropout: float = 0.0,
     ) -> None:
         if isinstance(policy, RecurrentActorCriticPolicy):
             raise InvalidTypeError(
@@ -150,6 +160,11 @@ class BehaviourCloning:
             )
         if not (learning_rate > 0):
             raise InvalidValueError(f"learning_rate={learning_rate!r}: expected a positive float")
+        if not 0.0 <= history_dropout <= 1.0:
+            raise InvalidValueError(
+                f"history_dropout={history_dropout!r}: expected a share in [0, 1], e.g. 0.5"
+            )
+        self.history_dropout = float(history_dropout)
         self.policy = policy
         self.log_std_target = float(log_std_target)
         self.pedal_dims = list(pedal_dims)
@@ -166,8 +181,28 @@ class BehaviourCloning:
         tensors, _ = self.policy.obs_to_tensor(dict(obs))
         return tensors
 
+    def _swap_history(self, tensors: Any, rng: np.random.Generator | None) -> Any:
+        """``tensors`` with the ``actions`` of a :attr:`history_dropout` share of the samples
+        replaced by those of other samples of the batch."""
+        if not isinstance(tensors, dict) or "actions" not in tensors:
+            return tensors
+        history = tensors["actions"]
+        n = int(history.shape[0])
+        rng = rng if rng is not None else np.random.default_rng()
+        picked = np.flatnonzero(rng.random(n) < self.history_dropout)
+        if n < 2 or len(picked) == 0:
+            return tensors
+        # another sample for each picked one: an offset of 1..n-1 never lands on itself
+        donors = (picked + rng.integers(1, n, size=len(picked))) % n
+        swapped = history.clone()
+        swapped[th.as_tensor(picked)] = history[th.as_tensor(donors)]
+        return {**tensors, "actions": swapped}
+
     def _augmented(self, tensors: Any, rng: np.random.Generator | None) -> Any:
-        """``tensors`` with :attr:`augment` applied to every uint8 image entry."""
+        """``tensors`` with :attr:`augment` applied to every uint8 image entry and, with
+        :attr:`history_dropout`, some action histories swapped."""
+        if self.history_dropout > 0:
+            tensors = self._swap_history(tensors, rng)
         augment = self.augment
         if augment is None:
             return tensors

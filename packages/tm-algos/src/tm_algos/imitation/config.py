@@ -50,6 +50,13 @@ class ImitationConfig:
     steps_per_iteration: int = setting(
         200, Rule("int", low=1, high=1_000_000), "steps each car drives per iteration"
     )
+    warmup_steps: int = setting(
+        0,
+        Rule("int", low=0, high=1_000_000),
+        "steps each car drives with the teacher, labelled, before the first iteration: the "
+        "student's first training batch then holds more than the start line (short "
+        "iterations over many tracks otherwise train it on near-constant labels first)",
+    )
     n_envs: int = setting(8, Rule("int", low=1, high=1024), "cars collecting at once")
     tracks: tuple[str, ...] = setting(
         (),
@@ -69,6 +76,12 @@ class ImitationConfig:
         "e.g. "
         "{ zoom = [0.85, 1.15] } (empty: none); see tm_algos.imitation.augment",
         default_factory=dict,
+    )
+    history_dropout: float = setting(
+        0.0,
+        Rule("float", low=0.0, high=1.0),
+        "share of each training batch whose past-action history is swapped with another "
+        "sample's, so that the student reads the frames instead of repeating its last action",
     )
     beta: float = setting(
         1.0, Rule("float", low=0.0, high=1.0), "probability that the teacher drives, at first"

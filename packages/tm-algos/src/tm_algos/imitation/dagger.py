@@ -1,6 +1,7 @@
 """DAgger: the student drives, a privileged teacher labels every state it visits.
 
-Only the simulator can do this: it knows the exact state behind every frame. Each iteration
+Only the simulator can do this: it knows the exact state behind every frame. First the teacher
+drives ``warmup_steps`` steps of every car (labelled, no training); then each iteration
 
 1. drives ``n_envs`` cars (spread over ``tracks``) for ``steps_per_iteration`` steps with tm-gym's
    native vector environment; each car, at each step, follows the teacher with probability
@@ -245,11 +246,15 @@ def run_dagger(
         learning_rate=config.learning_rate,
         log_std_target=config.log_std,
         augment=FrameAugment.from_table(config.augment),
+        history_dropout=config.history_dropout,
     )
     rng = np.random.default_rng(seed)
     result = DaggerResult(dataset)
     t0 = time.perf_counter()
     try:
+        if config.warmup_steps:
+            _collect(fleet, teacher, bc, dataset, config.warmup_steps, 1.0, rng)
+            result.env_steps += config.warmup_steps * fleet.n
         for it in range(config.iterations):
             beta = config.beta_at(it)
             share = _collect(fleet, teacher, bc, dataset, config.steps_per_iteration, beta, rng)
