@@ -24,7 +24,7 @@ from tm_gym.core.visuals import VisualRanges, Visuals, VisualsSpec
 PRESET = "images-sac-general"
 SUITE = "unseen"
 # the pixel generalist's exams: held-out tracks, looks outside the training range
-EXAMS = ("unseen", "unseen-b", "unseen-c", "unseen-d", "unseen-e")
+EXAMS = ("unseen", "unseen-b", "unseen-c", "unseen-d", "unseen-e", "unseen-f")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the simulator's RGB -> gray weights
 _COLOURS = ("sky", "sky_horizon", "grass", "road", "border_dark", "border_light")
 
