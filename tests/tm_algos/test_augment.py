@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,9 +184,24 @@ def test_validation_tracks_do_not_mix_with_rl_fine_tuning() -> None:
 
 
 def test_dagger_picks_best_by_validation_tracks(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tm_algos import training
     from tm_algos.cli import train as train_cli
+
+    validation_envs: list[Any] = []
+    closed: list[Any] = []
+    make = training.gym.make
+
+    def spy_make(*args: Any, **kwargs: Any) -> Any:
+        env = make(*args, **kwargs)
+        if str(kwargs.get("track", "")).startswith("gen:90"):
+            validation_envs.append(env)
+            close = env.close
+            env.close = lambda: (closed.append(env), close())[1]  # type: ignore[method-assign]
+        return env
+
+    monkeypatch.setattr(training.gym, "make", spy_make)
 
     run = tmp_path / "run"
     settings = [
@@ -221,6 +237,7 @@ def test_dagger_picks_best_by_validation_tracks(
     assert published == (run / "best" / "policy.safetensors").read_bytes()
     summary = " ".join(capsys.readouterr().out.split())
     assert "on 2 validation tracks, score" in summary  # not a sum of laps shown as one lap
+    assert len(validation_envs) == 2 and closed == validation_envs  # closed at the run's end
 
 
 # -- action-history dropout ----------------------------------------------------------------------

@@ -756,6 +756,9 @@ class Trainer:
             self.model.get_env().close()  # type: ignore[union-attr]
             if self.evaluator is not None:
                 self.evaluator.env.close()
+            for val, _ in self._validation or []:
+                val.env.close()
+            self._validation = None
 
 
 def _versions() -> dict[str, str]:
