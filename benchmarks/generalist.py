@@ -41,8 +41,10 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_RECIPES = (
-    "plain=images-sac-general:imitation.augment={};imitation.eval_tracks=[];imitation.eval_every=2",
-    "augmented=images-sac-general",
+    "plain=images-sac-general:imitation.augment={};imitation.history_dropout=0;"
+    "imitation.eval_tracks=[];imitation.eval_every=2",
+    "previous=images-sac-general:imitation.history_dropout=0;imitation.augment.zoom=[0.8,1.2]",
+    "shipped=images-sac-general",
 )
 TARGET_FINISH = 0.90
 TARGET_RATIO = 1.10
@@ -176,11 +178,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--suites", nargs="+", default=["unseen", "unseen-b", "unseen-c", "unseen-d"])
+    p.add_argument(
+        "--suites",
+        nargs="+",
+        default=["unseen", "unseen-b", "unseen-c", "unseen-d", "unseen-e", "unseen-f"],
+    )
     p.add_argument(
         "--parallel", type=int, default=2, help="trainings (and suites) at once (default: 2)"
     )
     p.add_argument("--reuse", action="store_true", help="keep runs already in --out")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        choices=["best", "last"],
+        default=["best", "last"],
+        help="what to drive: the published best/, the last iterate (default: both)",
+    )
     p.add_argument("--out", type=Path, default=Path("out/generalist"))
     args = p.parse_args(argv)
     console = Console()
@@ -190,10 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [j for j in jobs if not (args.reuse and (j[2] / "run.json").is_file())]
     t0 = time.perf_counter()
     train_all(todo, max(args.parallel, 1), console)
-    lasts = {run_dir: export_last(run_dir) for _, _, run_dir in jobs}
     tasks = []
     for index, (recipe, seed, run_dir) in enumerate(jobs):
-        for label, policy in (("best", run_dir / "best"), ("last", lasts[run_dir])):
+        policies = {"best": run_dir / "best"}
+        if "last" in args.policies:
+            policies["last"] = export_last(run_dir)
+        for label in args.policies:
+            policy = policies[label]
             for suite in args.suites:
                 row = {"recipe": recipe.name, "seed": seed, "policy": label, "suite": suite}
                 row["peer"] = index < len(args.seeds) and recipe is recipes[0]

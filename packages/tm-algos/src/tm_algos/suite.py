@@ -2,9 +2,10 @@
 the scripted expert on the same case.
 
 A **suite** is a TOML file: the shipped ones live in ``tm_algos/suites/`` (:func:`list_suites`:
-``smoke``, ``generalisation``, ``visuals``, ``unseen``, ``unseen-b``, ``unseen-c``,
-``unseen-d``), and any path to a file of the same format works too. A **case** is one track × one car (physics) × one look (visuals), driven on
-the synchronous simulator (``TrackMania-Sim-v0``) for ``episodes`` episodes.
+``smoke``, ``generalisation``, ``visuals``, and the pixel generalist's exams ``unseen``,
+``unseen-b`` ... ``unseen-f``), and any path to a file of the same format works too. A
+**case** is one track × one car (physics) × one look (visuals), driven on the synchronous
+simulator (``TrackMania-Sim-v0``) for ``episodes`` episodes.
 
 File format (every key but ``cases`` optional; unknown keys are errors)::
 
