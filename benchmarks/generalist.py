@@ -7,17 +7,19 @@ finish rate over every episode, the cases finished at least once, the mean lap r
 scripted expert on the same case, and the same figures as ratios to the first recipe (the
 peer). Writes ``generalist.json`` to ``--out``.
 
-The default compares the shipped ``images-sac-general`` (frame augmentation, best/ chosen on six
-validation tracks) with the same preset without both (``plain``: its recipe before issue 11's
-last round), on the suites ``unseen`` ... ``unseen-d`` (gen:1001-1054, each case in a look
-outside the preset's training range; see each suite's header for what it informed). Targets (issue 11): finish >= 90 % of the episodes at a
-lap ratio <= 1.10. Recipes train two at a time (``--parallel``), one PyTorch thread each: on a
-2-core machine, run nothing else meanwhile (DAgger is bounded by wall time). Run from the
-repository root::
+The default compares the shipped ``images-sac-general`` (frame augmentation, half of every
+batch's action histories swapped, best/ chosen on six validation tracks) with the same preset
+without all three (``plain``, the peer) and with the recipe it replaced (``previous``: no
+history dropout, zoom x0.8-1.2), on the suites ``unseen`` ... ``unseen-f`` (gen:1001-1082,
+each case in a look outside the preset's training range; each suite's header says what it
+informed). Targets (issue 11): finish >= 90 % of the episodes at a lap ratio <= 1.10. Recipes
+train two at a time (``--parallel``), one PyTorch thread each: on a 2-core machine, run nothing
+else meanwhile (DAgger is bounded by wall time). Run from the repository root::
 
-    python benchmarks/generalist.py                    # about 35 min on 2 cores
+    python benchmarks/generalist.py                    # about 50 min on 2 cores
     python benchmarks/generalist.py --seeds 0 1        # two seeds per recipe
     python benchmarks/generalist.py --reuse            # evaluate the run folders in --out again
+    python benchmarks/generalist.py --policies best    # only what the runs publish
 
 A recipe is ``NAME=PRESET`` or ``NAME=PRESET:KEY=VALUE;KEY=VALUE`` (``--set`` values).
 """
