@@ -148,3 +148,29 @@ def test_caps_are_validated(bad: dict[str, object]) -> None:
     key = next(iter(bad))
     with pytest.raises(InvalidValueError, match=key):
         LearnerConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_stop_signal_half_way_through_an_episode_waits_until_it_is_in(
+    tmp_path: Path, episode: list[EpisodeChunk], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the trainer is; its final checkpoint
+    must still have the buffer and the step count agree (they once differed by the part of an
+    episode added before the signal)."""
+    learner = _learner(tmp_path)
+    buffer = learner.model.replay_buffer  # type: ignore[attr-defined]
+    add = buffer.add
+    calls = [0]
+
+    def add_then_signal(*args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 15:  # the signal arrives before the 15th transition is stored
+            raise KeyboardInterrupt
+        add(*args, **kwargs)
+
+    monkeypatch.setattr(buffer, "add", add_then_signal)
+    for chunk in episode[:-1]:
+        learner.ingest(chunk)
+    with pytest.raises(KeyboardInterrupt):
+        learner.ingest(episode[-1])  # the interruption still reaches the trainer's loop
+    assert buffer.pos == 30 and learner.stats.env_steps == 30
+    assert learner.stats.episodes == 1

@@ -43,7 +43,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,9 +504,7 @@ class Learner:
         if self.ppo is not None and pending.version != self.version:
             s.stale_episodes += 1
             return 0
-        n = 0
-        for part in pending.chunks:
-            n += self._add(part)
+        n, interrupted = self._add_episode(pending.chunks)
         s.episodes += 1
         s.env_steps += n
         s.last_return = _float(st.get("return"))
@@ -515,6 +513,8 @@ class Learner:
             s.finishes += 1
             s.best_lap = lap if s.best_lap is None else min(s.best_lap, lap)
         self._log_episode("rollout", st)
+        if interrupted is not None:
+            raise interrupted
         return n
 
     def _finite_stats(self, chunk: EpisodeChunk) -> dict[str, Any]:
@@ -543,25 +543,41 @@ class Learner:
             )
         return out
 
-    def _add(self, tr: Transitions) -> int:
+    def _add_episode(self, parts: Sequence[Transitions]) -> tuple[int, KeyboardInterrupt | None]:
+        """Add every transition of an episode: the number added, and the interruption held.
+
+        A Ctrl-C or SIGTERM (both raise KeyboardInterrupt in the trainer's loop, whose
+        ``finally`` writes the final checkpoint) that lands half-way is held until the whole
+        episode is in, and re-raised by :meth:`_commit` once the counters are updated: the
+        checkpoint's buffer and step count then always agree.
+        """
         if self.ppo is not None:
-            return self.ppo.add(tr)
-        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-        t_len = len(tr.reward)
-        for t in range(t_len):
-            obs = {k: v[t : t + 1] for k, v in tr.obs.items()}
-            nxt = {k: v[t : t + 1] for k, v in tr.next_obs.items()}
-            done = bool(tr.terminated[t] or tr.truncated[t])
-            timeout = bool(tr.truncated[t] and not tr.terminated[t])
-            buffer.add(
-                obs,
-                nxt,
-                tr.action[t : t + 1],
-                tr.reward[t : t + 1],
-                np.array([done]),
-                [{"TimeLimit.truncated": timeout}],
-            )
-        return t_len
+            return sum(self.ppo.add(part) for part in parts), None
+        todo = [(part, t) for part in parts for t in range(len(part.reward))]
+        done = 0
+        interrupted: KeyboardInterrupt | None = None
+        while done < len(todo):
+            try:
+                while done < len(todo):
+                    self._add_one(*todo[done])
+                    done += 1
+            except KeyboardInterrupt as e:
+                interrupted = e
+        return done, interrupted
+
+    def _add_one(self, tr: Transitions, t: int) -> None:
+        obs = {k: v[t : t + 1] for k, v in tr.obs.items()}
+        nxt = {k: v[t : t + 1] for k, v in tr.next_obs.items()}
+        done = bool(tr.terminated[t] or tr.truncated[t])
+        timeout = bool(tr.truncated[t] and not tr.terminated[t])
+        self.model.replay_buffer.add(  # type: ignore[attr-defined]
+            obs,
+            nxt,
+            tr.action[t : t + 1],
+            tr.reward[t : t + 1],
+            np.array([done]),
+            [{"TimeLimit.truncated": timeout}],
+        )
 
     def _log_episode(self, prefix: str, st: Mapping[str, Any]) -> None:
         for key in ("return", "progress", "lap_time", "wall_contacts"):
