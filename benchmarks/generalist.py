@@ -207,11 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_all(todo, max(args.parallel, 1), console)
     tasks = []
     for index, (recipe, seed, run_dir) in enumerate(jobs):
-        policies = {"best": run_dir / "best"}
-        if "last" in args.policies:
-            policies["last"] = export_last(run_dir)
         for label in args.policies:
-            policy = policies[label]
+            policy = run_dir / "best" if label == "best" else export_last(run_dir)
             for suite in args.suites:
                 row = {"recipe": recipe.name, "seed": seed, "policy": label, "suite": suite}
                 row["peer"] = index < len(args.seeds) and recipe is recipes[0]
